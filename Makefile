@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the test suite).
+# Each creates .venv and installs therasim with its extras on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck doctor clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/therasim demo
+
+doctor: $(STAMP)
+	$(BIN)/therasim doctor
+
+test: $(STAMP)
+	./scripts/ensure-chromium
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy therasim agents personas protocols simulations evaluation
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,216 @@
+"""A loopback OpenAI-compatible chat server for tests and benchmarks.
+
+It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` on 127.0.0.1 from its own thread
+and event loop, with configurable latency, jitter and injected failures, so the gateway's real
+HTTP path (langchain-openai → httpx) can be exercised without any network::
+
+    with FakeOpenAIServer(plan=["429", "429", "ok"]) as server:
+        spec = f"openai:fake?base_url={server.base_url}"
+
+``plan`` is consumed one entry per request (then ``default`` applies): ``"ok"``, ``"429"``,
+``"500"``, ``"timeout"`` (holds the request for ``hang_s``), ``"broken_json"`` (a reply that is
+not valid JSON). ``reject_json_schema`` answers 400 to the ``json_schema`` response format, as
+llama.cpp's server does. ``error_rate`` injects those failures at random for load tests. ``reply`` builds
+the text of a successful answer from the request body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+Reply = Callable[[dict[str, Any]], str]
+FAILURES = ("429", "500", "timeout", "broken_json")
+
+
+def _default_reply(body: dict[str, Any]) -> str:
+    if body.get("response_format"):
+        return json.dumps({"met": True, "reason": "Looks fine.", "score": None})
+    last = body.get("messages", [{}])[-1].get("content", "")
+    return f"I hear you. You said: {str(last)[:60]}"
+
+
+class FakeOpenAIServer:
+    """An in-process OpenAI-compatible HTTP server (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        plan: list[str] | None = None,
+        default: str = "ok",
+        reply: Reply | None = None,
+        latency_s: float = 0.0,
+        jitter_s: float = 0.0,
+        error_rate: float = 0.0,
+        failures: tuple[str, ...] = FAILURES,
+        hang_s: float = 30.0,
+        reject_json_schema: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.plan = list(plan or [])
+        self.default = default
+        self.reply = reply or _default_reply
+        self.latency_s = latency_s
+        self.jitter_s = jitter_s
+        self.error_rate = error_rate
+        self.failures = failures
+        self.hang_s = hang_s
+        self.reject_json_schema = reject_json_schema
+        self.rng = random.Random(seed)
+        self.requests: list[dict[str, Any]] = []
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def calls(self) -> int:
+        """Chat-completion requests received so far."""
+        return len(self.requests)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start")
+
+    def stop(self) -> None:
+        if self._loop and self._server and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None and self._loop is not None
+        self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop.call_soon(self._loop.stop)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self._server = loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024)
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        loop.run_forever()
+        loop.close()
+
+    def _next_outcome(self) -> str:
+        with self._lock:
+            if self.plan:
+                return self.plan.pop(0)
+            if self.error_rate and self.rng.random() < self.error_rate:
+                return self.rng.choice(self.failures)
+            return self.default
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {
+                    k.lower(): v.strip()
+                    for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
+                }
+                length = int(headers.get("content-length", "0"))
+                raw = await reader.readexactly(length) if length else b""
+                status, payload = await self._respond(method, path, raw)
+                data = payload.encode()
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode()
+                    + data
+                )
+                await writer.drain()
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, method: str, path: str, raw: bytes) -> tuple[str, str]:
+        if method == "GET" and path.endswith("/models"):
+            return "200 OK", json.dumps(
+                {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+            )
+        if not path.endswith("/chat/completions"):
+            return "404 Not Found", json.dumps({"error": {"message": f"no route {path}"}})
+        body = json.loads(raw or b"{}")
+        self.requests.append(body)
+        if (
+            self.reject_json_schema
+            and (body.get("response_format") or {}).get("type") == "json_schema"
+        ):
+            # what llama.cpp's server does: it takes json_object with a schema, not json_schema
+            return "400 Bad Request", json.dumps(
+                {"error": {"message": "response_format json_schema not supported"}}
+            )
+        outcome = self._next_outcome()
+        delay = self.latency_s + (
+            self.rng.uniform(-self.jitter_s, self.jitter_s) if self.jitter_s else 0.0
+        )
+        if delay > 0:
+            await asyncio.sleep(max(0.0, delay))
+        if outcome == "429":
+            return "429 Too Many Requests", json.dumps(
+                {"error": {"message": "rate limited", "type": "rate_limit"}}
+            )
+        if outcome == "500":
+            return "500 Internal Server Error", json.dumps(
+                {"error": {"message": "injected failure"}}
+            )
+        if outcome == "timeout":
+            await asyncio.sleep(self.hang_s)
+        text = '{"met": tru, "reason": "broken' if outcome == "broken_json" else self.reply(body)
+        prompt_tokens = sum(len(str(m.get("content", ""))) // 4 for m in body.get("messages", []))
+        return "200 OK", json.dumps(
+            {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": max(1, len(text) // 4),
+                    "total_tokens": prompt_tokens + max(1, len(text) // 4),
+                },
+            }
+        )

@@ -1,0 +1,926 @@
+"""The gateway: every LLM call of every role goes through ``Gateway.complete``.
+
+Roles (``subject``, ``patient``, ``appraiser``, ``judge:<name>``) map to model specs in a
+:class:`GatewayConfig`; code names roles, never models. A model spec is a string:
+
+==============================================  ===============================================
+``openai:MODEL``                                 any OpenAI-compatible endpoint (OpenAI, vLLM,
+``openai:MODEL?base_url=URL&api_key_env=VAR``    Ollama, llama.cpp) through langchain-openai
+``PROVIDER:MODEL`` (``anthropic:…``, ``ollama:…``)  LangChain's ``init_chat_model``
+``local`` / ``local:/path/to/model.gguf``        the bundled SmolLM2-135M (or your GGUF), served
+                                                 by llama-cpp-python on loopback
+``scripted:NAME``                                a deterministic built-in (``agents/scripted.py``)
+``python:package.module:function``               a whole application under test; gets the
+                                                 message list, sync or async, returns text
+==============================================  ===============================================
+
+The gateway owns: bounded retries with exponential backoff and jitter on transient errors;
+a concurrency limit and a requests-per-minute limit per role; a persistent SQLite response
+cache keyed on model spec, messages, parameters, seed and repeat index; token and cost
+accounting per role; structured output with fallbacks (``json_schema`` response format →
+``json_object`` with a schema, which llama.cpp's server accepts → plain prompt) plus one repair
+round, remembering per model which mode worked; timeouts. Errors come from the one tree in
+:mod:`therasim.errors` and always name the role and model.
+
+Real backends (``openai``, LangChain providers, ``local``) refuse to run while
+:func:`allow_model_requests` is off — the test suite turns it off so nothing reaches a real
+endpoint by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from therasim.agents.scripted import get_scripted, run_scripted
+from therasim.agents.types import CompletionRequest, CompletionResponse, Message, Usage
+
+from therasim.errors import (
+    ConfigError,
+    ModelConnectionError,
+    ModelError,
+    ModelRequestsBlocked,
+    ModelTimeout,
+    PermanentModelError,
+    RateLimited,
+    ServerError,
+    StructuredOutputError,
+    TransientModelError,
+    UnknownNameError,
+)
+
+T = TypeVar("T", bound=BaseModel)
+
+StructuredMode = Literal["json_schema", "json_object", "prompt"]
+STRUCTURED_MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object", "prompt")
+
+# Providers LangChain's init_chat_model understands (besides "openai", which is ours).
+LANGCHAIN_PROVIDERS = (
+    "anthropic",
+    "azure_openai",
+    "bedrock",
+    "bedrock_converse",
+    "cohere",
+    "deepseek",
+    "fireworks",
+    "google_genai",
+    "google_vertexai",
+    "groq",
+    "huggingface",
+    "mistralai",
+    "ollama",
+    "perplexity",
+    "together",
+    "xai",
+)
+BACKENDS = ("openai", "local", "scripted", "python", *LANGCHAIN_PROVIDERS)
+
+# --------------------------------------------------------------------------- real-call switch
+
+_ALLOW_REAL = threading.Event()
+_ALLOW_REAL.set()
+
+
+def allow_model_requests(allowed: bool) -> None:
+    """Allow or forbid calls to real backends, process-wide (tests forbid them by default)."""
+    if allowed:
+        _ALLOW_REAL.set()
+    else:
+        _ALLOW_REAL.clear()
+
+
+def model_requests_allowed() -> bool:
+    """Whether real backends may be called."""
+    return _ALLOW_REAL.is_set()
+
+
+@contextlib.contextmanager
+def real_model_requests() -> Iterator[None]:
+    """Opt in to real calls for the duration of a block (restores the previous setting)."""
+    before = model_requests_allowed()
+    allow_model_requests(True)
+    try:
+        yield
+    finally:
+        allow_model_requests(before)
+
+
+# --------------------------------------------------------------------------- model specs
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec string."""
+
+    raw: str
+    backend: str
+    name: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+    @property
+    def is_real(self) -> bool:
+        return self.backend not in ("scripted", "python")
+
+
+def parse_model_spec(spec: str) -> ModelSpec:
+    """Parse ``backend:name[?base_url=…&api_key_env=…]`` (or ``local``)."""
+    spec = spec.strip()
+    if not spec:
+        raise ConfigError("empty model spec", field="model")
+    if spec == "local":
+        return ModelSpec(raw=spec, backend="local", name="")
+    backend, sep, rest = spec.partition(":")
+    if not sep:
+        raise UnknownNameError("backend", spec, list(BACKENDS))
+    if backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, list(BACKENDS))
+    name, _, query = rest.partition("?")
+    params = dict(parse_qsl(query)) if query else {}
+    unknown = sorted(set(params) - {"base_url", "api_key_env"})
+    if unknown:
+        raise ConfigError(
+            f"model spec {spec!r}: unknown option(s) {', '.join(unknown)} (allowed: base_url, api_key_env)",
+            field="model",
+        )
+    if not name and backend != "local":
+        raise ConfigError(f"model spec {spec!r} names no model after '{backend}:'", field="model")
+    if backend == "python" and name.count(":") != 1:
+        raise ConfigError(
+            f"model spec {spec!r}: write python:package.module:function", field="model"
+        )
+    return ModelSpec(
+        raw=spec,
+        backend=backend,
+        name=name,
+        base_url=params.get("base_url"),
+        api_key_env=params.get("api_key_env"),
+    )
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+class RoleConfig(BaseModel):
+    """How one role calls its model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        description="Model spec, e.g. 'local', 'openai:gpt-4o-mini', 'scripted:adherent'."
+    )
+    concurrency: int = Field(
+        default=8, ge=1, le=4096, description="Calls in flight at once for this role."
+    )
+    rpm: float | None = Field(
+        default=None, gt=0, description="Requests per minute; null for no limit."
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Overrides the request's temperature."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Overrides the request's max_tokens."
+    )
+
+
+class Price(BaseModel):
+    """USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class GatewayConfig(BaseModel):
+    """Roles → models, and the gateway's policies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roles: dict[str, RoleConfig] = Field(
+        default_factory=dict,
+        description="Role → model. 'judge' covers every 'judge:<name>'; 'default' covers any role not named.",
+    )
+    cache_path: str | None = Field(
+        default=None, description="SQLite response cache; default $THERASIM_HOME/cache.sqlite."
+    )
+    cache_enabled: bool = Field(default=True, description="Serve repeated requests from the cache.")
+    max_attempts: int = Field(
+        default=4, ge=1, le=20, description="Attempts per call on transient errors."
+    )
+    backoff_base_s: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles each retry."
+    )
+    backoff_max_s: float = Field(default=8.0, ge=0, description="Longest delay between retries.")
+    timeout_s: float = Field(default=120.0, gt=0, description="Timeout of one backend call.")
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="Model name → price; overrides the genai-prices table (local and scripted cost 0).",
+    )
+
+    def role(self, role: str) -> RoleConfig:
+        """The configuration for ``role`` (exact, then 'judge' for 'judge:*', then 'default')."""
+        if role in self.roles:
+            return self.roles[role]
+        if role.startswith("judge:") and "judge" in self.roles:
+            return self.roles["judge"]
+        if "default" in self.roles:
+            return self.roles["default"]
+        raise UnknownNameError("role", role, list(self.roles))
+
+
+def therasim_home() -> Path:
+    """Where therasim keeps its cache (``$THERASIM_HOME``, else ``~/.cache/therasim``)."""
+    return Path(os.environ.get("THERASIM_HOME") or Path.home() / ".cache" / "therasim")
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class ResponseCache:
+    """A persistent response cache in SQLite, safe to share between tasks of one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, text TEXT,"
+            " input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, structured_mode TEXT,"
+            " created REAL)"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS modes (model TEXT PRIMARY KEY, mode TEXT)")
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> tuple[str, Usage, str | None] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT text, input_tokens, output_tokens, cost_usd, structured_mode FROM responses WHERE key=?",
+                (key,),
+            ).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return row[0], Usage(input_tokens=row[1], output_tokens=row[2], cost_usd=row[3]), row[4]
+
+    def put(self, key: str, model: str, text: str, usage: Usage, mode: str | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    key,
+                    model,
+                    text,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.cost_usd,
+                    mode,
+                    time.time(),
+                ),
+            )
+
+    def mode(self, model: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT mode FROM modes WHERE model=?", (model,)).fetchone()
+        return row[0] if row else None
+
+    def set_mode(self, model: str, mode: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO modes VALUES (?,?)", (model, mode))
+
+    def size(self) -> tuple[int, int]:
+        """(entries, bytes on disk)."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM responses").fetchone()
+        size = sum(
+            p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.exists()
+        )
+        return int(n), size
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+@dataclass
+class RoleUsage:
+    """Totals for one role."""
+
+    calls: int = 0
+    cached_calls: int = 0
+    backend_calls: int = 0
+    retries: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass
+class Accounting:
+    """Per-role usage of one gateway."""
+
+    roles: dict[str, RoleUsage] = field(default_factory=dict)
+
+    def for_role(self, role: str) -> RoleUsage:
+        return self.roles.setdefault(role, RoleUsage())
+
+    def total(self) -> RoleUsage:
+        out = RoleUsage()
+        for r in self.roles.values():
+            for name in vars(out):
+                setattr(out, name, getattr(out, name) + getattr(r, name))
+        return out
+
+
+def price_of(model: ModelSpec, usage: Usage, table: dict[str, Price]) -> float | None:
+    """Cost in USD from the configured table, else genai-prices; None when unknown."""
+    if not model.is_real or model.backend == "local":
+        return 0.0
+    if model.name in table:
+        p = table[model.name]
+        return (
+            usage.input_tokens * p.input_per_mtok + usage.output_tokens * p.output_per_mtok
+        ) / 1e6
+    if model.base_url:  # a self-hosted endpoint: public prices do not apply
+        return None
+    try:
+        from genai_prices import Usage as GPUsage
+        from genai_prices import calc_price
+
+        provider = "openai" if model.backend == "openai" else model.backend.split("_")[0]
+        result = calc_price(
+            GPUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
+            model_ref=model.name,
+            provider_id=provider,
+        )
+        return float(result.total_price)
+    except Exception:  # unknown model or provider: cost is unknown, not zero
+        return None
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclass
+class _Raw:
+    text: str
+    usage: Usage
+
+
+def _map_openai_error(exc: BaseException, role: str, model: str) -> ModelError:
+    """Translate openai/httpx exceptions into the therasim tree."""
+    import httpx
+    import openai
+
+    msg = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, openai.RateLimitError):
+        return RateLimited(msg, role=role, model=model)
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | asyncio.TimeoutError):
+        return ModelTimeout(msg, role=role, model=model)
+    if isinstance(exc, openai.APIConnectionError | httpx.ConnectError):
+        return ModelConnectionError(msg, role=role, model=model)
+    if isinstance(exc, openai.InternalServerError):
+        return ServerError(msg, role=role, model=model)
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code >= 500:
+            return ServerError(msg, role=role, model=model)
+        if exc.status_code == 429:
+            return RateLimited(msg, role=role, model=model)
+        return PermanentModelError(msg, role=role, model=model)
+    return PermanentModelError(msg, role=role, model=model)
+
+
+class Gateway:
+    """The one place LLM calls happen. Create one per process (or per study) and share it."""
+
+    def __init__(self, config: GatewayConfig | None = None) -> None:
+        self.config = config or GatewayConfig()
+        self.accounting = Accounting()
+        self._cache: ResponseCache | None = None
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._limiters: dict[str, Any] = {}
+        self._clients: dict[tuple[str, str | None, str | None], Any] = {}
+        self._modes: dict[str, StructuredMode] = {}
+        self._http_clients: list[Any] = []
+
+    # ---- plumbing
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        if not self.config.cache_enabled:
+            return None
+        if self._cache is None:
+            path = (
+                Path(self.config.cache_path)
+                if self.config.cache_path
+                else therasim_home() / "cache.sqlite"
+            )
+            self._cache = ResponseCache(path)
+        return self._cache
+
+    def model_for(self, request: CompletionRequest) -> ModelSpec:
+        """The model spec a request goes to."""
+        if request.model:
+            return parse_model_spec(request.model)
+        return parse_model_spec(self.config.role(request.role).model)
+
+    def _role_config(self, role: str) -> RoleConfig | None:
+        try:
+            return self.config.role(role)
+        except UnknownNameError:
+            return None
+
+    def _semaphore(self, role: str) -> asyncio.Semaphore:
+        if role not in self._semaphores:
+            rc = self._role_config(role)
+            self._semaphores[role] = asyncio.Semaphore(rc.concurrency if rc else 8)
+        return self._semaphores[role]
+
+    def _limiter(self, role: str) -> Any:
+        if role not in self._limiters:
+            rc = self._role_config(role)
+            if rc and rc.rpm:
+                from aiolimiter import AsyncLimiter
+
+                # one request per 60/rpm seconds: steady pacing, no initial burst
+                self._limiters[role] = AsyncLimiter(1, 60 / rc.rpm)
+            else:
+                self._limiters[role] = None
+        return self._limiters[role]
+
+    async def aclose(self) -> None:
+        """Release HTTP clients and the cache connection."""
+        for http_client in self._http_clients:
+            with contextlib.suppress(Exception):
+                await http_client.aclose()
+        self._http_clients.clear()
+        self._clients.clear()
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    # ---- public API
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        """One call: cache, limits, retries, accounting. Raises a :class:`ModelError`."""
+        return await self._complete(request, mode=None, schema=None)
+
+    async def structured(
+        self, request: CompletionRequest, schema: type[T]
+    ) -> tuple[T, CompletionResponse]:
+        """A call whose answer is parsed into ``schema``, trying the output modes in order.
+
+        Modes: ``json_schema`` response format, then ``json_object`` with the schema (what
+        llama.cpp's server accepts), then a plain prompt. A reply that does not validate gets one
+        repair round (the error is shown to the model). The mode that worked is remembered per
+        model, in memory and in the cache database.
+        """
+        model = self.model_for(request)
+        role = request.role
+        modes = self._modes_to_try(model)
+        last_error: Exception | None = None
+        for mode in modes:
+            req = self._with_schema_prompt(request, schema) if mode == "prompt" else request
+            try:
+                response = await self._complete(req, mode=mode, schema=schema)
+            except PermanentModelError as exc:
+                if mode != "prompt" and _looks_like_unsupported_format(exc):
+                    last_error = exc
+                    continue  # this server does not take this response format: try the next
+                raise
+            try:
+                parsed = _parse_json_into(response.text, schema)
+            except (ValueError, ValidationError) as exc:
+                repaired = await self._repair(req, response, schema, exc, mode)
+                if repaired is None:
+                    last_error = exc
+                    continue
+                parsed, response = repaired
+            self._remember_mode(model, mode)
+            response.structured_mode = mode
+            return parsed, response
+        raise StructuredOutputError(
+            f"no output mode produced valid {schema.__name__} JSON (tried {', '.join(modes)}): {last_error}",
+            role=role,
+            model=model.raw,
+        )
+
+    # ---- internals
+
+    def _modes_to_try(self, model: ModelSpec) -> list[StructuredMode]:
+        if model.backend in ("scripted", "python"):
+            return ["prompt"]
+        known = self._modes.get(model.raw)
+        if known is None and self.cache is not None:
+            stored = self.cache.mode(model.raw)
+            if stored in STRUCTURED_MODES:
+                known = stored
+        if model.backend not in ("openai", "local"):
+            order: list[StructuredMode] = ["json_schema", "prompt"]
+        else:
+            order = list(STRUCTURED_MODES)
+        if known in order:
+            order.remove(known)
+            order.insert(0, known)
+        return order
+
+    def _remember_mode(self, model: ModelSpec, mode: StructuredMode) -> None:
+        if self._modes.get(model.raw) != mode:
+            self._modes[model.raw] = mode
+            if self.cache is not None:
+                self.cache.set_mode(model.raw, mode)
+
+    @staticmethod
+    def _with_schema_prompt(
+        request: CompletionRequest, schema: type[BaseModel]
+    ) -> CompletionRequest:
+        instruction = (
+            "Answer with one JSON object only, no prose, that validates against this JSON Schema:\n"
+            + json.dumps(schema.model_json_schema(), separators=(",", ":"))
+        )
+        return request.model_copy(
+            update={"messages": (*request.messages, Message(role="user", content=instruction))}
+        )
+
+    async def _repair(
+        self,
+        request: CompletionRequest,
+        response: CompletionResponse,
+        schema: type[T],
+        error: Exception,
+        mode: StructuredMode,
+    ) -> tuple[T, CompletionResponse] | None:
+        fix = Message(
+            role="user",
+            content=(
+                "Your last answer was not valid JSON for the required schema. Error: "
+                f"{str(error)[:500]}\nReply again with only the corrected JSON object."
+            ),
+        )
+        repair_req = request.model_copy(
+            update={
+                "messages": (
+                    *request.messages,
+                    Message(role="assistant", content=response.text),
+                    fix,
+                ),
+            }
+        )
+        try:
+            repaired = await self._complete(repair_req, mode=mode, schema=schema)
+            return _parse_json_into(repaired.text, schema), repaired
+        except (ValueError, ValidationError, PermanentModelError):
+            return None
+
+    async def _complete(
+        self,
+        request: CompletionRequest,
+        *,
+        mode: StructuredMode | None,
+        schema: type[BaseModel] | None,
+    ) -> CompletionResponse:
+        model = self.model_for(request)
+        role = request.role
+        rc = self._role_config(role)
+        if rc is not None and not request.model:
+            request = request.model_copy(
+                update={
+                    k: v
+                    for k, v in (("temperature", rc.temperature), ("max_tokens", rc.max_tokens))
+                    if v is not None
+                }
+            )
+        usage = self.accounting.for_role(role)
+        usage.calls += 1
+        cache = self.cache if model.backend != "scripted" else None
+        key = request.cache_key(model.raw, {"mode": mode}) if cache is not None else ""
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                text, u, stored_mode = hit
+                usage.cached_calls += 1
+                return CompletionResponse(
+                    text=text,
+                    role=role,
+                    model=model.raw,
+                    usage=u,
+                    cached=True,
+                    structured_mode=stored_mode,
+                )
+        if model.is_real and not model_requests_allowed():
+            usage.errors += 1
+            raise ModelRequestsBlocked(
+                "real model requests are disabled here (tests: use the 'allow_model_requests' fixture)",
+                role=role,
+                model=model.raw,
+            )
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._semaphore(role):
+                    limiter = self._limiter(role)
+                    if limiter is not None:
+                        await limiter.acquire()
+                    usage.backend_calls += 1
+                    raw = await asyncio.wait_for(
+                        self._call_backend(model, request, mode, schema),
+                        timeout=self.config.timeout_s,
+                    )
+                break
+            except TimeoutError as exc:
+                error: ModelError = ModelTimeout(
+                    f"no answer within {self.config.timeout_s:g} s", role=role, model=model.raw
+                )
+                error.__cause__ = exc
+            except ModelError as exc:
+                error = exc
+            except ConfigError:
+                raise
+            except Exception as exc:  # backend libraries raise their own types
+                error = (
+                    _map_openai_error(exc, role, model.raw)
+                    if model.backend != "python"
+                    else (
+                        PermanentModelError(
+                            f"{type(exc).__name__}: {exc}", role=role, model=model.raw
+                        )
+                    )
+                )
+            if mode in ("json_schema", "json_object") and _looks_like_unsupported_format(error):
+                # llama.cpp answers 500 to a response format it does not take: not worth a retry
+                raise PermanentModelError(error.detail, role=role, model=model.raw) from error
+            if not isinstance(error, TransientModelError) or attempt >= self.config.max_attempts:
+                usage.errors += 1
+                if isinstance(error, TransientModelError):
+                    error.detail += f" (after {attempt} attempts)"
+                    error.args = (f"[role {role}, model {model.raw}] {error.detail}",)
+                raise error
+            usage.retries += 1
+            delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
+            await asyncio.sleep(
+                delay * (0.5 + random.random() / 2)
+            )  # jitter: 50-100 % of the delay
+        latency = time.perf_counter() - started
+        raw.usage.cost_usd = price_of(model, raw.usage, self.config.prices)
+        usage.input_tokens += raw.usage.input_tokens
+        usage.output_tokens += raw.usage.output_tokens
+        usage.cost_usd += raw.usage.cost_usd or 0.0
+        if cache is not None:
+            cache.put(key, model.raw, raw.text, raw.usage, mode)
+        return CompletionResponse(
+            text=raw.text,
+            role=role,
+            model=model.raw,
+            usage=raw.usage,
+            latency_s=latency,
+            attempts=attempt,
+        )
+
+    async def _call_backend(
+        self,
+        model: ModelSpec,
+        request: CompletionRequest,
+        mode: StructuredMode | None,
+        schema: type[BaseModel] | None,
+    ) -> _Raw:
+        if model.backend == "scripted":
+            text = await run_scripted(model.name, request)
+            return _Raw(text, _approx_usage(request, text))
+        if model.backend == "python":
+            return await self._call_python(model, request)
+        if model.backend in ("openai", "local"):
+            return await self._call_openai(model, request, mode, schema)
+        return await self._call_langchain(model, request, mode, schema)
+
+    async def _call_python(self, model: ModelSpec, request: CompletionRequest) -> _Raw:
+        module_name, _, func_name = model.name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), func_name)
+        except (ImportError, AttributeError) as exc:
+            raise PermanentModelError(
+                f"cannot load {model.name}: {exc}", role=request.role, model=model.raw
+            ) from exc
+        messages = [m.model_dump() for m in request.messages]
+        result = (
+            fn(messages)
+            if inspect.iscoroutinefunction(fn)
+            else await asyncio.to_thread(fn, messages)
+        )
+        if inspect.isawaitable(result):
+            result = await result
+        text = (
+            result
+            if isinstance(result, str)
+            else str(result.get("content", ""))
+            if isinstance(result, dict)
+            else str(result)
+        )
+        return _Raw(text, _approx_usage(request, text))
+
+    def _openai_client(self, model: ModelSpec) -> Any:
+        from langchain_openai import ChatOpenAI
+
+        base_url, api_key = model.base_url, None
+        name = model.name
+        if model.backend == "local":
+            from therasim.agents.local import ensure_local_server
+
+            server = ensure_local_server(model.name or None)
+            base_url, api_key, name = server.base_url, "sk-local", server.model_alias
+        else:
+            env = model.api_key_env or "OPENAI_API_KEY"
+            api_key = os.environ.get(env)
+            if api_key is None and base_url is None:
+                raise PermanentModelError(
+                    f"no API key: set the environment variable {env}", role="?", model=model.raw
+                )
+        key = (model.raw, base_url, name)
+        if key not in self._clients:
+            import httpx
+
+            # Our own client per gateway: langchain-openai's shared default is bound to the first
+            # event loop that used it, and we want connection limits sized for many sessions.
+            http_client = httpx.AsyncClient(
+                timeout=self.config.timeout_s,
+                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+            )
+            self._http_clients.append(http_client)
+            self._clients[key] = ChatOpenAI(
+                http_async_client=http_client,
+                model=name,
+                base_url=base_url,
+                api_key=SecretStr(api_key or "not-needed"),
+                max_retries=0,  # the gateway retries
+                timeout=self.config.timeout_s,
+            )
+        return self._clients[key]
+
+    async def _call_openai(
+        self,
+        model: ModelSpec,
+        request: CompletionRequest,
+        mode: StructuredMode | None,
+        schema: type[BaseModel] | None,
+    ) -> _Raw:
+        try:
+            client = self._openai_client(model)
+        except PermanentModelError as exc:
+            raise PermanentModelError(exc.detail, role=request.role, model=model.raw) from exc
+        kwargs: dict[str, Any] = {
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if schema is not None and mode == "json_schema":
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": schema.__name__,
+                    "schema": schema.model_json_schema(),
+                    "strict": False,
+                },
+            }
+        elif schema is not None and mode == "json_object":
+            kwargs["response_format"] = {
+                "type": "json_object",
+                "schema": schema.model_json_schema(),
+            }
+        message = await client.ainvoke(_to_langchain(request.messages), **kwargs)
+        return _Raw(_content_text(message), _usage_of(message, request))
+
+    async def _call_langchain(
+        self,
+        model: ModelSpec,
+        request: CompletionRequest,
+        mode: StructuredMode | None,
+        schema: type[BaseModel] | None,
+    ) -> _Raw:
+        key = (model.raw, None, None)
+        if key not in self._clients:
+            from langchain.chat_models import init_chat_model
+
+            try:
+                self._clients[key] = init_chat_model(model.name, model_provider=model.backend)
+            except Exception as exc:
+                raise PermanentModelError(
+                    f"LangChain cannot build {model.raw}: {exc}", role=request.role, model=model.raw
+                ) from exc
+        client = self._clients[key]
+        kwargs: dict[str, Any] = {
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
+        if schema is not None and mode == "json_schema":
+            runnable = client.with_structured_output(schema, include_raw=True)
+            out = await runnable.ainvoke(_to_langchain(request.messages))
+            raw = out["raw"]
+            parsed = out.get("parsed")
+            text = parsed.model_dump_json() if isinstance(parsed, BaseModel) else _content_text(raw)
+            return _Raw(text, _usage_of(raw, request))
+        message = await client.ainvoke(_to_langchain(request.messages), **kwargs)
+        return _Raw(_content_text(message), _usage_of(message, request))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _to_langchain(messages: tuple[Message, ...]) -> list[tuple[str, str]]:
+    kinds = {"system": "system", "user": "human", "assistant": "ai"}
+    return [(kinds[m.role], m.content) for m in messages]
+
+
+def _content_text(message: Any) -> str:
+    content = getattr(message, "content", message)
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "") if isinstance(part, dict) else str(part) for part in content
+        )
+    return str(content)
+
+
+def _approx_tokens(text: str) -> int:
+    # Scripted and python backends report no usage; ~4 characters a token keeps budgets honest.
+    return max(1, len(text) // 4) if text else 0
+
+
+def _approx_usage(request: CompletionRequest, text: str) -> Usage:
+    return Usage(
+        input_tokens=sum(_approx_tokens(m.content) for m in request.messages),
+        output_tokens=_approx_tokens(text),
+    )
+
+
+def _usage_of(message: Any, request: CompletionRequest) -> Usage:
+    meta = getattr(message, "usage_metadata", None)
+    if meta:
+        return Usage(
+            input_tokens=int(meta.get("input_tokens", 0)),
+            output_tokens=int(meta.get("output_tokens", 0)),
+        )
+    return _approx_usage(request, _content_text(message))
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+
+
+def extract_json(text: str) -> str:
+    """The JSON object inside a reply: fenced block, else the outermost braces."""
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1)
+    start, end = text.find("{"), text.rfind("}")
+    if start == -1 or end <= start:
+        raise ValueError("no JSON object in the reply")
+    return text[start : end + 1]
+
+
+def _parse_json_into(text: str, schema: type[T]) -> T:
+    return schema.model_validate_json(extract_json(text))
+
+
+def _looks_like_unsupported_format(exc: ModelError) -> bool:
+    detail = exc.detail.lower()
+    return "response_format" in detail or "json_schema" in detail
+
+
+def known_backends() -> list[str]:
+    """Backend names a model spec may start with."""
+    return list(BACKENDS)
+
+
+def check_scripted(name: str) -> None:
+    """Raise UnknownNameError when no scripted agent has this name."""
+    get_scripted(name)

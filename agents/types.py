@@ -1,0 +1,96 @@
+"""Data that crosses the gateway: messages, requests, responses, usage.
+
+Kept apart from ``llm.py`` so that scripted agents and tests can build requests without
+pulling in the backends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class CompletionRequest(BaseModel):
+    """One call through the gateway.
+
+    ``role`` picks the model from configuration (``subject``, ``patient``, ``appraiser``,
+    ``judge:<name>``); ``model`` overrides it for one call (``therasim ask``). ``metadata`` is
+    read only by scripted and python backends (it carries the protocol phase, turn index, ...)
+    and is part of the cache key only through ``seed``/``repeat``/``messages``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: str
+    messages: tuple[Message, ...]
+    model: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 256
+    seed: int | None = None
+    repeat: int = 0
+    stop: tuple[str, ...] = ()
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, role: str, messages: list[dict[str, str]] | list[Message], **kwargs: Any
+    ) -> CompletionRequest:
+        """Build a request from plain ``{"role", "content"}`` dicts or messages."""
+        msgs = tuple(m if isinstance(m, Message) else Message.model_validate(m) for m in messages)
+        return cls(role=role, messages=msgs, **kwargs)
+
+    def cache_key(self, model_spec: str, extra: dict[str, Any] | None = None) -> str:
+        """Stable hash of everything that determines a backend's answer."""
+        payload = {
+            "model": model_spec,
+            "messages": [m.model_dump() for m in self.messages],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "repeat": self.repeat,
+            "stop": list(self.stop),
+            **(extra or {}),
+        }
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+class Usage(BaseModel):
+    """Tokens and cost of one call (cost in USD, None when the price is unknown)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class CompletionResponse(BaseModel):
+    """What the gateway returns for one call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    role: str
+    model: str
+    usage: Usage = Field(default_factory=Usage)
+    cached: bool = False
+    latency_s: float = 0.0
+    attempts: int = 1
+    structured_mode: str | None = None

@@ -1,0 +1,277 @@
+"""The gateway: specs, roles, cache, retries, limits, accounting, structured output."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+from therasim.agents.fake_openai import FakeOpenAIServer
+from therasim.agents.llm import (
+    Gateway,
+    GatewayConfig,
+    Price,
+    RoleConfig,
+    parse_model_spec,
+)
+from therasim.agents.scripted import register_scripted
+from therasim.agents.types import CompletionRequest
+
+from therasim.errors import (
+    ConfigError,
+    ModelRequestsBlocked,
+    ModelTimeout,
+    RateLimited,
+    StructuredOutputError,
+    UnknownNameError,
+)
+
+
+class Verdict(BaseModel):
+    met: bool
+    reason: str
+
+
+def gateway(tmp_path: Path, model: str, **config: object) -> Gateway:
+    role = RoleConfig(
+        model=model, **{k: v for k, v in config.items() if k in RoleConfig.model_fields}
+    )
+    rest = {k: v for k, v in config.items() if k not in RoleConfig.model_fields}
+    rest.setdefault("backoff_base_s", 0.0)
+    return Gateway(
+        GatewayConfig(
+            roles={"subject": role, "judge": role},
+            cache_path=str(tmp_path / "cache.sqlite"),
+            **rest,
+        )  # type: ignore[arg-type]
+    )
+
+
+def req(text: str = "hello", role: str = "subject", **kw: object) -> CompletionRequest:
+    return CompletionRequest.of(role, [{"role": "user", "content": text}], **kw)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ specs and roles
+
+
+def test_model_specs_parse_every_backend() -> None:
+    assert parse_model_spec("local").backend == "local"
+    assert parse_model_spec("local:/models/x.gguf").name == "/models/x.gguf"
+    s = parse_model_spec("openai:gpt-4o-mini?base_url=http://127.0.0.1:8000/v1&api_key_env=MY_KEY")
+    assert (s.backend, s.name, s.base_url, s.api_key_env) == (
+        "openai",
+        "gpt-4o-mini",
+        "http://127.0.0.1:8000/v1",
+        "MY_KEY",
+    )
+    assert parse_model_spec("anthropic:claude-x").backend == "anthropic"
+    assert parse_model_spec("scripted:adherent").name == "adherent"
+    assert parse_model_spec("python:pkg.mod:fn").name == "pkg.mod:fn"
+
+
+def test_unknown_backend_lists_known_and_suggests() -> None:
+    with pytest.raises(UnknownNameError) as info:
+        parse_model_spec("opnai:gpt-4o")
+    message = str(info.value)
+    assert "did you mean 'openai'" in message
+    assert "local" in message and "scripted" in message
+    with pytest.raises(ConfigError):
+        parse_model_spec("openai:gpt?colour=red")
+    with pytest.raises(ConfigError):
+        parse_model_spec("python:no_function_here")
+
+
+def test_roles_resolve_judges_and_default() -> None:
+    config = GatewayConfig(
+        roles={"judge": RoleConfig(model="scripted:a"), "default": RoleConfig(model="scripted:b")}
+    )
+    assert config.role("judge:strict").model == "scripted:a"
+    assert config.role("patient").model == "scripted:b"
+    with pytest.raises(UnknownNameError, match="did you mean 'subject'"):
+        GatewayConfig(roles={"subject": RoleConfig(model="local")}).role("subjekt")
+
+
+# ------------------------------------------------------------------ scripted and python
+
+
+@register_scripted("test-echo")
+def _echo(request: CompletionRequest) -> str:
+    return "echo: " + request.messages[-1].content
+
+
+async def test_scripted_backend_and_unknown_name(tmp_path: Path) -> None:
+    g = gateway(tmp_path, "scripted:test-echo")
+    resp = await g.complete(req("hi"))
+    assert resp.text == "echo: hi"
+    assert resp.usage.output_tokens > 0
+    bad = gateway(tmp_path, "scripted:test-ecko")
+    with pytest.raises(UnknownNameError, match="did you mean 'test-echo'"):
+        await bad.complete(req("hi"))
+
+
+def sync_app(messages: list[dict[str, str]]) -> str:
+    return f"{len(messages)} messages, last {messages[-1]['content']}"
+
+
+async def async_app(messages: list[dict[str, str]]) -> dict[str, str]:
+    await asyncio.sleep(0)
+    return {"content": messages[-1]["content"].upper()}
+
+
+async def test_python_backend_sync_and_async(tmp_path: Path) -> None:
+    g = gateway(tmp_path, f"python:{__name__}:sync_app")
+    assert (await g.complete(req("x"))).text == "1 messages, last x"
+    g2 = gateway(tmp_path, f"python:{__name__}:async_app")
+    assert (await g2.complete(req("shout"))).text == "SHOUT"
+
+
+# ------------------------------------------------------------------ the OpenAI path
+
+
+async def test_real_calls_blocked_by_default(tmp_path: Path) -> None:
+    with FakeOpenAIServer() as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
+        with pytest.raises(ModelRequestsBlocked) as info:
+            await g.complete(req())
+        assert "role subject" in str(info.value) and "openai:fake" in str(info.value)
+        assert server.calls == 0
+
+
+async def test_repeated_request_served_from_cache(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer() as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
+        first = await g.complete(req("same", seed=3))
+        second = await g.complete(req("same", seed=3))
+        assert server.calls == 1
+        assert second.cached and not first.cached
+        assert second.text == first.text
+        assert g.cache is not None and (g.cache.hits, g.cache.misses) == (1, 1)
+        # a different repeat index is a different sample: it reaches the backend
+        await g.complete(req("same", seed=3, repeat=1))
+        assert server.calls == 2
+        assert g.accounting.for_role("subject").backend_calls == 2
+
+
+async def test_cache_can_be_bypassed(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer() as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", cache_enabled=False)
+        await g.complete(req("same"))
+        await g.complete(req("same"))
+        assert server.calls == 2
+
+
+async def test_429_twice_then_success(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer(plan=["429", "429", "ok"]) as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
+        resp = await g.complete(req())
+        assert server.calls == 3
+        assert resp.attempts == 3
+        assert g.accounting.for_role("subject").retries == 2
+
+
+async def test_retries_are_bounded(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer(default="429") as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", max_attempts=3)
+        with pytest.raises(RateLimited, match=r"role subject.*after 3 attempts"):
+            await g.complete(req())
+        assert server.calls == 3
+
+
+async def test_timeout_is_retried(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer(plan=["timeout", "ok"], hang_s=5) as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", timeout_s=0.3)
+        resp = await g.complete(req())
+        assert resp.attempts == 2 and server.calls == 2
+    with FakeOpenAIServer(default="timeout", hang_s=5) as server:
+        g = gateway(
+            tmp_path, f"openai:fake?base_url={server.base_url}", timeout_s=0.2, max_attempts=2
+        )
+        with pytest.raises(ModelTimeout, match="openai:fake"):
+            await g.complete(req("other"))
+
+
+async def test_broken_json_repaired_in_one_round(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer(plan=["broken_json", "ok"]) as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
+        verdict, resp = await g.structured(req("judge this", role="judge:a"), Verdict)
+        assert verdict.met is True
+        assert server.calls == 2  # the broken answer, then one repair
+        repair_messages = server.requests[1]["messages"]
+        assert "not valid JSON" in repair_messages[-1]["content"]
+        assert resp.structured_mode == "json_schema"
+
+
+async def test_structured_falls_back_to_json_object_and_remembers(
+    tmp_path: Path, real_requests: None
+) -> None:
+    with FakeOpenAIServer(reject_json_schema=True) as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
+        _, resp = await g.structured(req("one", role="judge:a"), Verdict)
+        assert resp.structured_mode == "json_object"
+        assert server.requests[-1]["response_format"]["type"] == "json_object"
+        assert "schema" in server.requests[-1]["response_format"]
+        calls_before = server.calls
+        await g.structured(req("two", role="judge:a"), Verdict)
+        assert server.calls == calls_before + 1  # json_object tried first now
+        # and a new gateway on the same cache file remembers it too
+        g2 = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
+        await g2.structured(req("three", role="judge:a"), Verdict)
+        assert server.requests[-1]["response_format"]["type"] == "json_object"
+
+
+async def test_structured_output_error_when_nothing_parses(
+    tmp_path: Path, real_requests: None
+) -> None:
+    with FakeOpenAIServer(default="broken_json") as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
+        with pytest.raises(StructuredOutputError, match=r"role judge:a.*Verdict"):
+            await g.structured(req("x", role="judge:a"), Verdict)
+
+
+# ------------------------------------------------------------------ limits and accounting
+
+
+async def test_concurrency_limit_per_role(tmp_path: Path) -> None:
+    in_flight = 0
+    peak = 0
+
+    @register_scripted("test-slow")
+    async def slow(request: CompletionRequest) -> str:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return "ok"
+
+    g = gateway(tmp_path, "scripted:test-slow", concurrency=2)
+    await asyncio.gather(*(g.complete(req(str(i))) for i in range(8)))
+    assert peak == 2
+
+
+async def test_requests_per_minute_limit(tmp_path: Path) -> None:
+    g = gateway(tmp_path, "scripted:test-echo", rpm=600)  # one call per 0.1 s
+    started = time.perf_counter()
+    await asyncio.gather(*(g.complete(req(str(i))) for i in range(4)))
+    assert time.perf_counter() - started >= 0.28
+
+
+async def test_tokens_and_cost_per_role(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer() as server:
+        g = Gateway(
+            GatewayConfig(
+                roles={"subject": RoleConfig(model=f"openai:priced?base_url={server.base_url}")},
+                cache_enabled=False,
+                prices={"priced": Price(input_per_mtok=1_000_000, output_per_mtok=2_000_000)},
+            )
+        )
+        resp = await g.complete(req("a" * 40))
+        body = server.requests[0]
+        assert resp.usage.input_tokens == sum(len(m["content"]) // 4 for m in body["messages"])
+        expected = resp.usage.input_tokens * 1.0 + resp.usage.output_tokens * 2.0
+        assert resp.usage.cost_usd == pytest.approx(expected)
+        totals = g.accounting.for_role("subject")
+        assert totals.input_tokens == resp.usage.input_tokens
+        assert totals.cost_usd == pytest.approx(expected)

@@ -1,0 +1,136 @@
+"""The one exception tree of therasim.
+
+::
+
+    TherasimError
+    ├── ConfigError                  a data file or setting is invalid (names file, id, field path)
+    │   └── UnknownNameError         a registry lookup failed; the message says "did you mean ..."
+    ├── ModelError                   an LLM call failed; always names the role and the model spec
+    │   ├── ModelRequestsBlocked     real backends are disabled (the test suite's default)
+    │   ├── TransientModelError      worth retrying: the gateway retries these with backoff
+    │   │   ├── RateLimited          HTTP 429
+    │   │   ├── ServerError          HTTP 5xx
+    │   │   ├── ModelTimeout         no answer within the timeout
+    │   │   └── ModelConnectionError the endpoint could not be reached
+    │   ├── PermanentModelError      4xx other than 429, bad credentials, unknown model
+    │   ├── StructuredOutputError    no output mode produced JSON that validates, even after repair
+    │   └── LocalModelUnavailable    the `local` extra is missing or the llama.cpp server did not start
+    ├── SessionError                 a simulated session cannot go on (recorded, never raised past the runner)
+    │   └── GuardFailure             a participant's output failed its guards after every retry
+    └── BudgetExhausted              the study's cost or token budget is spent
+
+Every class lives here so that the lowest layers (personas, protocols) and the highest (the CLI)
+share one tree, and ``except TherasimError`` is always enough for a caller.
+"""
+
+from __future__ import annotations
+
+
+class TherasimError(Exception):
+    """Base class of every error therasim raises on purpose."""
+
+
+class ConfigError(TherasimError):
+    """A data file (persona, protocol, rubric, study) or a setting is invalid.
+
+    The message names the file, the object's id where known, and the field path.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        object_id: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = file
+        self.object_id = object_id
+        self.field = field
+        where = ", ".join(
+            part
+            for part in (
+                file,
+                f"id {object_id!r}" if object_id else None,
+                f"field {field}" if field else None,
+            )
+            if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class UnknownNameError(ConfigError):
+    """A name was looked up in a registry (backends, scripted agents, judges, ...) and not found."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        self.kind = kind
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(f"unknown {kind} {name!r}{hint} (known: {', '.join(self.known)})")
+
+
+class ModelError(TherasimError):
+    """An LLM call failed. ``role`` and ``model`` say which call."""
+
+    def __init__(self, message: str, *, role: str = "?", model: str = "?") -> None:
+        self.role = role
+        self.model = model
+        self.detail = message
+        super().__init__(f"[role {role}, model {model}] {message}")
+
+
+class ModelRequestsBlocked(ModelError):
+    """A real backend was called while real calls are disabled (see ``allow_model_requests``)."""
+
+
+class TransientModelError(ModelError):
+    """A failure worth retrying."""
+
+
+class RateLimited(TransientModelError):
+    """HTTP 429."""
+
+
+class ServerError(TransientModelError):
+    """HTTP 5xx."""
+
+
+class ModelTimeout(TransientModelError):
+    """The backend did not answer in time."""
+
+
+class ModelConnectionError(TransientModelError):
+    """The backend could not be reached."""
+
+
+class PermanentModelError(ModelError):
+    """A failure that retrying will not fix (bad request, bad credentials, unknown model)."""
+
+
+class StructuredOutputError(ModelError):
+    """Structured output could not be parsed into the requested schema, even after one repair."""
+
+
+class LocalModelUnavailable(ModelError):
+    """The bundled local model cannot be served (extra not installed, server did not start)."""
+
+
+class SessionError(TherasimError):
+    """A simulated session cannot continue."""
+
+
+class GuardFailure(SessionError):
+    """A participant's output failed its guards on every allowed attempt."""
+
+    def __init__(self, message: str, *, guard: str, attempts: int) -> None:
+        self.guard = guard
+        self.attempts = attempts
+        super().__init__(f"{message} (guard {guard}, {attempts} attempts)")
+
+
+class BudgetExhausted(TherasimError):
+    """The study's budget (cost or tokens) is spent; no new sessions start."""
