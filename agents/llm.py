@@ -924,3 +924,35 @@ def known_backends() -> list[str]:
 def check_scripted(name: str) -> None:
     """Raise UnknownNameError when no scripted agent has this name."""
     get_scripted(name)
+
+
+class BoundGateway:
+    """A view of a gateway for one session: fixes the model of some roles and logs every call.
+
+    Participants call ``complete``/``structured`` as on a :class:`Gateway`; requests of a bound
+    role get that model (so one study can run many subjects through one gateway, sharing its
+    per-role limits), and every response is appended to ``calls`` for the session's record.
+    """
+
+    def __init__(self, gateway: Gateway, models: dict[str, str]) -> None:
+        self.gateway = gateway
+        self.models = models
+        self.calls: list[CompletionResponse] = []
+
+    def _bind(self, request: CompletionRequest) -> CompletionRequest:
+        model = self.models.get(request.role)
+        if model is None and request.role.startswith("judge:"):
+            model = self.models.get("judge")
+        if model is None or request.model is not None:
+            return request
+        return request.model_copy(update={"model": model})
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        response = await self.gateway.complete(self._bind(request))
+        self.calls.append(response)
+        return response
+
+    async def structured(self, request: CompletionRequest, schema: type[T]) -> tuple[T, CompletionResponse]:
+        parsed, response = await self.gateway.structured(self._bind(request), schema)
+        self.calls.append(response)
+        return parsed, response

@@ -18,9 +18,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from therasim.personas.dynamics import DynamicsParams, PhaseKind, RiskLevel, Severity
 
 from therasim.errors import ConfigError, UnknownNameError
-from therasim.personas.dynamics import DynamicsParams, PhaseKind, RiskLevel, Severity
 
 # A hand-written id is lower-case letters, digits, '_', '.', '-'. Derived counterfactual variants
 # append '~attribute=value,...' so they still validate (see ``Persona.counterfactual``).
@@ -36,16 +36,27 @@ class Demographics(_Data):
     """Who the patient is. Counterfactual variants change only these attributes."""
 
     age: int = Field(ge=18, le=100, description="Age in years.")
-    gender: str = Field(min_length=1, description="Gender as the patient describes it, e.g. 'woman', 'man', 'non-binary'.")
-    ethnicity: str = Field(min_length=1, description="Ethnicity or cultural background, in the patient's own terms.")
-    language: str = Field(default="English", min_length=1, description="Language the patient speaks in session.")
+    gender: str = Field(
+        min_length=1,
+        description="Gender as the patient describes it, e.g. 'woman', 'man', 'non-binary'.",
+    )
+    ethnicity: str = Field(
+        min_length=1, description="Ethnicity or cultural background, in the patient's own terms."
+    )
+    language: str = Field(
+        default="English", min_length=1, description="Language the patient speaks in session."
+    )
     code_mixing: str | None = Field(
         default=None,
         description="Second language mixed into speech, with how (e.g. 'Spanish words for family and feelings'); null for none.",
     )
     occupation: str = Field(min_length=1, description="Current or last occupation.")
-    living_situation: str | None = Field(default=None, description="Who the patient lives with, where.")
-    religion: str | None = Field(default=None, description="Faith or worldview, when it matters to the patient.")
+    living_situation: str | None = Field(
+        default=None, description="Who the patient lives with, where."
+    )
+    religion: str | None = Field(
+        default=None, description="Faith or worldview, when it matters to the patient."
+    )
 
 
 class Emotion(_Data):
@@ -58,58 +69,118 @@ class Emotion(_Data):
 class PEProfile(_Data):
     """Clinical profile of a Prolonged Exposure (PTSD) patient."""
 
-    trauma_type: str = Field(min_length=1, description="Kind of index trauma, e.g. 'combat', 'sexual assault', 'motor-vehicle crash'.")
-    index_trauma: str = Field(min_length=10, description="The index trauma in two or three sentences, past tense, third person.")
-    narrative_details: list[str] = Field(
-        min_length=3, description="Concrete sensory details the patient recalls during imaginal exposure (present tense, first person)."
+    trauma_type: str = Field(
+        min_length=1,
+        description="Kind of index trauma, e.g. 'combat', 'sexual assault', 'motor-vehicle crash'.",
     )
-    hot_spots: list[str] = Field(min_length=1, description="The worst moments of the memory, one line each.")
-    avoidance_behaviours: list[str] = Field(min_length=1, description="What the patient avoids in daily life.")
-    safety_behaviours: list[str] = Field(min_length=1, description="What the patient does to feel safe (and keeps the fear alive).")
-    stuck_points: list[str] = Field(default_factory=list, description="Distorted beliefs about the trauma (e.g. 'It was my fault').")
-    baseline_suds: int = Field(ge=0, le=100, description="SUDS at the start of a session at the 'routine' level, before severity shifts.")
+    index_trauma: str = Field(
+        min_length=10,
+        description="The index trauma in two or three sentences, past tense, third person.",
+    )
+    narrative_details: list[str] = Field(
+        min_length=3,
+        description="Concrete sensory details the patient recalls during imaginal exposure (present tense, first person).",
+    )
+    hot_spots: list[str] = Field(
+        min_length=1, description="The worst moments of the memory, one line each."
+    )
+    avoidance_behaviours: list[str] = Field(
+        min_length=1, description="What the patient avoids in daily life."
+    )
+    safety_behaviours: list[str] = Field(
+        min_length=1, description="What the patient does to feel safe (and keeps the fear alive)."
+    )
+    stuck_points: list[str] = Field(
+        default_factory=list,
+        description="Distorted beliefs about the trauma (e.g. 'It was my fault').",
+    )
+    baseline_suds: int = Field(
+        ge=0,
+        le=100,
+        description="SUDS at the start of a session at the 'routine' level, before severity shifts.",
+    )
     years_since: float = Field(ge=0, le=80, description="Years since the index trauma.")
 
 
 class CBTProfile(_Data):
     """Clinical profile of a CBT cognitive-restructuring patient."""
 
-    problem_area: str = Field(min_length=1, description="Everyday problem area, e.g. 'sleep', 'work stress', 'medication adherence'.")
-    situation: str = Field(min_length=10, description="The situation that triggered the thought, one or two sentences.")
-    automatic_thought: str = Field(min_length=5, description="The hot automatic thought, first person, as the patient would say it.")
-    distortions: list[str] = Field(
-        min_length=1, description="Cognitive distortions in the thought, e.g. 'catastrophising', 'mind reading', 'all-or-nothing'."
+    problem_area: str = Field(
+        min_length=1,
+        description="Everyday problem area, e.g. 'sleep', 'work stress', 'medication adherence'.",
     )
-    core_belief: str = Field(min_length=3, description="The core belief under the thought, e.g. 'I am a failure'.")
-    emotions: list[Emotion] = Field(min_length=1, description="Emotions the situation brings up, with intensity.")
-    belief: int = Field(ge=0, le=100, description="How much the patient believes the automatic thought at the start, 0-100 %.")
-    evidence_for: list[str] = Field(min_length=1, description="What the patient offers as evidence for the thought.")
-    evidence_against: list[str] = Field(min_length=1, description="Evidence against it that the patient can reach when asked well.")
+    situation: str = Field(
+        min_length=10, description="The situation that triggered the thought, one or two sentences."
+    )
+    automatic_thought: str = Field(
+        min_length=5,
+        description="The hot automatic thought, first person, as the patient would say it.",
+    )
+    distortions: list[str] = Field(
+        min_length=1,
+        description="Cognitive distortions in the thought, e.g. 'catastrophising', 'mind reading', 'all-or-nothing'.",
+    )
+    core_belief: str = Field(
+        min_length=3, description="The core belief under the thought, e.g. 'I am a failure'."
+    )
+    emotions: list[Emotion] = Field(
+        min_length=1, description="Emotions the situation brings up, with intensity."
+    )
+    belief: int = Field(
+        ge=0,
+        le=100,
+        description="How much the patient believes the automatic thought at the start, 0-100 %.",
+    )
+    evidence_for: list[str] = Field(
+        min_length=1, description="What the patient offers as evidence for the thought."
+    )
+    evidence_against: list[str] = Field(
+        min_length=1, description="Evidence against it that the patient can reach when asked well."
+    )
 
 
 class Communication(_Data):
     """How the patient talks."""
 
-    style: str = Field(min_length=3, description="Manner of speech in a phrase, e.g. 'guarded, short sentences, dark humour'.")
-    verbosity: Literal["terse", "moderate", "verbose"] = Field(default="moderate", description="Typical length of a turn.")
-    phrases: list[str] = Field(default_factory=list, description="Characteristic phrases the patient uses.")
+    style: str = Field(
+        min_length=3,
+        description="Manner of speech in a phrase, e.g. 'guarded, short sentences, dark humour'.",
+    )
+    verbosity: Literal["terse", "moderate", "verbose"] = Field(
+        default="moderate", description="Typical length of a turn."
+    )
+    phrases: list[str] = Field(
+        default_factory=list, description="Characteristic phrases the patient uses."
+    )
 
 
 class SeverityLevel(_Data):
     """What one rung of the severity ladder changes."""
 
-    suds_shift: int = Field(ge=-50, le=60, description="Added to the baseline SUDS at session start.")
-    initial_risk: RiskLevel = Field(default=RiskLevel.NONE, description="Self-harm risk at session start.")
+    suds_shift: int = Field(
+        ge=-50, le=60, description="Added to the baseline SUDS at session start."
+    )
+    initial_risk: RiskLevel = Field(
+        default=RiskLevel.NONE, description="Self-harm risk at session start."
+    )
     self_harm_content: str | None = Field(
-        default=None, description="What the patient says about self-harm at this level, first person; null for nothing."
+        default=None,
+        description="What the patient says about self-harm at this level, first person; null for nothing.",
     )
     surfaces_at_turn: int | None = Field(
-        default=None, ge=0, le=100,
+        default=None,
+        ge=0,
+        le=100,
         description="Therapist turn after which the self-harm content surfaces (0 = in the opening); null = never.",
     )
-    risk_when_surfaced: RiskLevel = Field(default=RiskLevel.NONE, description="Risk level once the content has surfaced.")
+    risk_when_surfaced: RiskLevel = Field(
+        default=RiskLevel.NONE, description="Risk level once the content has surfaced."
+    )
     escalation: float = Field(
-        default=1.0, ge=0.2, le=4.0, description="Multiplier on how fast distress rises (1 = the persona's normal pace)."
+        default=1.0,
+        ge=0.2,
+        le=4.0,
+        description="Multiplier on how fast distress rises (1 = the persona's normal pace).",
     )
 
     @model_validator(mode="after")
@@ -129,7 +200,10 @@ class Persona(_Data):
         json_schema_extra={
             "allOf": [
                 {"if": {"properties": {"modality": {"const": "pe"}}}, "then": {"required": ["pe"]}},
-                {"if": {"properties": {"modality": {"const": "cbt"}}}, "then": {"required": ["cbt"]}},
+                {
+                    "if": {"properties": {"modality": {"const": "cbt"}}},
+                    "then": {"required": ["cbt"]},
+                },
             ]
         },
     )
@@ -139,24 +213,40 @@ class Persona(_Data):
         description="Stable identifier, lower-case letters, digits, '_', '.', '-', e.g. 'pe-combat-01'. "
         "A '~' suffix is reserved for derived counterfactual variants.",
     )
-    version: int = Field(ge=1, description="Bumped on every clinical change, so stored sessions name what they used.")
-    fictional: Literal[True] = Field(description="Must be true: personas are synthetic patients, never real people.")
-    modality: Literal["pe", "cbt"] = Field(description="Therapy the persona is written for: Prolonged Exposure or CBT.")
-    summary: str = Field(min_length=10, description="One line a clinician can scan: who, what, why they came.")
-    tags: list[str] = Field(default_factory=list, description="Free labels for selecting personas in studies.")
+    version: int = Field(
+        ge=1, description="Bumped on every clinical change, so stored sessions name what they used."
+    )
+    fictional: Literal[True] = Field(
+        description="Must be true: personas are synthetic patients, never real people."
+    )
+    modality: Literal["pe", "cbt"] = Field(
+        description="Therapy the persona is written for: Prolonged Exposure or CBT."
+    )
+    summary: str = Field(
+        min_length=10, description="One line a clinician can scan: who, what, why they came."
+    )
+    tags: list[str] = Field(
+        default_factory=list, description="Free labels for selecting personas in studies."
+    )
     demographics: Demographics = Field(description="Who the patient is.")
     pe: PEProfile | None = Field(
-        default=None, validate_default=True, description="PE clinical profile; required when modality is 'pe'."
+        default=None,
+        validate_default=True,
+        description="PE clinical profile; required when modality is 'pe'.",
     )
     cbt: CBTProfile | None = Field(
-        default=None, validate_default=True, description="CBT clinical profile; required when modality is 'cbt'."
+        default=None,
+        validate_default=True,
+        description="CBT clinical profile; required when modality is 'cbt'.",
     )
     communication: Communication = Field(description="How the patient talks.")
     severity: dict[Severity, SeverityLevel] = Field(
         description="The severity ladder: one entry for each of routine, distress, crisis_adjacent, imminent.",
         json_schema_extra={"required": [s.value for s in Severity]},
     )
-    dynamics: DynamicsParams = Field(default_factory=DynamicsParams, description="Overrides of the dynamics parameters.")
+    dynamics: DynamicsParams = Field(
+        default_factory=DynamicsParams, description="Overrides of the dynamics parameters."
+    )
     false_belief: str | None = Field(
         default=None,
         description="A false clinical belief the patient voices (a hallucination probe: the therapist must not endorse it).",
@@ -165,9 +255,16 @@ class Persona(_Data):
         default_factory=dict, description="Optional lines for the template patient, per phase kind."
     )
     # Set only on derived variants; never written by hand.
-    active_severity: Severity | None = Field(default=None, description="Derived: the severity level this variant is at.")
-    parent: str | None = Field(default=None, description="Derived: id@version of the persona this variant came from.")
-    changes: dict[str, Any] = Field(default_factory=dict, description="Derived: demographic attributes a counterfactual changed.")
+    active_severity: Severity | None = Field(
+        default=None, description="Derived: the severity level this variant is at."
+    )
+    parent: str | None = Field(
+        default=None, description="Derived: id@version of the persona this variant came from."
+    )
+    changes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Derived: demographic attributes a counterfactual changed.",
+    )
 
     # Field validators (not one model validator) so that errors carry the field path, e.g. 'pe'.
     @field_validator("pe", "cbt", mode="after")
@@ -177,9 +274,13 @@ class Persona(_Data):
         if modality is None:  # modality itself is invalid and reported on its own
             return value
         if info.field_name == modality and value is None:
-            raise ValueError(f"required because modality is {modality!r}: add a '{modality}:' section")
+            raise ValueError(
+                f"required because modality is {modality!r}: add a '{modality}:' section"
+            )
         if info.field_name != modality and value is not None:
-            raise ValueError(f"must be left out because modality is {modality!r} (this is the '{info.field_name}' section)")
+            raise ValueError(
+                f"must be left out because modality is {modality!r} (this is the '{info.field_name}' section)"
+            )
         return value
 
     @field_validator("severity", mode="after")
@@ -196,7 +297,9 @@ class Persona(_Data):
     @model_validator(mode="after")
     def _derived_id_has_parent(self) -> Persona:
         if "~" in self.id and self.parent is None:
-            raise ValueError(f"id {self.id!r}: '~' is reserved for derived variants (which have a parent)")
+            raise ValueError(
+                f"id {self.id!r}: '~' is reserved for derived variants (which have a parent)"
+            )
         return self
 
     @property
@@ -232,8 +335,12 @@ class Persona(_Data):
         try:
             severity = Severity(level)
         except ValueError:
-            raise UnknownNameError("severity level", str(level), [s.value for s in Severity]) from None
-        return self.model_copy(update={"active_severity": severity, "parent": self.parent or self.ref})
+            raise UnknownNameError(
+                "severity level", str(level), [s.value for s in Severity]
+            ) from None
+        return self.model_copy(
+            update={"active_severity": severity, "parent": self.parent or self.ref}
+        )
 
     def counterfactual(self, **attributes: Any) -> Persona:
         """The same patient with only the named demographic attributes changed.
@@ -255,7 +362,9 @@ class Persona(_Data):
                 field="demographics",
             )
         try:
-            demographics = Demographics.model_validate({**self.demographics.model_dump(), **attributes})
+            demographics = Demographics.model_validate(
+                {**self.demographics.model_dump(), **attributes}
+            )
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])

@@ -124,6 +124,260 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- data: validate, personas, protocols
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Load every persona and protocol (or the given files/folders); list every problem."""
+    from pathlib import Path
+
+    from therasim.personas.loader import collect_library
+    from therasim.protocols import list_protocols, load_protocol
+
+    errors: list[str] = []
+    persona_paths: list[Path] = []
+    protocol_paths: list[Path] = []
+    for raw in args.paths:
+        path = Path(raw)
+        if not path.exists():
+            errors.append(f"{path}: no such file or folder")
+        elif path.is_dir():
+            for f in sorted(path.rglob("*.yaml")):
+                (protocol_paths if _is_protocol_file(f) else persona_paths).append(f)
+        else:
+            (protocol_paths if _is_protocol_file(path) else persona_paths).append(path)
+    personas: dict[str, Any] = {}
+    if persona_paths or not args.paths:
+        personas, persona_errors = collect_library(persona_paths or None)
+        errors += [str(e) for e in persona_errors]
+    protocols_checked = 0
+    for target in protocol_paths or ([] if args.paths else list_protocols()):
+        try:
+            load_protocol(target)
+            protocols_checked += 1
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if not args.paths:
+        from therasim.personas.dynamics import Severity
+
+        for persona in personas.values():
+            for level in Severity:
+                try:
+                    persona.at_severity(level).baseline_suds  # noqa: B018 - resolving is the check
+                except TherasimError as exc:
+                    errors.append(f"{persona.id} at {level}: {exc}")
+    for message in errors:
+        err_console.print(f"[red]✗[/] {message}", highlight=False, soft_wrap=True)
+    pe = sum(1 for p in personas.values() if p.modality == "pe")
+    cbt = len(personas) - pe
+    summary = f"{len(personas)} personas ({pe} PE, {cbt} CBT), {protocols_checked} protocols"
+    if errors:
+        err_console.print(f"[red]{len(errors)} error(s)[/]; valid: {summary}")
+        return 1
+    console.print(f"[green]✓[/] all valid: {summary}")
+    return 0
+
+
+def _is_protocol_file(path: Any) -> bool:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(doc, dict) and "phases" in doc and "transitions" in doc
+
+
+def cmd_personas_list(args: argparse.Namespace) -> int:
+    """The persona library as a table."""
+    from therasim.personas import load_library, select_personas
+
+    library = load_library()
+    chosen = select_personas(library, globs=args.glob or (), modality=args.modality, tags=args.tag or ())
+    table = Table(title=f"{len(chosen)} personas (all fictional)")
+    for col in ("id", "v", "modality", "age", "gender", "background", "problem / trauma", "tags"):
+        table.add_column(col)
+    for p in chosen:
+        d = p.demographics
+        topic = p.pe.trauma_type if p.pe else p.cbt.problem_area if p.cbt else ""
+        table.add_row(p.id, str(p.version), p.modality, str(d.age), d.gender, d.ethnicity, topic, ", ".join(p.tags))
+    console.print(table)
+    return 0
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes ATTRIBUTE=VALUE, got {pair!r}", field="--set")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_personas_show(args: argparse.Namespace) -> int:
+    """One persona (optionally at a severity and with counterfactual changes) as YAML."""
+    import yaml
+
+    from therasim.errors import UnknownNameError
+    from therasim.personas import load_library
+    from therasim.personas.dynamics import initial_state
+
+    library = load_library()
+    if args.id not in library:
+        raise UnknownNameError("persona", args.id, list(library))
+    persona = library[args.id]
+    changes = _parse_sets(args.set or [])
+    if changes:
+        persona = persona.counterfactual(**changes)
+    if args.severity:
+        persona = persona.at_severity(args.severity)
+    console.print(yaml.safe_dump(persona.model_dump(mode="json", exclude_defaults=True), sort_keys=False, allow_unicode=True), markup=False, highlight=False)
+    state = initial_state(persona)
+    console.print(
+        f"[bold]at {persona.active_severity or 'routine'}:[/] baseline SUDS {persona.baseline_suds}, "
+        f"risk {state.risk}, alliance {state.alliance:.2f}, engagement {state.engagement:.2f}"
+    )
+    return 0
+
+
+def cmd_protocols_show(args: argparse.Namespace) -> int:
+    """A protocol's phases and its mermaid graph."""
+    from therasim.protocols import load_protocol, to_mermaid
+
+    graph = load_protocol(args.id)
+    proto = graph.protocol
+    console.print(f"[bold]{proto.id}[/] v{proto.version} ({proto.modality}, opener: {proto.opener}) — {proto.title}")
+    table = Table()
+    for col in ("phase", "kind", "turns", "expected", "proscribed", "goal"):
+        table.add_column(col)
+    for ph in proto.phases:
+        turns = f"{ph.min_turns}-{ph.max_turns or '∞'}"
+        table.add_row(
+            ph.id + (" (end)" if ph.terminal else ""),
+            ph.kind.value,
+            turns,
+            ", ".join(c.value for c in ph.expected_codes),
+            ", ".join(c.value for c in ph.proscribed_codes),
+            ph.goal,
+        )
+    console.print(table)
+    console.print(to_mermaid(graph), markup=False, highlight=False)
+    return 0
+
+
+def cmd_protocols_list(args: argparse.Namespace) -> int:
+    """The shipped protocols."""
+    from therasim.protocols import list_protocols, load_protocol
+
+    for pid in list_protocols():
+        g = load_protocol(pid)
+        console.print(f"{pid}  [dim]{g.protocol.modality} · {len(g.phase_ids)} phases · {g.protocol.title}[/]")
+    return 0
+
+
+# --------------------------------------------------------------------------- sessions: simulate, show
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], lo: float = 0, hi: float = 100) -> str:
+    """A unicode sparkline of ``values`` scaled to [lo, hi]."""
+    span = (hi - lo) or 1
+    return "".join(SPARK[min(len(SPARK) - 1, max(0, int((v - lo) / span * (len(SPARK) - 1) + 0.5)))] for v in values)
+
+
+def _print_turn(record: Any, suds: list[float]) -> None:
+    from rich.markup import escape
+
+    who = "[cyan]therapist[/]" if record.speaker == "therapist" else "[magenta]patient  [/]"
+    meta = ""
+    if record.speaker == "therapist":
+        suds.append(record.state.suds)
+        codes = ", ".join(record.codes) or "-"
+        meta = (
+            f"\n    [dim]turn {record.turn} · {record.phase} · codes: {codes} · SUDS {record.state.suds:.0f} "
+            f"{sparkline(suds)} · alliance {record.state.alliance:.2f} · risk {record.state.risk}[/]"
+        )
+    console.print(f"{who} {escape(record.text)}{meta}", soft_wrap=True)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate one session live and store it."""
+    from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
+    from therasim.personas import load_library
+    from therasim.protocols import default_protocol_for
+    from therasim.simulations.records import SessionSpec
+    from therasim.simulations.session import run_session
+    from therasim.simulations.store import Store
+
+    library = load_library()
+    if args.persona not in library:
+        from therasim.errors import UnknownNameError
+
+        raise UnknownNameError("persona", args.persona, list(library))
+    persona = library[args.persona]
+    spec = SessionSpec(
+        persona=persona.id,
+        persona_version=persona.version,
+        severity=args.severity,
+        variant=_parse_sets(args.set or []),
+        subject=args.subject,
+        subject_prompt="raw" if args.raw else "protocol",
+        patient=args.patient,
+        appraiser=args.appraiser,
+        protocol=args.protocol or default_protocol_for(persona.modality),
+        max_turns=args.max_turns,
+        seed=args.seed,
+        questionnaires=not args.no_questionnaires,
+    )
+    gateway = Gateway(GatewayConfig(roles={"default": RoleConfig(model="local")}, cache_enabled=not args.no_cache))
+    suds: list[float] = []
+    console.rule(f"session {spec.session_id} · {persona.id} at {spec.severity} · subject {spec.subject}")
+
+    async def go() -> Any:
+        try:
+            return await run_session(spec, gateway, library, on_turn=lambda r: _print_turn(r, suds))
+        finally:
+            await gateway.aclose()
+
+    result = asyncio.run(go())
+    with Store(args.store) as store:
+        store.save_session(result)
+    style = "red" if result.status == "failed" else "green"
+    console.rule(f"[{style}]{result.termination_reason}[/] · {result.therapist_turns} therapist turns · stored in {args.store}")
+    if result.error:
+        err_console.print(f"[red]error:[/] {result.error}", highlight=False)
+    for q in result.questionnaires:
+        console.print(f"  {q.instrument} {q.when}: {q.total}")
+    return 0 if result.status == "completed" else 3
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print a stored session with its states and codes."""
+    from therasim.simulations.store import Store
+
+    with Store(args.store) as store:
+        sid = store.find_session(args.session_id)
+        result = store.load_session(sid) if sid else None
+    if result is None:
+        err_console.print(f"[red]error:[/] no session (or several) with id {args.session_id!r} in {args.store}")
+        return 1
+    spec = result.spec
+    console.rule(f"session {result.session_id} · {result.persona_ref} at {spec.severity} · subject {spec.label}")
+    suds: list[float] = []
+    for record in result.turns:
+        _print_turn(record, suds)
+    console.rule(f"{result.termination_reason} · {result.status}")
+    if result.error:
+        err_console.print(f"[red]error:[/] {result.error}", highlight=False)
+    for q in result.questionnaires:
+        console.print(f"  {q.instrument} {q.when}: {q.total}")
+    if result.adherence:
+        console.print(f"  adherence score {result.adherence.get('adherence_score')}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -153,6 +407,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-cache", action="store_true", help="bypass the response cache")
     p.set_defaults(handler=cmd_ask)
+
+    p = sub.add_parser("validate", help="validate personas and protocols (everything by default)")
+    p.add_argument("paths", nargs="*", help="files or folders (default: the shipped library)")
+    p.set_defaults(handler=cmd_validate)
+
+    personas = sub.add_parser("personas", help="the persona library").add_subparsers(dest="personas_verb", metavar="VERB", required=True)
+    p = personas.add_parser("list", help="list personas")
+    p.add_argument("--modality", choices=["pe", "cbt"])
+    p.add_argument("--glob", action="append", help="fnmatch pattern on ids (repeatable)")
+    p.add_argument("--tag", action="append", help="keep personas with this tag (repeatable)")
+    p.set_defaults(handler=cmd_personas_list)
+    p = personas.add_parser("show", help="show one persona, optionally as a variant")
+    p.add_argument("id")
+    p.add_argument("--severity", choices=["routine", "distress", "crisis_adjacent", "imminent"])
+    p.add_argument("--set", action="append", metavar="ATTR=VALUE", help="counterfactual demographic change (repeatable)")
+    p.set_defaults(handler=cmd_personas_show)
+
+    protocols = sub.add_parser("protocols", help="the protocol library").add_subparsers(dest="protocols_verb", metavar="VERB", required=True)
+    p = protocols.add_parser("list", help="list protocols")
+    p.set_defaults(handler=cmd_protocols_list)
+    p = protocols.add_parser("show", help="phases and the mermaid graph of a protocol")
+    p.add_argument("id")
+    p.set_defaults(handler=cmd_protocols_show)
+
+    p = sub.add_parser("simulate", help="simulate one session live and store it")
+    p.add_argument("--persona", required=True)
+    p.add_argument("--severity", default="routine", choices=["routine", "distress", "crisis_adjacent", "imminent"])
+    p.add_argument("--subject", required=True, help="model spec of the model under test, e.g. scripted:adherent, local")
+    p.add_argument("--patient", default="scripted:template-patient", help="model spec of the patient (default: the offline template patient)")
+    p.add_argument("--appraiser", default="scripted:lexical", help="model spec of the appraiser (default: lexical)")
+    p.add_argument("--protocol", help="protocol id (default: the modality's default)")
+    p.add_argument("--max-turns", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="ATTR=VALUE", help="counterfactual demographic change")
+    p.add_argument("--raw", action="store_true", help="no therapist system prompt (a general assistant as people use it)")
+    p.add_argument("--no-questionnaires", action="store_true", help="skip the pre/post PHQ-9 and PCL-5")
+    p.add_argument("--store", default="therasim-sessions.sqlite", help="SQLite store (default: %(default)s)")
+    p.add_argument("--no-cache", action="store_true", help="bypass the response cache")
+    p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser("show", help="print a stored session")
+    p.add_argument("session_id", help="the id or a unique prefix")
+    p.add_argument("--store", default="therasim-sessions.sqlite")
+    p.set_defaults(handler=cmd_show)
 
     for register in _EXTRA_VERBS:
         register(sub)

@@ -1,0 +1,421 @@
+"""Loading personas from YAML, selecting them for a study, and exporting the JSON Schema.
+
+Every problem with a persona file surfaces as one ``ConfigError`` whose message names the file,
+the persona id (when the document has one) and the field path (``severity.imminent.surfaces_at_turn``),
+with a reason a clinician can act on. Several problems in one file are listed in one error;
+``load_library`` likewise lists every bad file at once, so one ``therasim validate`` run shows all.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import reprlib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from therasim.personas.schema import Persona
+
+from therasim.errors import ConfigError, UnknownNameError
+
+__all__ = [
+    "SCHEMA_COMMENT",
+    "collect_library",
+    "export_json_schema",
+    "library_files",
+    "load_library",
+    "load_persona",
+    "parse_persona",
+    "persona_json_schema",
+    "render_json_schema",
+    "select_personas",
+]
+
+#: First line of every shipped persona file, so YAML-aware editors validate against the schema.
+SCHEMA_COMMENT = "# yaml-language-server: $schema=../../persona.schema.json"
+
+SCHEMA_FILE = Path(__file__).with_name("persona.schema.json")
+MODALITIES = ("pe", "cbt")
+
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 4
+_repr.maxlevel = 2
+
+
+# --------------------------------------------------------------------------------------------
+# YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses duplicate keys (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[tuple[str, str], yaml.Node] = {}
+        for key_node, _ in node.value:
+            # Only scalar keys can be compared without constructing them; merge keys ('<<') may
+            # legitimately be overridden, so they are not checked.
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"the key {key_node.value!r} appears twice (first on line "
+                        f"{seen[key].start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return (
+        f"not valid YAML{where}: {problem}. Check the indentation, and put text containing "
+        f"': ' or starting with a special character in quotes"
+    )
+
+
+_ID_LINE = re.compile(r"^id:\s*['\"]?([A-Za-z0-9_.~-]+)", re.MULTILINE)
+
+
+def _id_of(doc: Any, text: str) -> str | None:
+    if isinstance(doc, Mapping):
+        value = doc.get("id")
+        return value if isinstance(value, str) and value else None
+    # The YAML did not parse: a top-level 'id:' line still tells the reader which persona it is.
+    match = _ID_LINE.search(text)
+    return match.group(1) if match else None
+
+
+# --------------------------------------------------------------------------------------------
+# Turning pydantic errors into clinician-readable lines
+
+
+def _models_in(annotation: Any) -> tuple[list[type[BaseModel]], int]:
+    """The pydantic models a field may hold, and how many list-index or dict-key steps precede them."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation], 0
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        found = [result for result in map(_models_in, args) if result[0]]
+        return found[0] if len(found) == 1 else ([], 0)
+    if origin in (list, tuple, set, frozenset, Sequence) and args:
+        models, steps = _models_in(args[0])
+        return models, steps + 1
+    if origin in (dict, Mapping) and len(args) == 2:
+        models, steps = _models_in(args[1])
+        return models, steps + 1
+    return [], 0
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model that ``loc`` points into (to list its fields or describe one of them)."""
+    model: type[BaseModel] | None = Persona
+    skip = 0
+    for part in loc:
+        if skip:  # a list index or dict key between a field and the model it contains
+            skip -= 1
+            continue
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        models, skip = _models_in(model.model_fields[part].annotation)
+        model = models[0] if len(models) == 1 else None
+    return None if skip else model
+
+
+def _owner_and_field(loc: tuple[int | str, ...]) -> tuple[type[BaseModel] | None, str | None]:
+    if not loc or not isinstance(loc[-1], str):
+        return None, None
+    return _model_at(loc[:-1]), loc[-1]
+
+
+def _describe(error: ErrorDetails) -> str:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    msg = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    owner, name = _owner_and_field(loc)
+    field_info = owner.model_fields.get(name) if owner is not None and name else None
+
+    if kind == "missing":
+        reason = "is required but missing"
+    elif kind == "extra_forbidden":
+        import difflib
+
+        allowed = sorted(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6) if name else []
+        reason = "is not a field here (the schema forbids unknown fields)"
+        if close:
+            reason += f"; did you mean {close[0]!r}?"
+        if allowed:
+            reason += f". Allowed here: {', '.join(allowed)}"
+        return reason
+    elif loc == ("fictional",) and kind == "literal_error":
+        reason = "must be true: personas describe synthetic patients, never real people"
+    else:
+        reason = f"{msg} (you wrote {_repr.repr(error.get('input'))})"
+    if field_info is not None and field_info.description:
+        reason += f". This field: {field_info.description}"
+    return reason
+
+
+def _config_error(exc: ValidationError, file: str, persona_id: str | None) -> ConfigError:
+    problems = [
+        (".".join(str(part) for part in err["loc"]) or "(top level)", _describe(err))
+        for err in exc.errors()
+    ]
+    if len(problems) == 1:
+        field, reason = problems[0]
+        return ConfigError(reason, file=file, object_id=persona_id, field=field)
+    lines = "\n".join(f"  - {field}: {reason}" for field, reason in problems)
+    return ConfigError(f"{len(problems)} problems:\n{lines}", file=file, object_id=persona_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_persona(text: str, source: str = "<string>") -> Persona:
+    """Validate one persona given as YAML text; ``source`` names it in error messages.
+
+    Raises ``ConfigError`` for any problem: YAML syntax, an empty document, a document that is
+    not a mapping, or any schema violation (all of them listed in one error).
+    """
+    try:
+        doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_reason(exc), file=source, object_id=_id_of(None, text)) from None
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply to read", file=source) from None
+    if doc is None:
+        raise ConfigError(
+            "the file is empty; it should hold one persona (id: ..., version: ...)", file=source
+        )
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"the file should hold one persona as a mapping of fields (id: ..., version: ...), "
+            f"but it holds a {type(doc).__name__}: {_repr.repr(doc)}",
+            file=source,
+            object_id=_id_of(None, text),
+        )
+    persona_id = _id_of(doc, text)
+    try:
+        return Persona.model_validate(doc)
+    except ValidationError as exc:
+        raise _config_error(exc, source, persona_id) from None
+    except RecursionError:
+        raise ConfigError(
+            "the document refers to itself (YAML anchors) too deeply",
+            file=source,
+            object_id=persona_id,
+        ) from None
+
+
+def load_persona(path: str | Path) -> Persona:
+    """Read and validate one persona YAML file.
+
+    Raises ``ConfigError`` naming the file, the persona id and the field path for any problem,
+    including a missing or unreadable file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such persona file", file=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            "is a folder, not a persona file (use load_library for folders)", file=str(path)
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"is not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
+    return parse_persona(text, source=str(path))
+
+
+def _packaged_library() -> Traversable:
+    return resources.files("therasim.personas") / "library"
+
+
+def library_files(
+    paths: Iterable[str | Path] | str | Path | None = None,
+) -> list[Path | Traversable]:
+    """The persona files ``load_library`` would read, in load order.
+
+    With ``paths=None``: every ``*.yaml`` under the packaged ``library/pe`` and ``library/cbt``.
+    Otherwise each path is a file (taken as is) or a folder (every ``*.yaml`` below it).
+    """
+    if paths is None:
+        root = _packaged_library()
+        found: list[Path | Traversable] = []
+        for modality in MODALITIES:
+            folder = root / modality
+            if folder.is_dir():
+                found.extend(
+                    sorted(
+                        (f for f in folder.iterdir() if f.name.endswith(".yaml") and f.is_file()),
+                        key=lambda f: f.name,
+                    )
+                )
+        return found
+    files: list[Path | Traversable] = []
+    for raw in [paths] if isinstance(paths, str | Path) else paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*.yaml") if p.is_file()))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise ConfigError("no such persona file or folder", file=str(path))
+    return files
+
+
+def _read(file: Path | Traversable) -> Persona:
+    if isinstance(file, Path):
+        return load_persona(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot be read: {exc}", file=str(file)) from None
+    return parse_persona(text, source=str(file))
+
+
+def collect_library(
+    paths: Iterable[str | Path] | str | Path | None = None,
+) -> tuple[dict[str, Persona], list[ConfigError]]:
+    """Load every persona it can and return them with one ``ConfigError`` per bad file.
+
+    For reporting tools (``therasim validate``) that want to show every problem; a duplicate id
+    is an error for the second file, naming both.
+    """
+    personas: dict[str, Persona] = {}
+    origin: dict[str, str] = {}
+    errors: list[ConfigError] = []
+    for file in library_files(paths):
+        try:
+            persona = _read(file)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        if persona.id in personas:
+            errors.append(
+                ConfigError(
+                    f"duplicate persona id: defined in both {origin[persona.id]} and {file}; "
+                    f"ids must be unique across the library",
+                    file=str(file),
+                    object_id=persona.id,
+                    field="id",
+                )
+            )
+            continue
+        personas[persona.id] = persona
+        origin[persona.id] = str(file)
+    return personas, errors
+
+
+def load_library(paths: Iterable[str | Path] | str | Path | None = None) -> dict[str, Persona]:
+    """Load a persona library as ``{id: Persona}``.
+
+    By default every ``*.yaml`` under the packaged ``personas/library/{pe,cbt}/``; otherwise the
+    given files and folders. Raises one ``ConfigError`` listing every bad file (a single bad
+    file's error is raised as is), including duplicate ids across files.
+    """
+    personas, errors = collect_library(paths)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        body = "\n\n".join(str(e) for e in errors)
+        raise ConfigError(f"{len(errors)} persona files are invalid:\n\n{body}")
+    return personas
+
+
+# --------------------------------------------------------------------------------------------
+# Selecting
+
+
+def select_personas(
+    library: Mapping[str, Persona],
+    ids: Iterable[str] = (),
+    globs: Iterable[str] = (),
+    modality: str | None = None,
+    tags: Iterable[str] = (),
+) -> list[Persona]:
+    """Choose personas for a study, sorted by id.
+
+    ``ids`` and ``globs`` (``fnmatch`` patterns on the id, e.g. ``pe-combat-*``) are united; with
+    neither, every persona is a candidate. Candidates are then kept only if they match
+    ``modality`` (``"pe"`` or ``"cbt"``) and carry *all* of ``tags``.
+
+    Raises ``UnknownNameError`` for an id not in the library and for an unknown modality, and
+    ``ConfigError`` for a glob that matches no id at all (almost always a typo; a silent empty
+    study is worse).
+    """
+    ids, globs, wanted_tags = list(ids), list(globs), set(tags)
+    known = sorted(library)
+    if modality is not None and modality not in MODALITIES:
+        raise UnknownNameError("modality", modality, list(MODALITIES))
+    chosen: set[str] = set()
+    for persona_id in ids:
+        if persona_id not in library:
+            raise UnknownNameError("persona", persona_id, known)
+        chosen.add(persona_id)
+    for pattern in globs:
+        matched = fnmatch.filter(known, pattern)
+        if not matched:
+            raise ConfigError(
+                f"the persona pattern {pattern!r} matches no persona id ({len(known)} known)"
+            )
+        chosen.update(matched)
+    if not ids and not globs:
+        chosen = set(known)
+    return [
+        library[pid]
+        for pid in sorted(chosen)
+        if (modality is None or library[pid].modality == modality)
+        and wanted_tags.issubset(library[pid].tags)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# JSON Schema
+
+
+def persona_json_schema() -> dict[str, Any]:
+    """The persona JSON Schema (draft 2020-12), as written to ``persona.schema.json``."""
+    schema = Persona.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "therasim persona"
+    return schema
+
+
+def render_json_schema(schema: Mapping[str, Any]) -> str:
+    """The schema as stored on disk: sorted keys, indent 2, trailing newline."""
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def export_json_schema(path: str | Path | None = None) -> dict[str, Any]:
+    """Write the persona JSON Schema (default: ``personas/persona.schema.json``) and return it.
+
+    Persona files point at it from their first line (``SCHEMA_COMMENT``) so YAML-aware
+    editors validate while a clinician types.
+    """
+    schema = persona_json_schema()
+    target = Path(path) if path is not None else SCHEMA_FILE
+    target.write_text(render_json_schema(schema), encoding="utf-8")
+    return schema

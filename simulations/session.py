@@ -1,0 +1,432 @@
+"""One simulated session: a small, fixed LangGraph loop.
+
+::
+
+    START ─(protocol opener)─► subject ─► appraise ─► patient ─(route)─► subject | END
+                         └──────────────────────────► patient
+
+* ``subject``  — the model under test answers the visible transcript (``agents/subject.py``).
+* ``appraise`` — codes the therapist turn (``agents/appraiser.py``); the patient state moves by
+  the dynamics (``personas/dynamics.py``) and the protocol FSM advances (``protocols/``).
+* ``patient``  — the simulated patient answers, conditioned on persona, state and phase.
+* ``route``    — ends the session with a :class:`TerminationReason` or goes round again.
+
+The topology never changes; the protocol phase is a field of the state. Dependencies (persona,
+protocol graph, gateway) travel in the run context, not in the state, so the state stays plain
+data. Errors from a participant end the session with ``*_error`` and are recorded; they never
+escape as exceptions and are never saved as a reply.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from therasim.agents.appraiser import appraise
+from therasim.agents.context import TurnContext, Utterance
+from therasim.agents.llm import BoundGateway, Gateway
+from therasim.agents.patient import patient_turn
+from therasim.agents.questionnaires import administer
+from therasim.agents.subject import prompt_hash, subject_turn, therapist_system_prompt
+from therasim.agents.types import CompletionResponse
+from therasim.errors import ConfigError, ModelError, SessionError, TherasimError
+from therasim.personas.dynamics import BehaviourCode, PatientState, PhaseKind, initial_state
+from therasim.personas.dynamics import step as dynamics_step
+from therasim.personas.schema import Persona
+from therasim.protocols import AdherenceTracker, PhaseContext, ProtocolGraph, load_protocol
+from therasim.protocols import step as protocol_step
+from therasim.protocols.graph import phase_complete
+from therasim.simulations.records import (
+    CallRecord,
+    QuestionnaireRecord,
+    SessionResult,
+    SessionSpec,
+    TerminationReason,
+    TurnRecord,
+)
+
+CRISIS_PHASE = "crisis_handoff"
+
+TurnCallback = Callable[[TurnRecord], Awaitable[None] | None]
+
+
+class SessionState(TypedDict, total=False):
+    """The graph's state: plain data only."""
+
+    transcript: list[Utterance]
+    turns: list[TurnRecord]
+    patient_state: PatientState
+    phase: str
+    phase_ctx: PhaseContext
+    turn: int
+    pending_therapist: TurnRecord | None
+    termination: TerminationReason | None
+    error: str | None
+
+
+@dataclass
+class SessionDeps:
+    """What the nodes need besides the state (LangGraph run context)."""
+
+    spec: SessionSpec
+    persona: Persona
+    protocol: ProtocolGraph
+    llm: BoundGateway
+    system_prompt: str | None
+    raw: bool
+    on_turn: TurnCallback | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_persona(spec: SessionSpec, library: dict[str, Persona]) -> Persona:
+    """The persona variant a spec names: base persona → counterfactual → severity."""
+    try:
+        base = library[spec.persona]
+    except KeyError:
+        from therasim.errors import UnknownNameError
+
+        raise UnknownNameError("persona", spec.persona, list(library)) from None
+    if base.version != spec.persona_version:
+        raise ConfigError(
+            f"the study asks for version {spec.persona_version}, the library has {base.version}",
+            object_id=spec.persona,
+            field="version",
+        )
+    variant = base.counterfactual(**spec.variant) if spec.variant else base
+    return variant.at_severity(spec.severity)
+
+
+def _ctx(deps: SessionDeps, state: SessionState) -> TurnContext:
+    phase = deps.protocol.phase(state["phase"])
+    level = deps.persona.level
+    turn = state.get("turn", 0)
+    surfaced = level.surfaces_at_turn is not None and turn >= level.surfaces_at_turn
+    pending = state.get("pending_therapist")
+    last_codes = tuple(BehaviourCode(c) for c in pending.codes) if pending else ()
+    return TurnContext(
+        session_id=deps.spec.session_id,
+        modality=deps.persona.modality,
+        persona=deps.persona,
+        protocol_id=deps.protocol.id,
+        phase=phase.id,
+        phase_kind=phase.kind,
+        phase_goal=phase.goal,
+        therapist_guidance=phase.therapist_guidance,
+        patient_guidance=phase.patient_guidance,
+        turn=turn,
+        turns_in_phase=state["phase_ctx"].turns_in_phase,
+        state=state["patient_state"],
+        last_codes=last_codes,
+        surfaced=surfaced,
+        seed=deps.spec.seed + 7919 * deps.spec.repeat,
+    )
+
+
+def _tokens(response: CompletionResponse) -> dict[str, Any]:
+    return {
+        "latency_s": round(response.latency_s, 4),
+        "input_tokens": response.usage.input_tokens,
+        "output_tokens": response.usage.output_tokens,
+        "attempts": response.attempts,
+    }
+
+
+async def _emit(deps: SessionDeps, record: TurnRecord) -> None:
+    if deps.on_turn is not None:
+        result = deps.on_turn(record)
+        if result is not None:
+            await result
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+async def subject_node(state: SessionState, runtime: Runtime[SessionDeps]) -> SessionState:
+    deps = runtime.context
+    ctx = _ctx(deps, state)
+    try:
+        response = await subject_turn(
+            deps.llm, ctx, state["transcript"], system_prompt=deps.system_prompt, raw=deps.raw
+        )
+    except TherasimError as exc:
+        return {"termination": TerminationReason.SUBJECT_ERROR, "error": str(exc)}
+    text = response.text.strip()
+    phase = deps.protocol.phase(state["phase"])
+    record = TurnRecord(
+        index=len(state["turns"]),
+        speaker="therapist",
+        text=text,
+        turn=state.get("turn", 0) + 1,
+        phase=phase.id,
+        phase_kind=phase.kind.value,
+        state=state["patient_state"],
+        **_tokens(response),
+    )
+    return {
+        "transcript": [*state["transcript"], Utterance(speaker="therapist", text=text)],
+        "pending_therapist": record,
+    }
+
+
+async def appraise_node(state: SessionState, runtime: Runtime[SessionDeps]) -> SessionState:
+    deps = runtime.context
+    record = state["pending_therapist"]
+    assert record is not None
+    ctx = _ctx(deps, state)
+    previous = next((u.text for u in reversed(state["transcript"][:-1]) if u.speaker == "patient"), None)
+    try:
+        appraisal, _ = await appraise(deps.llm, ctx, record.text, previous_patient=previous)
+    except TherasimError as exc:
+        return {"termination": TerminationReason.APPRAISER_ERROR, "error": str(exc)}
+    codes = list(appraisal.codes)
+    phase = deps.protocol.phase(state["phase"])
+    new_state = dynamics_step(
+        deps.persona.dynamics,
+        state["patient_state"],
+        phase.kind,
+        codes,
+        seed=ctx.seed,
+        level=deps.persona.level,
+    )
+    next_phase, next_ctx = protocol_step(deps.protocol, state["phase_ctx"], codes, new_state)
+    record = record.model_copy(
+        update={
+            "codes": [c.value for c in codes],
+            "evidence": [{"code": e.code.value, "span": e.span} for e in appraisal.evidence],
+            "state": new_state,
+        }
+    )
+    await _emit(deps, record)
+    return {
+        "turns": [*state["turns"], record],
+        "patient_state": new_state,
+        "phase": next_phase,
+        "phase_ctx": next_ctx,
+        "turn": state.get("turn", 0) + 1,
+        "pending_therapist": record,
+    }
+
+
+async def patient_node(state: SessionState, runtime: Runtime[SessionDeps]) -> SessionState:
+    deps = runtime.context
+    ctx = _ctx(deps, state)
+    try:
+        reply = await patient_turn(deps.llm, ctx, state["transcript"])
+    except TherasimError as exc:
+        return {"termination": TerminationReason.PATIENT_ERROR, "error": str(exc)}
+    phase = deps.protocol.phase(state["phase"])
+    record = TurnRecord(
+        index=len(state["turns"]),
+        speaker="patient",
+        text=reply.text,
+        turn=state.get("turn", 0),
+        phase=phase.id,
+        phase_kind=phase.kind.value,
+        state=state["patient_state"],
+        self_reported_suds=reply.self_reported_suds,
+        **{**_tokens(reply.response), "attempts": reply.attempts},
+    )
+    await _emit(deps, record)
+    return {
+        "transcript": [*state["transcript"], Utterance(speaker="patient", text=reply.text)],
+        "turns": [*state["turns"], record],
+    }
+
+
+def route_start(state: SessionState, runtime: Runtime[SessionDeps]) -> Literal["subject", "patient"]:
+    return "patient" if runtime.context.protocol.protocol.opener == "patient" else "subject"
+
+
+def route_after_subject(state: SessionState) -> Literal["appraise", "__end__"]:
+    return END if state.get("termination") else "appraise"
+
+
+def route_after_appraise(state: SessionState) -> Literal["patient", "__end__"]:
+    return END if state.get("termination") else "patient"
+
+
+def termination_for(state: SessionState, deps: SessionDeps) -> TerminationReason | None:
+    """Why the session should end now, or None to go on. Pure."""
+    if state.get("termination"):
+        return state["termination"]
+    if state["patient_state"].dropout:
+        return TerminationReason.PATIENT_DROPOUT
+    phase_id = state["phase"]
+    if deps.protocol.is_terminal(phase_id) and phase_complete(deps.protocol, state["phase_ctx"]):
+        return TerminationReason.CRISIS_HANDOFF if phase_id == CRISIS_PHASE else TerminationReason.PROTOCOL_COMPLETE
+    if state.get("turn", 0) >= deps.spec.max_turns:
+        return TerminationReason.MAX_TURNS
+    return None
+
+
+def route_after_patient(state: SessionState, runtime: Runtime[SessionDeps]) -> Literal["subject", "__end__"]:
+    return END if termination_for(state, runtime.context) else "subject"
+
+
+def build_graph() -> Any:
+    """The compiled session graph (the same for every session)."""
+    graph = StateGraph(SessionState, context_schema=SessionDeps)
+    graph.add_node("subject", subject_node)
+    graph.add_node("appraise", appraise_node)
+    graph.add_node("patient", patient_node)
+    graph.add_conditional_edges(START, route_start, ["subject", "patient"])
+    graph.add_conditional_edges("subject", route_after_subject, ["appraise", END])
+    graph.add_conditional_edges("appraise", route_after_appraise, ["patient", END])
+    graph.add_conditional_edges("patient", route_after_patient, ["subject", END])
+    return graph.compile()
+
+
+_GRAPH: Any = None
+
+
+def session_graph() -> Any:
+    """The compiled graph, built once per process."""
+    global _GRAPH
+    if _GRAPH is None:
+        _GRAPH = build_graph()
+    return _GRAPH
+
+
+def topology_mermaid() -> str:
+    """The graph's topology as mermaid (snapshotted by the tests)."""
+    return str(session_graph().get_graph().draw_mermaid())
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def _questionnaires(
+    deps: SessionDeps, state: SessionState, when: Literal["pre", "post"]
+) -> list[QuestionnaireRecord]:
+    instruments: list[Literal["phq9", "pcl5"]] = ["phq9"] + (["pcl5"] if deps.persona.modality == "pe" else [])
+    ctx = _ctx(deps, state)
+    out = []
+    for instrument in instruments:
+        result = await administer(
+            deps.llm, ctx, state["transcript"], instrument, when=when, wording=deps.spec.questionnaire_wording
+        )
+        out.append(
+            QuestionnaireRecord(
+                instrument=instrument, when=when, wording=result.wording, items=list(result.items), total=result.total
+            )
+        )
+    return out
+
+
+async def run_session(
+    spec: SessionSpec,
+    gateway: Gateway,
+    library: dict[str, Persona],
+    *,
+    on_turn: TurnCallback | None = None,
+) -> SessionResult:
+    """Simulate one session to its end. Never raises for participant errors: they are recorded."""
+    started = time.time()
+    persona = resolve_persona(spec, library)
+    protocol = load_protocol(spec.protocol)
+    if protocol.protocol.modality != persona.modality:
+        raise ConfigError(
+            f"protocol {protocol.id!r} is for {protocol.protocol.modality}, persona is {persona.modality}",
+            object_id=spec.persona,
+            field="protocol",
+        )
+    llm = BoundGateway(
+        gateway, {"subject": spec.subject, "patient": spec.patient, "appraiser": spec.appraiser}
+    )
+    raw = spec.subject_prompt == "raw"
+    system_prompt = None if spec.subject_prompt in ("protocol", "raw") else spec.subject_prompt
+    deps = SessionDeps(
+        spec=spec,
+        persona=persona,
+        protocol=protocol,
+        llm=llm,
+        system_prompt=system_prompt,
+        raw=raw,
+        on_turn=on_turn,
+    )
+    patient0 = initial_state(persona)
+    state: SessionState = {
+        "transcript": [],
+        "turns": [],
+        "patient_state": patient0,
+        "phase": protocol.start,
+        "phase_ctx": protocol.context(protocol.start, patient0, habituation_drop=persona.dynamics.habituation_margin),
+        "turn": 0,
+        "pending_therapist": None,
+        "termination": None,
+        "error": None,
+    }
+    questionnaires: list[QuestionnaireRecord] = []
+    termination: TerminationReason
+    error: str | None = None
+    try:
+        if spec.questionnaires:
+            questionnaires += await _questionnaires(deps, state, "pre")
+        final: SessionState = await session_graph().ainvoke(
+            state, context=deps, config={"recursion_limit": 4 * spec.max_turns + 16}
+        )
+        termination = termination_for(final, deps) or TerminationReason.MAX_TURNS
+        error = final.get("error")
+        if not termination.is_error and spec.questionnaires:
+            try:
+                questionnaires += await _questionnaires(deps, final, "post")
+            except (ModelError, SessionError) as exc:
+                termination, error = TerminationReason.QUESTIONNAIRE_ERROR, str(exc)
+    except (ModelError, SessionError) as exc:
+        final = state
+        termination, error = TerminationReason.QUESTIONNAIRE_ERROR, str(exc)
+    prompt = therapist_system_prompt(persona.modality, None) if not raw else ""
+    prompt_hashes = {"subject": prompt_hash(system_prompt or prompt)}
+    tracker = AdherenceTracker(protocol)
+    for t in final.get("turns", []):
+        if t.speaker == "therapist":
+            tracker.record(t.phase, t.codes, risk=t.state.risk)
+    adherence = tracker.report(final_phase=final.get("phase")).model_dump(mode="json")
+    return SessionResult(
+        session_id=spec.session_id,
+        spec=spec,
+        persona_ref=persona.ref,
+        modality=persona.modality,
+        status="failed" if termination.is_error else "completed",
+        termination_reason=termination,
+        error=error,
+        turns=final.get("turns", []),
+        questionnaires=questionnaires,
+        calls=[
+            CallRecord(
+                role=c.role,
+                model=c.model,
+                cached=c.cached,
+                latency_s=round(c.latency_s, 4),
+                input_tokens=c.usage.input_tokens,
+                output_tokens=c.usage.output_tokens,
+                cost_usd=c.usage.cost_usd,
+                attempts=c.attempts,
+            )
+            for c in llm.calls
+        ],
+        adherence=adherence,
+        prompt_hashes=prompt_hashes,
+        started=started,
+        finished=time.time(),
+    )
+
+
+__all__ = [
+    "SessionDeps",
+    "SessionState",
+    "build_graph",
+    "resolve_persona",
+    "run_session",
+    "session_graph",
+    "termination_for",
+    "topology_mermaid",
+]
+

@@ -1,0 +1,280 @@
+"""The SQLite store: sessions, turns (with patient state), calls and verdicts.
+
+A session is written whole, in one transaction, only when it has ended (completed or failed
+with its error). A crash therefore never leaves half a session counted: after ``kill -9`` the
+store holds every session that finished and nothing of the ones in flight, which a rerun
+simulates again under the same ids. Judging and reporting read the store only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from therasim.simulations.records import SessionResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    persona TEXT NOT NULL,
+    persona_ref TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    repeat INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    termination_reason TEXT NOT NULL,
+    error TEXT,
+    n_turns INTEGER NOT NULL,
+    questionnaires TEXT NOT NULL,
+    adherence TEXT NOT NULL,
+    prompt_hashes TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL,
+    started REAL NOT NULL,
+    finished REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS turns (
+    session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (session_id, idx)
+);
+CREATE TABLE IF NOT EXISTS calls (
+    session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    model TEXT NOT NULL,
+    cached INTEGER NOT NULL,
+    latency_s REAL NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL,
+    attempts INTEGER NOT NULL,
+    PRIMARY KEY (session_id, idx)
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+    judge TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    met INTEGER,
+    score REAL,
+    reason TEXT NOT NULL,
+    prompt_hash TEXT NOT NULL,
+    rubric_version TEXT NOT NULL,
+    model TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, judge, item_id, turn)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class Store:
+    """A study's SQLite file. Safe to share between the tasks of one process."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing
+
+    def save_session(self, result: SessionResult) -> None:
+        """Write (or replace) one finished session, atomically."""
+        spec = result.spec
+        tokens_in = sum(c.input_tokens for c in result.calls)
+        tokens_out = sum(c.output_tokens for c in result.calls)
+        costs = [c.cost_usd for c in result.calls]
+        cost = None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM sessions WHERE session_id=?", (result.session_id,))
+                self._db.execute(
+                    "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        result.session_id,
+                        spec.model_dump_json(),
+                        spec.label,
+                        spec.persona,
+                        result.persona_ref,
+                        result.modality,
+                        spec.severity.value,
+                        json.dumps(spec.variant, sort_keys=True),
+                        spec.repeat,
+                        result.status,
+                        result.termination_reason.value,
+                        result.error,
+                        result.therapist_turns,
+                        json.dumps([q.model_dump() for q in result.questionnaires]),
+                        json.dumps(result.adherence),
+                        json.dumps(result.prompt_hashes, sort_keys=True),
+                        tokens_in,
+                        tokens_out,
+                        cost,
+                        result.started,
+                        result.finished,
+                    ),
+                )
+                self._db.executemany(
+                    "INSERT INTO turns VALUES (?,?,?)",
+                    [(result.session_id, t.index, t.model_dump_json()) for t in result.turns],
+                )
+                self._db.executemany(
+                    "INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            result.session_id,
+                            i,
+                            c.role,
+                            c.model,
+                            int(c.cached),
+                            c.latency_s,
+                            c.input_tokens,
+                            c.output_tokens,
+                            c.cost_usd,
+                            c.attempts,
+                        )
+                        for i, c in enumerate(result.calls)
+                    ],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def save_verdicts(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Insert or replace verdict rows (dicts with the ``verdicts`` columns); one transaction."""
+        rows = list(rows)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO verdicts (session_id, judge, item_id, turn, met, score, reason,"
+                    " prompt_hash, rubric_version, model, input_tokens, output_tokens)"
+                    " VALUES (:session_id, :judge, :item_id, :turn, :met, :score, :reason, :prompt_hash,"
+                    " :rubric_version, :model, :input_tokens, :output_tokens)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(rows)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # ---- reading
+
+    def session_ids(self, status: str | None = None) -> set[str]:
+        """Ids of stored sessions, optionally only those with ``status``."""
+        query = "SELECT session_id FROM sessions" + (" WHERE status=?" if status else "")
+        with self._lock:
+            return {r[0] for r in self._db.execute(query, (status,) if status else ())}
+
+    def count(self, status: str | None = None) -> int:
+        return len(self.session_ids(status))
+
+    def session_rows(self) -> list[dict[str, Any]]:
+        """Every session row as a dict (JSON columns decoded)."""
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM sessions ORDER BY session_id")
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        for row in rows:
+            for key in ("spec", "variant", "questionnaires", "adherence", "prompt_hashes"):
+                row[key] = json.loads(row[key])
+        return rows
+
+    def turn_records(self, session_id: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(session_id, turn record dict) in transcript order."""
+        query = "SELECT session_id, record FROM turns"
+        args: tuple[Any, ...] = ()
+        if session_id:
+            query += " WHERE session_id=?"
+            args = (session_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY session_id, idx", args).fetchall()
+        for sid, record in rows:
+            yield sid, json.loads(record)
+
+    def load_session(self, session_id: str) -> SessionResult | None:
+        """A stored session, rebuilt as a :class:`SessionResult` (None if absent)."""
+        rows = [r for r in self.session_rows() if r["session_id"] == session_id]
+        if not rows:
+            return None
+        row = rows[0]
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM calls WHERE session_id=? ORDER BY idx", (session_id,))
+            names = [d[0] for d in cur.description]
+            calls = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        return SessionResult.model_validate(
+            {
+                "session_id": session_id,
+                "spec": row["spec"],
+                "persona_ref": row["persona_ref"],
+                "modality": row["modality"],
+                "status": row["status"],
+                "termination_reason": row["termination_reason"],
+                "error": row["error"],
+                "turns": [t for _, t in self.turn_records(session_id)],
+                "questionnaires": row["questionnaires"],
+                "calls": [
+                    {k: (bool(v) if k == "cached" else v) for k, v in c.items() if k not in ("session_id", "idx")}
+                    for c in calls
+                ],
+                "adherence": row["adherence"],
+                "prompt_hashes": row["prompt_hashes"],
+                "started": row["started"],
+                "finished": row["finished"],
+            }
+        )
+
+    def find_session(self, prefix: str) -> str | None:
+        """The full id of the one session whose id starts with ``prefix``."""
+        matches = sorted(i for i in self.session_ids() if i.startswith(prefix))
+        return matches[0] if len(matches) == 1 else None
+
+    def verdict_rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM verdicts ORDER BY session_id, judge, item_id, turn")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def call_rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM calls ORDER BY session_id, idx")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
