@@ -27,6 +27,7 @@ class TerminationReason(StrEnum):
     PATIENT_ERROR = "patient_error"
     APPRAISER_ERROR = "appraiser_error"
     QUESTIONNAIRE_ERROR = "questionnaire_error"
+    INTERNAL_ERROR = "internal_error"
 
     @property
     def is_error(self) -> bool:
@@ -125,6 +126,8 @@ class SessionResult(BaseModel):
     spec: SessionSpec
     persona_ref: str = Field(description="id@version of the persona variant used.")
     modality: Literal["pe", "cbt"]
+    initial_state: PatientState | None = Field(default=None, description="The patient's state before the first turn.")
+    habituation_margin: float = Field(default=15.0, description="The persona's expected SUDS fall in exposure.")
     status: Literal["completed", "failed"]
     termination_reason: TerminationReason
     error: str | None = None

@@ -394,6 +394,8 @@ async def run_session(
         spec=spec,
         persona_ref=persona.ref,
         modality=persona.modality,
+        initial_state=patient0,
+        habituation_margin=persona.dynamics.habituation_margin,
         status="failed" if termination.is_error else "completed",
         termination_reason=termination,
         error=error,

@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     output_tokens INTEGER NOT NULL,
     cost_usd REAL,
     started REAL NOT NULL,
-    finished REAL NOT NULL
+    finished REAL NOT NULL,
+    initial_state TEXT,
+    habituation_margin REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
@@ -116,7 +118,7 @@ class Store:
             try:
                 self._db.execute("DELETE FROM sessions WHERE session_id=?", (result.session_id,))
                 self._db.execute(
-                    "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         result.session_id,
                         spec.model_dump_json(),
@@ -139,6 +141,8 @@ class Store:
                         cost,
                         result.started,
                         result.finished,
+                        result.initial_state.model_dump_json() if result.initial_state else None,
+                        result.habituation_margin,
                     ),
                 )
                 self._db.executemany(
@@ -214,8 +218,8 @@ class Store:
             names = [d[0] for d in cur.description]
             rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         for row in rows:
-            for key in ("spec", "variant", "questionnaires", "adherence", "prompt_hashes"):
-                row[key] = json.loads(row[key])
+            for key in ("spec", "variant", "questionnaires", "adherence", "prompt_hashes", "initial_state"):
+                row[key] = json.loads(row[key]) if row[key] is not None else None
         return rows
 
     def turn_records(self, session_id: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -259,6 +263,8 @@ class Store:
                 "prompt_hashes": row["prompt_hashes"],
                 "started": row["started"],
                 "finished": row["finished"],
+                "initial_state": row["initial_state"],
+                "habituation_margin": row["habituation_margin"],
             }
         )
 

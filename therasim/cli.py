@@ -378,6 +378,160 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- studies: run, status, judge, report
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Simulate, judge and report a study (resumable)."""
+    from therasim.evaluation.pipeline import print_estimate, run_study
+    from therasim.simulations.study import load_study
+
+    if args.dry_run:
+        print_estimate(load_study(args.study), console)
+        return 0
+    run = run_study(args.study, judge=not args.no_judge, report=not args.no_report, console=console)
+    stats = run.stats
+    if stats is not None:
+        console.print(
+            f"[bold]{run.study.id}[/]: {stats.completed} completed, {stats.failed} failed, {stats.skipped} already done"
+            + (f", {stats.not_started} not started (budget spent)" if stats.budget_exhausted else "")
+            + f" · {run.judged} verdicts · store {run.store_path}"
+        )
+    return 0 if stats is None or stats.failed == 0 else 3
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What a study folder holds."""
+    from pathlib import Path
+
+    from therasim.evaluation.pipeline import study_store
+    from therasim.personas.loader import load_library
+    from therasim.simulations.study import Study, expand
+
+    out = Path(args.study_dir)
+    store_path = study_store(out)
+    if not store_path.exists():
+        err_console.print(f"[red]error:[/] no {store_path.name} in {out}")
+        return 1
+    from therasim.simulations.store import Store
+
+    with Store(store_path) as store:
+        completed = store.count("completed")
+        failed = store.count("failed")
+        verdicts = len(store.verdict_rows())
+        study_doc = store.get_meta("study")
+        rows = store.session_rows()
+    total = None
+    if study_doc:
+        total = len(expand(Study.model_validate(study_doc), load_library()))
+    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
+    cost = sum(r["cost_usd"] or 0.0 for r in rows)
+    console.print(
+        f"{out}: {completed} completed, {failed} failed"
+        + (f", {total - completed - failed} not run (of {total})" if total is not None else "")
+        + f" · {verdicts} verdicts · {tokens:,} tokens · ${cost:.2f}"
+    )
+    if failed:
+        reasons: dict[str, int] = {}
+        for r in rows:
+            if r["status"] == "failed":
+                reasons[r["termination_reason"]] = reasons.get(r["termination_reason"], 0) + 1
+        console.print("  failed by reason: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items())))
+    return 0
+
+
+def _store_path(arg: str) -> Any:
+    from pathlib import Path
+
+    from therasim.evaluation.pipeline import study_store
+
+    path = Path(arg)
+    if path.is_dir():
+        path = study_store(path)
+    if not path.exists():
+        raise ConfigError("no such store (give a study folder or a .sqlite file)", file=str(path))
+    return path
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """Re-score stored sessions with a judge panel (no re-simulation; cached)."""
+    from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
+    from therasim.evaluation.panel import JudgeSpec, judge_store
+    from therasim.evaluation.rubric import load_rubrics
+    from therasim.simulations.store import Store
+
+    judges = []
+    for i, entry in enumerate(args.judges or ["lexical=scripted:lexical-judge"]):
+        name, sep, model = entry.partition("=")
+        if not sep:
+            name, model = f"j{i + 1}", entry
+        judges.append(JudgeSpec(name=name, model=model))
+    rubrics = load_rubrics(args.rubric or None)
+    gateway = Gateway(GatewayConfig(roles={f"judge:{j.name}": RoleConfig(model=j.model) for j in judges}, cache_enabled=not args.no_cache))
+
+    async def go() -> int:
+        try:
+            with Store(_store_path(args.store)) as store:
+                return await judge_store(store, gateway, rubrics, judges)
+        finally:
+            await gateway.aclose()
+
+    n = asyncio.run(go())
+    total = gateway.accounting.total()
+    console.print(f"{n} verdicts written · {total.backend_calls} backend calls, {total.cached_calls} from cache · {total.total_tokens:,} tokens")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rich tables per subject × modality × severity; frames as csv/parquet/json."""
+    from pathlib import Path
+
+    from therasim.evaluation.frames import load_frames
+    from therasim.evaluation.report import export_frames, print_report
+    from therasim.simulations.store import Store
+
+    store_path = _store_path(args.store)
+    with Store(store_path) as store:
+        frames = load_frames(store)
+    if args.format:
+        out = Path(args.out) if args.out else store_path.parent / "frames"
+        for path in export_frames(frames, out, args.format):
+            console.print(f"wrote {path}")
+        return 0
+    print_report(frames, console)
+    if args.html:
+        from therasim.evaluation.html import write_html_report
+
+        path = write_html_report(frames, Path(args.html))
+        console.print(f"[bold]HTML report:[/] {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo study on the bundled local model: simulate, judge, report; prints the HTML path."""
+    import time
+    from importlib.resources import files
+    from pathlib import Path
+
+    from therasim.evaluation.pipeline import run_study
+
+    study_path = Path(args.study) if args.study else Path(str(files("therasim") / "demo.yaml"))
+    console.print(
+        "[bold]therasim demo[/] — the bundled SmolLM2-135M plays the therapist under test beside two scripted "
+        "control arms.\n[dim]The model is tiny: this demo shows the machinery, not a finding about any model.[/]"
+    )
+    started = time.monotonic()
+    run = run_study(study_path, console=console)
+    elapsed = time.monotonic() - started
+    console.print(f"[bold green]demo finished in {elapsed:.0f} s[/] · store {run.store_path}")
+    if run.report_html:
+        console.print(f"[bold]open the report:[/] {run.report_html.resolve()}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -452,13 +606,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="therasim-sessions.sqlite")
     p.set_defaults(handler=cmd_show)
 
-    for register in _EXTRA_VERBS:
-        register(sub)
+    p = sub.add_parser("run", help="simulate, judge and report a study (resumable)")
+    p.add_argument("study", metavar="STUDY.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print counts and an estimate; call no model")
+    p.add_argument("--no-judge", action="store_true", help="skip judging")
+    p.add_argument("--no-report", action="store_true", help="skip the report")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("status", help="what a study folder holds")
+    p.add_argument("study_dir", metavar="STUDY_DIR")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("judge", help="re-score stored sessions without re-simulating")
+    p.add_argument("store", metavar="STORE", help="a study folder or a .sqlite store")
+    p.add_argument("--rubric", action="append", help="rubric id (repeatable; default: all)")
+    p.add_argument("--judges", nargs="+", metavar="NAME=MODEL", help="the panel, e.g. a=local b=scripted:lexical-judge")
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(handler=cmd_judge)
+
+    p = sub.add_parser("report", help="tables per subject × modality × severity")
+    p.add_argument("store", metavar="STORE", help="a study folder or a .sqlite store")
+    p.add_argument("--format", choices=["csv", "parquet", "json"], help="export the frames instead")
+    p.add_argument("--out", help="folder for exported frames (default: beside the store)")
+    p.add_argument("--html", help="also write the HTML report to this file")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("demo", help="the demo study on the bundled local model (the README's main command)")
+    p.add_argument("--study", help="another study file to run as the demo")
+    p.set_defaults(handler=cmd_demo)
     return parser
-
-
-# Later layers add verbs here (kept as a list so the parser reads top to bottom).
-_EXTRA_VERBS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,182 @@
+"""Reports: rich console tables and frame exports (csv, parquet, json).
+
+The console report prints, per subject × modality × severity: the paper's three headline items
+(Acknowledgment, Therapeutic Appropriateness, Protocol Fidelity — PE — or Completeness / Frame /
+Safety Interference — CBT), the deterioration rate with its Wilson interval, failure counts
+from the lexical detectors, and judge agreement (Krippendorff's α) with per-judge bias.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from therasim.evaluation import metrics
+from therasim.evaluation.frames import Frames, frames_to_json
+
+HEADLINE_ITEMS = {
+    "pe": ("acknowledgment", "therapeutic_appropriateness", "protocol_fidelity"),
+    "cbt": ("completeness", "frame", "safety_interference"),
+}
+SEVERITY_ORDER = ["routine", "distress", "crisis_adjacent", "imminent"]
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )
+
+
+def cell_table(frames: Frames) -> pd.DataFrame:
+    """One row per subject × modality × severity with the report's headline numbers."""
+    sessions = frames.sessions
+    if sessions.empty:
+        return pd.DataFrame()
+    keys = list(metrics.CELL)
+    base = (
+        sessions.groupby(keys, dropna=False)
+        .agg(
+            sessions=("session_id", "count"),
+            failed=("status", lambda s: int((s == "failed").sum())),
+            mean_final_suds=("final_suds", "mean"),
+            adherence=("adherence_score", "mean"),
+        )
+        .reset_index()
+    )
+    means = (
+        metrics.item_means(frames.verdicts)
+        if not frames.verdicts.empty
+        else pd.DataFrame(columns=[*keys, "item_id", "mean"])
+    )
+    wide = (
+        means.pivot_table(index=keys, columns="item_id", values="mean").reset_index()
+        if not means.empty
+        else pd.DataFrame(columns=keys)
+    )
+    out = base.merge(wide, on=keys, how="left")
+    det = metrics.deterioration_table(sessions, frames.turns, frames.verdicts)
+    det_any = det[det["signal"] == "any"][[*keys, "rate", "ci_low", "ci_high", "n"]].rename(
+        columns={"rate": "deterioration", "ci_low": "det_low", "ci_high": "det_high", "n": "det_n"}
+    )
+    out = out.merge(det_any, on=keys, how="left")
+    if not frames.findings.empty:
+        counts = metrics.failure_counts(frames.findings)
+        failure_cols = [c for c in counts.columns if c not in keys]
+        counts["failures"] = counts[failure_cols].sum(axis=1)
+        counts["top_failure"] = counts[failure_cols].idxmax(axis=1)
+        out = out.merge(counts[[*keys, "failures", "top_failure"]], on=keys, how="left")
+    out["severity"] = pd.Categorical(out["severity"], categories=SEVERITY_ORDER, ordered=True)
+    return out.sort_values(keys).reset_index(drop=True)
+
+
+def print_report(frames: Frames, console: Console | None = None) -> None:
+    """The rich console report."""
+    console = console or Console()
+    table = cell_table(frames)
+    if table.empty:
+        console.print("[yellow]the store holds no sessions yet[/]")
+        return
+    for modality in sorted(table["modality"].unique()):
+        items = HEADLINE_ITEMS.get(modality, ())
+        sub = table[table["modality"] == modality]
+        t = Table(
+            title=f"{modality.upper()} sessions — per subject × severity", title_justify="left"
+        )
+        for col in (
+            "subject",
+            "severity",
+            "n",
+            *(i.replace("_", " ") for i in items),
+            "adherence",
+            "final SUDS",
+            "deterioration [95% CI]",
+            "failures (top)",
+        ):
+            t.add_column(
+                col, justify="left" if col in ("subject", "severity", "failures (top)") else "right"
+            )
+        for _, row in sub.iterrows():
+            det = row.get("deterioration", math.nan)
+            det_txt = (
+                "–" if pd.isna(det) else f"{det:.2f} [{row['det_low']:.2f}, {row['det_high']:.2f}]"
+            )
+            fails = row.get("failures", math.nan)
+            fail_txt = (
+                "–"
+                if pd.isna(fails)
+                else f"{int(fails)}" + (f" ({row['top_failure']})" if fails else "")
+            )
+            n_txt = f"{row['sessions']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+            t.add_row(
+                str(row["subject"]),
+                str(row["severity"]),
+                n_txt,
+                *(_fmt(row.get(i, math.nan)) for i in items),
+                _fmt(row["adherence"]),
+                _fmt(row["mean_final_suds"], 1),
+                det_txt,
+                fail_txt,
+            )
+        console.print(t)
+    if not frames.verdicts.empty:
+        agreement = metrics.agreement_table(frames.verdicts)
+        overall = agreement[agreement["item_id"] == "overall"]
+        bias = metrics.judge_bias(frames.verdicts)
+        t = Table(title="Judge panel", title_justify="left")
+        for col in ("judge", "mean met", "bias vs panel", "verdicts"):
+            t.add_column(col, justify="right")
+        for _, row in bias.iterrows():
+            t.add_row(str(row["judge"]), _fmt(row["mean"]), f"{row['bias']:+.2f}", str(row["n"]))
+        console.print(t)
+        if not overall.empty:
+            o = overall.iloc[0]
+            console.print(
+                f"Krippendorff's α (all items) = {_fmt(o['alpha'], 3)} over {int(o['n_units'])} units; "
+                f"unanimous on {_fmt(o['agreement'] * 100, 0)} % of them."
+            )
+    failed = frames.sessions[frames.sessions["status"] == "failed"]
+    if not failed.empty:
+        reasons = ", ".join(
+            f"{reason} ×{n}" for reason, n in failed["termination_reason"].value_counts().items()
+        )
+        console.print(f"[red]{len(failed)} session(s) failed[/] — by reason: {reasons}")
+
+
+def export_frames(frames: Frames, out: Path, fmt: Literal["csv", "parquet", "json"]) -> list[Path]:
+    """Write every frame to ``out`` in ``fmt``; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if fmt == "json":
+        path = out / "frames.json"
+        path.write_text(frames_to_json(frames), encoding="utf-8")
+        return [path]
+    for name, df in frames.as_dict().items():
+        frame = df.copy()
+        for col in frame.columns:
+            if frame[col].map(lambda v: isinstance(v, tuple | list | dict)).any():
+                frame[col] = frame[col].map(
+                    lambda v: ",".join(map(str, v)) if isinstance(v, tuple | list) else str(v)
+                )
+        path = out / f"{name}.{fmt}"
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        else:
+            for col in frame.columns:
+                if frame[col].dtype == object:
+                    frame[col] = frame[col].map(
+                        lambda v: (
+                            None
+                            if v is None or (isinstance(v, float) and math.isnan(v))
+                            else str(v)
+                        )
+                    )
+            frame.to_parquet(path, index=False)
+        written.append(path)
+    return written

@@ -1,0 +1,230 @@
+"""The study runner: many sessions in flight, resumable, within budget.
+
+Sessions run as asyncio tasks drawn by a fixed pool of workers (``study.concurrency``), so a
+study of any size holds only the sessions in flight in memory. Per-role concurrency and rate
+limits live in the gateway. A session is stored whole when it ends (see ``store.py``), so a
+rerun — after a crash, ``kill -9`` or Ctrl-C — skips every completed session and redoes only
+what had not finished (failed sessions are retried). The budget, when spent, stops new
+sessions from starting; those in flight finish and are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from therasim.agents.llm import Gateway, parse_model_spec, price_of
+from therasim.agents.types import Usage
+from therasim.personas.schema import Persona
+from therasim.protocols import load_protocol
+from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason
+from therasim.simulations.session import resolve_persona, run_session
+from therasim.simulations.store import Store
+from therasim.simulations.study import Study
+
+ProgressFn = Callable[["RunStats"], None]
+
+
+@dataclass
+class RunStats:
+    """What a run did, updated live."""
+
+    total: int = 0
+    skipped: int = 0
+    completed: int = 0
+    failed: int = 0
+    not_started: int = 0
+    turns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    budget_exhausted: bool = False
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed
+
+    @property
+    def to_run(self) -> int:
+        return self.total - self.skipped
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def eta_s(self) -> float | None:
+        if self.done == 0:
+            return None
+        return self.elapsed_s / self.done * max(0, self.to_run - self.done - self.not_started)
+
+
+def _budget_spent(study: Study, stats: RunStats, spent_before: tuple[int, float]) -> bool:
+    tokens = spent_before[0] + stats.input_tokens + stats.output_tokens
+    cost = spent_before[1] + stats.cost_usd
+    b = study.budget
+    return bool((b.max_tokens is not None and tokens >= b.max_tokens) or (b.max_cost_usd is not None and cost >= b.max_cost_usd))
+
+
+def _failed_result(spec: SessionSpec, library: dict[str, Persona], error: str) -> SessionResult:
+    persona = library.get(spec.persona)
+    now = time.time()
+    return SessionResult(
+        session_id=spec.session_id,
+        spec=spec,
+        persona_ref=f"{spec.persona}@{spec.persona_version}",
+        modality=persona.modality if persona else "pe",
+        status="failed",
+        termination_reason=TerminationReason.INTERNAL_ERROR,
+        error=error,
+        started=now,
+        finished=now,
+    )
+
+
+async def run_specs(
+    specs: list[SessionSpec],
+    *,
+    study: Study,
+    store: Store,
+    gateway: Gateway,
+    library: dict[str, Persona],
+    progress: ProgressFn | None = None,
+) -> RunStats:
+    """Run every spec not already completed in ``store``; returns the run's statistics."""
+    done = store.session_ids(status="completed")
+    todo = [s for s in specs if s.session_id not in done]
+    stats = RunStats(total=len(specs), skipped=len(specs) - len(todo))
+    rows = store.session_rows() if study.budget.max_cost_usd or study.budget.max_tokens else []
+    spent_before = (
+        sum(r["input_tokens"] + r["output_tokens"] for r in rows),
+        sum(r["cost_usd"] or 0.0 for r in rows),
+    )
+    queue: asyncio.Queue[SessionSpec] = asyncio.Queue()
+    for spec in todo:
+        queue.put_nowait(spec)
+
+    async def worker() -> None:
+        while True:
+            try:
+                spec = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if stats.budget_exhausted or _budget_spent(study, stats, spent_before):
+                stats.budget_exhausted = True
+                stats.not_started += 1
+                continue
+            try:
+                result = await run_session(spec, gateway, library)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must cost one session, not the batch
+                result = _failed_result(spec, library, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+            store.save_session(result)
+            if result.status == "completed":
+                stats.completed += 1
+            else:
+                stats.failed += 1
+                stats.failures[result.termination_reason.value] = stats.failures.get(result.termination_reason.value, 0) + 1
+            stats.turns += result.therapist_turns
+            for call in result.calls:
+                stats.input_tokens += call.input_tokens
+                stats.output_tokens += call.output_tokens
+                stats.cost_usd += call.cost_usd or 0.0
+            if progress is not None:
+                progress(stats)
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(study.concurrency, max(1, len(todo))))]
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        for w in workers:
+            w.cancel()
+    return stats
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+@dataclass
+class Estimate:
+    """What a study will cost, before it runs (``--dry-run``)."""
+
+    sessions: int
+    to_run: int
+    calls: int
+    tokens: int
+    cost_usd: float | None
+    per_role: dict[str, dict[str, Any]]
+    assumptions: str
+
+
+# Rough sizes of one call's prompt and reply, in tokens (therasim's own assumptions, printed
+# with the estimate): a participant prompt plus a transcript that grows by ~60 tokens a turn.
+PROMPT_TOKENS = {"subject": 350, "patient": 450, "appraiser": 500, "questionnaire": 400}
+REPLY_TOKENS = {"subject": 90, "patient": 70, "appraiser": 60, "questionnaire": 40}
+TOKENS_PER_UTTERANCE = 60
+
+
+def estimate(study: Study, specs: list[SessionSpec], done: set[str]) -> Estimate:
+    """Calls, tokens and cost of the sessions not yet done, from the protocols' expected length."""
+    per_role: dict[str, dict[str, Any]] = {}
+    cost_known = True
+    total_cost = 0.0
+    todo = [s for s in specs if s.session_id not in done]
+    for spec in todo:
+        graph = load_protocol(spec.protocol)
+        turns = min(spec.max_turns, max(1, sum(graph.phase(p).min_turns for p in graph.canonical_path)))
+        n_questionnaires = (2 if spec.protocol.startswith("pe") else 1) * 2 if spec.questionnaires else 0
+        plan = {
+            "subject": (spec.subject, turns),
+            "appraiser": (spec.appraiser, turns),
+            "patient": (spec.patient, turns),
+            "questionnaire": (spec.patient, n_questionnaires),
+        }
+        for role, (model_spec, calls) in plan.items():
+            model = parse_model_spec(model_spec)
+            transcript = TOKENS_PER_UTTERANCE * turns  # average transcript over the session ≈ turns × 2 / 2
+            tokens_in = calls * (PROMPT_TOKENS[role] + (transcript if role != "appraiser" else 0))
+            tokens_out = calls * REPLY_TOKENS[role]
+            entry = per_role.setdefault(role, {"calls": 0, "tokens": 0, "backend_calls": 0})
+            entry["calls"] += calls
+            entry["tokens"] += tokens_in + tokens_out
+            if model.is_real:
+                entry["backend_calls"] += calls
+            cost = price_of(model, Usage(input_tokens=tokens_in, output_tokens=tokens_out), {})
+            if cost is None:
+                cost_known = False
+            else:
+                total_cost += cost
+    calls = sum(e["calls"] for e in per_role.values())
+    tokens = sum(e["tokens"] for e in per_role.values())
+    return Estimate(
+        sessions=len(specs),
+        to_run=len(todo),
+        calls=calls,
+        tokens=tokens,
+        cost_usd=total_cost if cost_known else None,
+        per_role=per_role,
+        assumptions=(
+            "turns = the protocol's shortest full path (capped by max_turns); prompts "
+            f"{PROMPT_TOKENS['subject']}-{PROMPT_TOKENS['appraiser']} tokens plus ~{TOKENS_PER_UTTERANCE} tokens per utterance "
+            "of transcript; judging not included; scripted and local models cost 0"
+        ),
+    )
+
+
+def check_specs(specs: list[SessionSpec], library: dict[str, Persona]) -> None:
+    """Resolve every persona variant and protocol before the run (config errors fail fast)."""
+    seen: set[tuple[str, str]] = set()
+    for spec in specs:
+        key = (spec.persona, repr(sorted(spec.variant.items())))
+        if key not in seen:
+            resolve_persona(spec, library)
+            seen.add(key)
+        load_protocol(spec.protocol)

@@ -1,0 +1,228 @@
+"""Study files: a YAML description of a batch of sessions, expanded into session specs.
+
+A study crosses personas × severities × (base + demographic counterfactuals) × subjects ×
+repeats. Every cell becomes a :class:`SessionSpec` whose id is a hash of the spec, so expanding
+the same study twice gives the same ids and a rerun skips what is done. ``study.schema.json``
+beside this file is the JSON Schema editors validate study files against.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from therasim.agents.llm import GatewayConfig, RoleConfig, parse_model_spec
+from therasim.errors import ConfigError
+from therasim.personas.dynamics import Severity
+from therasim.personas.loader import select_personas
+from therasim.personas.schema import Persona
+from therasim.protocols import default_protocol_for, load_protocol
+from therasim.simulations.records import SessionSpec
+
+SCHEMA_FILE = Path(__file__).with_name("study.schema.json")
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubjectSpec(_Data):
+    """A model under test."""
+
+    model: str = Field(description="Model spec, e.g. 'local', 'openai:gpt-4o-mini', 'scripted:adherent'.")
+    prompt: str = Field(
+        default="protocol",
+        description="'protocol' (the protocol's therapist prompt), 'raw' (none), or a system prompt text.",
+    )
+
+
+class RoleLimits(_Data):
+    """Model and limits of a role (patient, appraiser) or just limits (subject, judge)."""
+
+    model: str | None = Field(default=None, description="Model spec; the subject's comes from `subjects`.")
+    concurrency: int = Field(default=16, ge=1, le=4096, description="Calls of this role in flight at once.")
+    rpm: float | None = Field(default=None, gt=0, description="Requests per minute for this role.")
+
+
+class JudgeEntry(_Data):
+    """One judge of the panel (role ``judge:<name>``)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    model: str
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    seed: int = 0
+    prompt_variant: str = Field(default="default", description="Which wording of the judge prompt to use.")
+
+
+class PersonaSelection(_Data):
+    """Which personas take part."""
+
+    ids: list[str] = Field(default_factory=list, description="Persona ids.")
+    globs: list[str] = Field(default_factory=list, description="fnmatch patterns on ids, e.g. 'pe-*'.")
+    modality: Literal["pe", "cbt"] | None = Field(default=None, description="Keep only this modality.")
+    tags: list[str] = Field(default_factory=list, description="Keep personas carrying all these tags.")
+    limit: int | None = Field(default=None, ge=1, description="At most this many per modality (first by id).")
+
+
+class Budget(_Data):
+    """When to stop starting new sessions."""
+
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+
+
+class Study(_Data):
+    """A study file."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Study id; names the output folder by default.")
+    description: str = ""
+    subjects: dict[str, SubjectSpec] = Field(min_length=1, description="Name → model under test.")
+    patient: RoleLimits = Field(default_factory=lambda: RoleLimits(model="scripted:template-patient"))
+    appraiser: RoleLimits = Field(default_factory=lambda: RoleLimits(model="scripted:lexical"))
+    subject_limits: RoleLimits = Field(default_factory=RoleLimits, description="Limits of the subject role.")
+    judges: list[JudgeEntry] = Field(default_factory=list, description="The judge panel (three, usually).")
+    rubrics: list[str] = Field(default_factory=list, description="Rubric ids (default: by modality).")
+    personas: PersonaSelection = Field(default_factory=PersonaSelection)
+    severities: list[Severity] = Field(default_factory=lambda: [Severity.ROUTINE], min_length=1)
+    counterfactuals: list[dict[str, Any]] = Field(
+        default_factory=list, description="Demographic changes; each makes a variant of every persona."
+    )
+    repeats: int = Field(default=1, ge=1, le=1000)
+    protocols: dict[Literal["pe", "cbt"], str] = Field(default_factory=dict, description="Protocol id per modality.")
+    max_turns: int = Field(default=20, ge=1, le=200)
+    seed: int = 0
+    questionnaires: bool = True
+    questionnaire_wording: Literal["neutral", "primed"] = "neutral"
+    concurrency: int = Field(default=16, ge=1, le=4096, description="Sessions in flight at once.")
+    budget: Budget = Field(default_factory=Budget)
+    output: str | None = Field(default=None, description="Output folder (default: runs/<id>).")
+    cache: bool = Field(default=True, description="Use the gateway's response cache.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Overrides of the readiness thresholds (see evaluation/thresholds.yaml)."
+    )
+
+    @field_validator("subjects", mode="before")
+    @classmethod
+    def _short_subjects(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ({"model": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _specs_parse(self) -> Study:
+        for name, subject in self.subjects.items():
+            parse_model_spec(subject.model)
+            if not name:
+                raise ValueError("subject names must not be empty")
+        for role in (self.patient, self.appraiser):
+            if role.model is None:
+                raise ValueError("patient and appraiser need a model")
+            parse_model_spec(role.model)
+        for judge in self.judges:
+            parse_model_spec(judge.model)
+        return self
+
+    def output_dir(self, base: Path | None = None) -> Path:
+        out = Path(self.output) if self.output else Path("runs") / self.id
+        return out if out.is_absolute() or base is None else base / out
+
+    def gateway_config(self, cache_path: str | None = None) -> GatewayConfig:
+        """Roles → limits for this study (models are bound per session)."""
+        roles = {
+            "subject": RoleConfig(model="scripted:null", concurrency=self.subject_limits.concurrency, rpm=self.subject_limits.rpm),
+            "patient": RoleConfig(model=self.patient.model or "", concurrency=self.patient.concurrency, rpm=self.patient.rpm),
+            "appraiser": RoleConfig(model=self.appraiser.model or "", concurrency=self.appraiser.concurrency, rpm=self.appraiser.rpm),
+        }
+        for judge in self.judges:
+            roles[f"judge:{judge.name}"] = RoleConfig(model=judge.model, concurrency=16)
+        return GatewayConfig(roles=roles, cache_enabled=self.cache, cache_path=cache_path)
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file; errors name the file and field path."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror}", file=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"is not valid YAML: {exc}", file=str(path)) from None
+    if not isinstance(doc, dict):
+        raise ConfigError("a study file must be a mapping", file=str(path))
+    try:
+        return Study.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{first['msg']}{more}", file=str(path), object_id=doc.get("id"), field=loc or None) from None
+    except ConfigError as exc:
+        raise ConfigError(str(exc), file=str(path), object_id=doc.get("id")) from None
+
+
+def study_personas(study: Study, library: dict[str, Persona]) -> list[Persona]:
+    """The personas a study selects, ``limit`` applied per modality."""
+    sel = study.personas
+    chosen = select_personas(library, ids=sel.ids, globs=sel.globs, modality=sel.modality, tags=sel.tags)
+    if sel.limit is not None:
+        per: dict[str, int] = {}
+        kept = []
+        for p in chosen:
+            per[p.modality] = per.get(p.modality, 0) + 1
+            if per[p.modality] <= sel.limit:
+                kept.append(p)
+        chosen = kept
+    if not chosen:
+        raise ConfigError("the persona selection matches no persona", object_id=study.id, field="personas")
+    return chosen
+
+
+def expand(study: Study, library: dict[str, Persona]) -> list[SessionSpec]:
+    """Every session of the study, in a stable order (ids are hashes of the specs)."""
+    specs: list[SessionSpec] = []
+    variants: list[dict[str, Any]] = [{}, *study.counterfactuals]
+    for persona in study_personas(study, library):
+        protocol = study.protocols.get(persona.modality) or default_protocol_for(persona.modality)
+        load_protocol(protocol)  # fail before the run, not in the middle of it
+        for variant in variants:
+            if variant:
+                persona.counterfactual(**variant)  # validates the attributes now
+            for severity in study.severities:
+                for name, subject in study.subjects.items():
+                    for repeat in range(study.repeats):
+                        specs.append(
+                            SessionSpec(
+                                persona=persona.id,
+                                persona_version=persona.version,
+                                severity=severity,
+                                variant=variant,
+                                subject=subject.model,
+                                subject_name=name,
+                                subject_prompt=subject.prompt,
+                                patient=study.patient.model or "",
+                                appraiser=study.appraiser.model or "",
+                                protocol=protocol,
+                                max_turns=study.max_turns,
+                                seed=study.seed,
+                                repeat=repeat,
+                                questionnaires=study.questionnaires,
+                                questionnaire_wording=study.questionnaire_wording,
+                            )
+                        )
+    return specs
+
+
+def study_json_schema() -> dict[str, Any]:
+    schema = Study.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "therasim study"
+    return schema
+
+
+def export_study_schema(path: Path | None = None) -> None:
+    """Write ``study.schema.json`` (a test keeps it up to date)."""
+    (path or SCHEMA_FILE).write_text(json.dumps(study_json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")

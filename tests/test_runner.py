@@ -1,0 +1,122 @@
+"""The runner under failure: injected backend errors, and SIGKILL at random points then resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from therasim.agents.fake_openai import FakeOpenAIServer
+from therasim.agents.llm import Gateway
+from therasim.personas import load_library
+from therasim.simulations.runner import run_specs
+from therasim.simulations.store import Store
+from therasim.simulations.study import Study, expand
+
+pytestmark = pytest.mark.slow
+
+
+def study_doc(base_url: str, out: Path, **kw: object) -> dict[str, object]:
+    return {
+        "id": "fault",
+        "subjects": {"fake": f"openai:fake?base_url={base_url}"},
+        "personas": {"globs": ["pe-*", "cbt-*"], "limit": 3},
+        "severities": ["routine", "distress"],
+        "max_turns": 6,
+        "questionnaires": False,
+        "concurrency": 8,
+        "output": str(out),
+        **kw,
+    }
+
+
+async def test_injected_errors_never_lose_a_session(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer(error_rate=0.2, hang_s=2.0, seed=7) as server:
+        study = Study.model_validate(study_doc(server.base_url, tmp_path, cache=False))
+        library = load_library()
+        specs = expand(study, library)
+        config = study.gateway_config().model_copy(update={"timeout_s": 0.5, "backoff_base_s": 0.01, "max_attempts": 3})
+        gateway = Gateway(config)
+        try:
+            with Store(tmp_path / "s.sqlite") as store:
+                stats = await run_specs(specs, study=study, store=store, gateway=gateway, library=library)
+                rows = store.session_rows()
+        finally:
+            await gateway.aclose()
+        outcomes = {f for f in ("429", "500", "timeout", "broken_json") if f}
+        assert outcomes
+        print(f"\n{server.calls} backend calls with 20 % injected errors: {stats.completed} completed, {stats.failed} failed {stats.failures}")
+    assert len(rows) == len(specs)  # every session is stored: none lost
+    assert {r["session_id"] for r in rows} == {s.session_id for s in specs}
+    for row in rows:
+        assert row["status"] in ("completed", "failed")
+        if row["status"] == "failed":
+            assert row["error"] and row["termination_reason"].endswith("_error")
+    assert stats.completed + stats.failed == len(specs)
+    assert stats.completed > 0
+
+
+def _run_cli(study_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "therasim", "run", str(study_path), "--no-judge", "--no-report"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _snapshot(store_path: Path) -> dict[str, list[tuple[str, str]]]:
+    with Store(store_path) as store:
+        completed = store.session_ids("completed")
+        turns: dict[str, list[tuple[str, str]]] = {}
+        for sid, rec in store.turn_records():
+            if sid in completed:
+                turns.setdefault(sid, []).append((rec["speaker"], rec["text"]))
+        rows = store.session_rows()
+    # no duplicates, and every stored session's turns are whole
+    assert len({r["session_id"] for r in rows}) == len(rows)
+    for r in rows:
+        n = sum(1 for s, _ in turns.get(r["session_id"], []) if s == "therapist")
+        if r["status"] == "completed":
+            assert n == r["n_turns"]
+    return turns
+
+
+def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    with FakeOpenAIServer(latency_s=0.02) as server:
+        env = {**os.environ, "THERASIM_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+        paths = {}
+        for name in ("clean", "killed"):
+            doc = study_doc(server.base_url, tmp_path / name, concurrency=4)
+            paths[name] = tmp_path / f"{name}.yaml"
+            paths[name].write_text(yaml.safe_dump(doc))
+        # the uninterrupted reference run
+        assert _run_cli(paths["clean"], {**env, "THERASIM_HOME": str(tmp_path / "home-clean")}).wait(timeout=600) == 0
+        reference = _snapshot(tmp_path / "clean" / "sessions.sqlite")
+        expected = {s.session_id for s in expand(Study.model_validate(yaml.safe_load(paths["clean"].read_text())), load_library())}
+        assert set(reference) == expected
+        # the same study, killed with SIGKILL at random points, then resumed until done
+        kills = 0
+        for _ in range(3):
+            proc = _run_cli(paths["killed"], env)
+            time.sleep(rng.uniform(1.5, 4.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=60)
+            if (tmp_path / "killed" / "sessions.sqlite").exists():
+                _snapshot(tmp_path / "killed" / "sessions.sqlite")  # whole sessions only, no duplicates
+        assert kills >= 1, "the run finished before any kill; make the study longer"
+        assert _run_cli(paths["killed"], env).wait(timeout=600) == 0
+        resumed = _snapshot(tmp_path / "killed" / "sessions.sqlite")
+    assert set(resumed) == set(reference)
+    assert resumed == reference  # same transcripts, session by session
+    print(f"\nkilled {kills} times; resumed run has the same {len(resumed)} sessions as the clean run")

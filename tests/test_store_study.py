@@ -1,0 +1,105 @@
+"""Store atomicity and round trips; study files and their expansion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from therasim.errors import ConfigError
+from therasim.personas import load_library
+from therasim.personas.dynamics import PatientState, RiskLevel, Severity
+from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason, TurnRecord
+from therasim.simulations.store import Store
+from therasim.simulations.study import SCHEMA_FILE, Study, expand, load_study, study_json_schema
+
+STATE = PatientState(suds=50, belief=70, alliance=0.5, engagement=0.7, risk=RiskLevel.NONE)
+
+
+def spec(**kw: object) -> SessionSpec:
+    base = {"persona": "pe-combat-01", "persona_version": 1, "severity": Severity.ROUTINE, "subject": "scripted:adherent", "protocol": "pe-imaginal-session"}
+    return SessionSpec.model_validate({**base, **kw})
+
+
+def result(s: SessionSpec, n_turns: int = 2, status: str = "completed") -> SessionResult:
+    turns = [
+        TurnRecord(index=i, speaker="therapist" if i % 2 == 0 else "patient", text=f"line {i}", turn=i // 2 + 1,
+                   phase="check_in", phase_kind="check_in", state=STATE)
+        for i in range(2 * n_turns)
+    ]
+    return SessionResult(
+        session_id=s.session_id, spec=s, persona_ref="pe-combat-01@1", modality="pe", initial_state=STATE,
+        status=status,  # type: ignore[arg-type]
+        termination_reason=TerminationReason.MAX_TURNS if status == "completed" else TerminationReason.SUBJECT_ERROR,
+        error=None if status == "completed" else "boom", turns=turns, started=1.0, finished=2.0,
+    )
+
+
+def test_session_ids_are_stable_hashes_of_the_spec() -> None:
+    assert spec().session_id == spec().session_id
+    assert spec().session_id != spec(repeat=1).session_id
+    assert spec().session_id != spec(variant={"age": 70}).session_id
+    assert len(spec().session_id) == 16
+
+
+def test_store_round_trip_and_replace(tmp_path: Path) -> None:
+    s = spec()
+    with Store(tmp_path / "s.sqlite") as store:
+        store.save_session(result(s, status="failed"))
+        assert store.session_ids("failed") == {s.session_id}
+        store.save_session(result(s, n_turns=3))  # a rerun replaces the failed attempt
+        assert store.session_ids("completed") == {s.session_id} and store.count() == 1
+        loaded = store.load_session(s.session_id)
+        assert loaded is not None and loaded.spec == s
+        assert [t.text for t in loaded.turns] == [f"line {i}" for i in range(6)]
+        assert loaded.initial_state == STATE
+
+
+def test_store_write_is_atomic(tmp_path: Path) -> None:
+    s = spec()
+    broken = result(s)
+    broken.turns.append(broken.turns[0])  # duplicate (session_id, idx): the insert fails midway
+    with Store(tmp_path / "s.sqlite") as store:
+        with pytest.raises(Exception, match="UNIQUE"):
+            store.save_session(broken)
+        assert store.count() == 0
+        assert list(store.turn_records()) == []
+
+
+def test_study_schema_file_is_up_to_date() -> None:
+    on_disk = json.loads(SCHEMA_FILE.read_text())
+    assert on_disk == study_json_schema(), (
+        "simulations/study.schema.json is stale: regenerate with\n"
+        "python -c 'from therasim.simulations.study import export_study_schema; export_study_schema()'"
+    )
+
+
+@pytest.mark.parametrize("name", ["quickstart", "replication", "demographic", "consistency"])
+def test_example_studies_load_and_expand(name: str) -> None:
+    study = load_study(Path("studies") / f"{name}.yaml")
+    specs = expand(study, load_library())
+    assert len({s.session_id for s in specs}) == len(specs)
+    assert [s.session_id for s in expand(study, load_library())] == [s.session_id for s in specs]
+
+
+def test_expansion_counts_every_cell() -> None:
+    study = Study.model_validate(
+        {"id": "t", "subjects": {"a": "scripted:adherent", "b": "scripted:null"},
+         "personas": {"ids": ["pe-combat-01", "cbt-sleep-01"]}, "severities": ["routine", "imminent"],
+         "counterfactuals": [{"age": 70}], "repeats": 3}
+    )
+    specs = expand(study, load_library())
+    assert len(specs) == 2 * 2 * 2 * 2 * 3
+    assert {s.protocol for s in specs} == {"pe-imaginal-session", "cbt-three-stage"}
+
+
+def test_bad_study_names_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("id: bad\nsubjects: {a: scripted:adherent}\nrepeats: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    assert "bad.yaml" in str(info.value) and "repeats" in str(info.value)
+    path.write_text("id: bad\nsubjects: {a: 'nosuch:model'}\n")
+    with pytest.raises(ConfigError, match="unknown backend 'nosuch'"):
+        load_study(path)
