@@ -42,10 +42,16 @@ class TurnContext(BaseModel):
     therapist_guidance: str = ""
     patient_guidance: str = ""
     turn: int = Field(ge=0, description="Therapist turns completed so far.")
-    turns_in_phase: int = Field(default=0, ge=0, description="Therapist turns completed in this phase.")
+    turns_in_phase: int = Field(
+        default=0, ge=0, description="Therapist turns completed in this phase."
+    )
     state: PatientState
-    last_codes: tuple[BehaviourCode, ...] = Field(default=(), description="Codes of the last therapist turn.")
-    surfaced: bool = Field(default=False, description="Whether the severity's self-harm content is due now.")
+    last_codes: tuple[BehaviourCode, ...] = Field(
+        default=(), description="Codes of the last therapist turn."
+    )
+    surfaced: bool = Field(
+        default=False, description="Whether the severity's self-harm content is due now."
+    )
     seed: int = 0
 
     def as_metadata(self) -> dict[str, Any]:
@@ -58,9 +64,7 @@ class TurnContext(BaseModel):
         return cls.model_validate(metadata)
 
 
-def transcript_as_messages(
-    transcript: list[Utterance], *, me: Speaker
-) -> list[dict[str, str]]:
+def transcript_as_messages(transcript: list[Utterance], *, me: Speaker) -> list[dict[str, str]]:
     """The transcript as chat messages from ``me``'s point of view (my lines are 'assistant')."""
     return [
         {"role": "assistant" if u.speaker == me else "user", "content": u.text} for u in transcript

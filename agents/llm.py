@@ -47,9 +47,9 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
 from therasim.agents.scripted import get_scripted, run_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message, Usage
-
 from therasim.errors import (
     ConfigError,
     ModelConnectionError,
@@ -610,7 +610,7 @@ class Gateway:
         model = self.model_for(request)
         role = request.role
         rc = self._role_config(role)
-        if rc is not None and not request.model:
+        if rc is not None:
             request = request.model_copy(
                 update={
                     k: v
@@ -796,10 +796,13 @@ class Gateway:
             client = self._openai_client(model)
         except PermanentModelError as exc:
             raise PermanentModelError(exc.detail, role=request.role, model=model.raw) from exc
-        kwargs: dict[str, Any] = {
-            "temperature": request.temperature,
-            "max_tokens": request.max_tokens,
-        }
+        kwargs: dict[str, Any] = {"temperature": request.temperature}
+        if model.backend == "local" or model.base_url:
+            # langchain-openai sends OpenAI's newer `max_completion_tokens`, which llama.cpp and
+            # other compatible servers ignore; they read the classic field.
+            kwargs["extra_body"] = {"max_tokens": request.max_tokens}
+        else:
+            kwargs["max_tokens"] = request.max_tokens
         if request.seed is not None:
             kwargs["seed"] = request.seed
         if request.stop:
@@ -952,7 +955,9 @@ class BoundGateway:
         self.calls.append(response)
         return response
 
-    async def structured(self, request: CompletionRequest, schema: type[T]) -> tuple[T, CompletionResponse]:
+    async def structured(
+        self, request: CompletionRequest, schema: type[T]
+    ) -> tuple[T, CompletionResponse]:
         parsed, response = await self.gateway.structured(self._bind(request), schema)
         self.calls.append(response)
         return parsed, response

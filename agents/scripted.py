@@ -17,7 +17,6 @@ import inspect
 from collections.abc import Awaitable, Callable
 
 from therasim.agents.types import CompletionRequest
-
 from therasim.errors import UnknownNameError
 
 ScriptedFn = Callable[[CompletionRequest], "str | Awaitable[str]"]

@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
-from therasim.personas.schema import Persona
 
 from therasim.errors import ConfigError, UnknownNameError
+from therasim.personas.schema import Persona
 
 __all__ = [
     "SCHEMA_COMMENT",

@@ -18,9 +18,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from therasim.personas.dynamics import DynamicsParams, PhaseKind, RiskLevel, Severity
 
 from therasim.errors import ConfigError, UnknownNameError
+from therasim.personas.dynamics import DynamicsParams, PhaseKind, RiskLevel, Severity
 
 # A hand-written id is lower-case letters, digits, '_', '.', '-'. Derived counterfactual variants
 # append '~attribute=value,...' so they still validate (see ``Persona.counterfactual``).

@@ -42,9 +42,13 @@ class SessionSpec(BaseModel):
     persona: str = Field(description="Base persona id.")
     persona_version: int = Field(ge=1)
     severity: Severity
-    variant: dict[str, Any] = Field(default_factory=dict, description="Counterfactual demographic changes.")
+    variant: dict[str, Any] = Field(
+        default_factory=dict, description="Counterfactual demographic changes."
+    )
     subject: str = Field(description="Model spec of the model under test.")
-    subject_name: str = Field(default="", description="The subject's name in the study (defaults to the spec).")
+    subject_name: str = Field(
+        default="", description="The subject's name in the study (defaults to the spec)."
+    )
     subject_prompt: str = Field(
         default="protocol",
         description="'protocol' (therapist prompt of the protocol), 'raw' (no system prompt) or the prompt text.",
@@ -77,7 +81,9 @@ class TurnRecord(BaseModel):
     index: int = Field(ge=0, description="Position in the transcript, from 0.")
     speaker: Literal["therapist", "patient"]
     text: str
-    turn: int = Field(ge=0, description="Therapist turn number this utterance belongs to (0 = before the first).")
+    turn: int = Field(
+        ge=0, description="Therapist turn number this utterance belongs to (0 = before the first)."
+    )
     phase: str = Field(description="Protocol phase the utterance was made in.")
     phase_kind: str
     codes: list[str] = Field(default_factory=list, description="Behaviour codes (therapist turns).")
@@ -126,8 +132,12 @@ class SessionResult(BaseModel):
     spec: SessionSpec
     persona_ref: str = Field(description="id@version of the persona variant used.")
     modality: Literal["pe", "cbt"]
-    initial_state: PatientState | None = Field(default=None, description="The patient's state before the first turn.")
-    habituation_margin: float = Field(default=15.0, description="The persona's expected SUDS fall in exposure.")
+    initial_state: PatientState | None = Field(
+        default=None, description="The patient's state before the first turn."
+    )
+    habituation_margin: float = Field(
+        default=15.0, description="The persona's expected SUDS fall in exposure."
+    )
     status: Literal["completed", "failed"]
     termination_reason: TerminationReason
     error: str | None = None

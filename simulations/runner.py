@@ -68,7 +68,10 @@ def _budget_spent(study: Study, stats: RunStats, spent_before: tuple[int, float]
     tokens = spent_before[0] + stats.input_tokens + stats.output_tokens
     cost = spent_before[1] + stats.cost_usd
     b = study.budget
-    return bool((b.max_tokens is not None and tokens >= b.max_tokens) or (b.max_cost_usd is not None and cost >= b.max_cost_usd))
+    return bool(
+        (b.max_tokens is not None and tokens >= b.max_tokens)
+        or (b.max_cost_usd is not None and cost >= b.max_cost_usd)
+    )
 
 
 def _failed_result(spec: SessionSpec, library: dict[str, Persona], error: str) -> SessionResult:
@@ -124,13 +127,17 @@ async def run_specs(
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must cost one session, not the batch
-                result = _failed_result(spec, library, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+                result = _failed_result(
+                    spec, library, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+                )
             store.save_session(result)
             if result.status == "completed":
                 stats.completed += 1
             else:
                 stats.failed += 1
-                stats.failures[result.termination_reason.value] = stats.failures.get(result.termination_reason.value, 0) + 1
+                stats.failures[result.termination_reason.value] = (
+                    stats.failures.get(result.termination_reason.value, 0) + 1
+                )
             stats.turns += result.therapist_turns
             for call in result.calls:
                 stats.input_tokens += call.input_tokens
@@ -139,7 +146,9 @@ async def run_specs(
             if progress is not None:
                 progress(stats)
 
-    workers = [asyncio.create_task(worker()) for _ in range(min(study.concurrency, max(1, len(todo))))]
+    workers = [
+        asyncio.create_task(worker()) for _ in range(min(study.concurrency, max(1, len(todo))))
+    ]
     try:
         await asyncio.gather(*workers)
     finally:
@@ -179,8 +188,12 @@ def estimate(study: Study, specs: list[SessionSpec], done: set[str]) -> Estimate
     todo = [s for s in specs if s.session_id not in done]
     for spec in todo:
         graph = load_protocol(spec.protocol)
-        turns = min(spec.max_turns, max(1, sum(graph.phase(p).min_turns for p in graph.canonical_path)))
-        n_questionnaires = (2 if spec.protocol.startswith("pe") else 1) * 2 if spec.questionnaires else 0
+        turns = min(
+            spec.max_turns, max(1, sum(graph.phase(p).min_turns for p in graph.canonical_path))
+        )
+        n_questionnaires = (
+            (2 if spec.protocol.startswith("pe") else 1) * 2 if spec.questionnaires else 0
+        )
         plan = {
             "subject": (spec.subject, turns),
             "appraiser": (spec.appraiser, turns),
@@ -189,7 +202,9 @@ def estimate(study: Study, specs: list[SessionSpec], done: set[str]) -> Estimate
         }
         for role, (model_spec, calls) in plan.items():
             model = parse_model_spec(model_spec)
-            transcript = TOKENS_PER_UTTERANCE * turns  # average transcript over the session ≈ turns × 2 / 2
+            transcript = (
+                TOKENS_PER_UTTERANCE * turns
+            )  # average transcript over the session ≈ turns × 2 / 2
             tokens_in = calls * (PROMPT_TOKENS[role] + (transcript if role != "appraiser" else 0))
             tokens_out = calls * REPLY_TOKENS[role]
             entry = per_role.setdefault(role, {"calls": 0, "tokens": 0, "backend_calls": 0})

@@ -35,7 +35,7 @@ from therasim.agents.questionnaires import administer
 from therasim.agents.subject import prompt_hash, subject_turn, therapist_system_prompt
 from therasim.agents.types import CompletionResponse
 from therasim.errors import ConfigError, ModelError, SessionError, TherasimError
-from therasim.personas.dynamics import BehaviourCode, PatientState, PhaseKind, initial_state
+from therasim.personas.dynamics import BehaviourCode, PatientState, initial_state
 from therasim.personas.dynamics import step as dynamics_step
 from therasim.personas.schema import Persona
 from therasim.protocols import AdherenceTracker, PhaseContext, ProtocolGraph, load_protocol
@@ -180,7 +180,9 @@ async def appraise_node(state: SessionState, runtime: Runtime[SessionDeps]) -> S
     record = state["pending_therapist"]
     assert record is not None
     ctx = _ctx(deps, state)
-    previous = next((u.text for u in reversed(state["transcript"][:-1]) if u.speaker == "patient"), None)
+    previous = next(
+        (u.text for u in reversed(state["transcript"][:-1]) if u.speaker == "patient"), None
+    )
     try:
         appraisal, _ = await appraise(deps.llm, ctx, record.text, previous_patient=previous)
     except TherasimError as exc:
@@ -240,15 +242,17 @@ async def patient_node(state: SessionState, runtime: Runtime[SessionDeps]) -> Se
     }
 
 
-def route_start(state: SessionState, runtime: Runtime[SessionDeps]) -> Literal["subject", "patient"]:
+def route_start(
+    state: SessionState, runtime: Runtime[SessionDeps]
+) -> Literal["subject", "patient"]:
     return "patient" if runtime.context.protocol.protocol.opener == "patient" else "subject"
 
 
-def route_after_subject(state: SessionState) -> Literal["appraise", "__end__"]:
+def route_after_subject(state: SessionState) -> str:
     return END if state.get("termination") else "appraise"
 
 
-def route_after_appraise(state: SessionState) -> Literal["patient", "__end__"]:
+def route_after_appraise(state: SessionState) -> str:
     return END if state.get("termination") else "patient"
 
 
@@ -260,13 +264,17 @@ def termination_for(state: SessionState, deps: SessionDeps) -> TerminationReason
         return TerminationReason.PATIENT_DROPOUT
     phase_id = state["phase"]
     if deps.protocol.is_terminal(phase_id) and phase_complete(deps.protocol, state["phase_ctx"]):
-        return TerminationReason.CRISIS_HANDOFF if phase_id == CRISIS_PHASE else TerminationReason.PROTOCOL_COMPLETE
+        return (
+            TerminationReason.CRISIS_HANDOFF
+            if phase_id == CRISIS_PHASE
+            else TerminationReason.PROTOCOL_COMPLETE
+        )
     if state.get("turn", 0) >= deps.spec.max_turns:
         return TerminationReason.MAX_TURNS
     return None
 
 
-def route_after_patient(state: SessionState, runtime: Runtime[SessionDeps]) -> Literal["subject", "__end__"]:
+def route_after_patient(state: SessionState, runtime: Runtime[SessionDeps]) -> str:
     return END if termination_for(state, runtime.context) else "subject"
 
 
@@ -305,16 +313,27 @@ def topology_mermaid() -> str:
 async def _questionnaires(
     deps: SessionDeps, state: SessionState, when: Literal["pre", "post"]
 ) -> list[QuestionnaireRecord]:
-    instruments: list[Literal["phq9", "pcl5"]] = ["phq9"] + (["pcl5"] if deps.persona.modality == "pe" else [])
+    instruments: list[Literal["phq9", "pcl5"]] = ["phq9"]
+    if deps.persona.modality == "pe":
+        instruments.append("pcl5")
     ctx = _ctx(deps, state)
     out = []
     for instrument in instruments:
         result = await administer(
-            deps.llm, ctx, state["transcript"], instrument, when=when, wording=deps.spec.questionnaire_wording
+            deps.llm,
+            ctx,
+            state["transcript"],
+            instrument,
+            when=when,
+            wording=deps.spec.questionnaire_wording,
         )
         out.append(
             QuestionnaireRecord(
-                instrument=instrument, when=when, wording=result.wording, items=list(result.items), total=result.total
+                instrument=instrument,
+                when=when,
+                wording=result.wording,
+                items=list(result.items),
+                total=result.total,
             )
         )
     return out
@@ -357,7 +376,9 @@ async def run_session(
         "turns": [],
         "patient_state": patient0,
         "phase": protocol.start,
-        "phase_ctx": protocol.context(protocol.start, patient0, habituation_drop=persona.dynamics.habituation_margin),
+        "phase_ctx": protocol.context(
+            protocol.start, patient0, habituation_drop=persona.dynamics.habituation_margin
+        ),
         "turn": 0,
         "pending_therapist": None,
         "termination": None,
@@ -431,4 +452,3 @@ __all__ = [
     "termination_for",
     "topology_mermaid",
 ]
-

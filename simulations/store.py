@@ -112,7 +112,9 @@ class Store:
         tokens_in = sum(c.input_tokens for c in result.calls)
         tokens_out = sum(c.output_tokens for c in result.calls)
         costs = [c.cost_usd for c in result.calls]
-        cost = None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
+        cost = (
+            None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
+        )
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -218,7 +220,14 @@ class Store:
             names = [d[0] for d in cur.description]
             rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         for row in rows:
-            for key in ("spec", "variant", "questionnaires", "adherence", "prompt_hashes", "initial_state"):
+            for key in (
+                "spec",
+                "variant",
+                "questionnaires",
+                "adherence",
+                "prompt_hashes",
+                "initial_state",
+            ):
                 row[key] = json.loads(row[key]) if row[key] is not None else None
         return rows
 
@@ -241,7 +250,9 @@ class Store:
             return None
         row = rows[0]
         with self._lock:
-            cur = self._db.execute("SELECT * FROM calls WHERE session_id=? ORDER BY idx", (session_id,))
+            cur = self._db.execute(
+                "SELECT * FROM calls WHERE session_id=? ORDER BY idx", (session_id,)
+            )
             names = [d[0] for d in cur.description]
             calls = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         return SessionResult.model_validate(
@@ -256,7 +267,11 @@ class Store:
                 "turns": [t for _, t in self.turn_records(session_id)],
                 "questionnaires": row["questionnaires"],
                 "calls": [
-                    {k: (bool(v) if k == "cached" else v) for k, v in c.items() if k not in ("session_id", "idx")}
+                    {
+                        k: (bool(v) if k == "cached" else v)
+                        for k, v in c.items()
+                        if k not in ("session_id", "idx")
+                    }
                     for c in calls
                 ],
                 "adherence": row["adherence"],
@@ -275,7 +290,9 @@ class Store:
 
     def verdict_rows(self) -> list[dict[str, Any]]:
         with self._lock:
-            cur = self._db.execute("SELECT * FROM verdicts ORDER BY session_id, judge, item_id, turn")
+            cur = self._db.execute(
+                "SELECT * FROM verdicts ORDER BY session_id, judge, item_id, turn"
+            )
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 

@@ -33,7 +33,9 @@ class _Data(BaseModel):
 class SubjectSpec(_Data):
     """A model under test."""
 
-    model: str = Field(description="Model spec, e.g. 'local', 'openai:gpt-4o-mini', 'scripted:adherent'.")
+    model: str = Field(
+        description="Model spec, e.g. 'local', 'openai:gpt-4o-mini', 'scripted:adherent'."
+    )
     prompt: str = Field(
         default="protocol",
         description="'protocol' (the protocol's therapist prompt), 'raw' (none), or a system prompt text.",
@@ -43,9 +45,19 @@ class SubjectSpec(_Data):
 class RoleLimits(_Data):
     """Model and limits of a role (patient, appraiser) or just limits (subject, judge)."""
 
-    model: str | None = Field(default=None, description="Model spec; the subject's comes from `subjects`.")
-    concurrency: int = Field(default=16, ge=1, le=4096, description="Calls of this role in flight at once.")
+    model: str | None = Field(
+        default=None, description="Model spec; the subject's comes from `subjects`."
+    )
+    concurrency: int = Field(
+        default=16, ge=1, le=4096, description="Calls of this role in flight at once."
+    )
     rpm: float | None = Field(default=None, gt=0, description="Requests per minute for this role.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Cap on reply tokens for this role's calls."
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Overrides the role's sampling temperature."
+    )
 
 
 class JudgeEntry(_Data):
@@ -55,17 +67,27 @@ class JudgeEntry(_Data):
     model: str
     temperature: float = Field(default=0.0, ge=0, le=2)
     seed: int = 0
-    prompt_variant: str = Field(default="default", description="Which wording of the judge prompt to use.")
+    prompt_variant: str = Field(
+        default="default", description="Which wording of the judge prompt to use."
+    )
 
 
 class PersonaSelection(_Data):
     """Which personas take part."""
 
     ids: list[str] = Field(default_factory=list, description="Persona ids.")
-    globs: list[str] = Field(default_factory=list, description="fnmatch patterns on ids, e.g. 'pe-*'.")
-    modality: Literal["pe", "cbt"] | None = Field(default=None, description="Keep only this modality.")
-    tags: list[str] = Field(default_factory=list, description="Keep personas carrying all these tags.")
-    limit: int | None = Field(default=None, ge=1, description="At most this many per modality (first by id).")
+    globs: list[str] = Field(
+        default_factory=list, description="fnmatch patterns on ids, e.g. 'pe-*'."
+    )
+    modality: Literal["pe", "cbt"] | None = Field(
+        default=None, description="Keep only this modality."
+    )
+    tags: list[str] = Field(
+        default_factory=list, description="Keep personas carrying all these tags."
+    )
+    limit: int | None = Field(
+        default=None, ge=1, description="At most this many per modality (first by id)."
+    )
 
 
 class Budget(_Data):
@@ -78,21 +100,35 @@ class Budget(_Data):
 class Study(_Data):
     """A study file."""
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Study id; names the output folder by default.")
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+        description="Study id; names the output folder by default.",
+    )
     description: str = ""
     subjects: dict[str, SubjectSpec] = Field(min_length=1, description="Name → model under test.")
-    patient: RoleLimits = Field(default_factory=lambda: RoleLimits(model="scripted:template-patient"))
+    patient: RoleLimits = Field(
+        default_factory=lambda: RoleLimits(model="scripted:template-patient")
+    )
     appraiser: RoleLimits = Field(default_factory=lambda: RoleLimits(model="scripted:lexical"))
-    subject_limits: RoleLimits = Field(default_factory=RoleLimits, description="Limits of the subject role.")
-    judges: list[JudgeEntry] = Field(default_factory=list, description="The judge panel (three, usually).")
-    rubrics: list[str] = Field(default_factory=list, description="Rubric ids (default: by modality).")
+    subject_limits: RoleLimits = Field(
+        default_factory=RoleLimits, description="Limits of the subject role."
+    )
+    judges: list[JudgeEntry] = Field(
+        default_factory=list, description="The judge panel (three, usually)."
+    )
+    rubrics: list[str] = Field(
+        default_factory=list, description="Rubric ids (default: by modality)."
+    )
     personas: PersonaSelection = Field(default_factory=PersonaSelection)
     severities: list[Severity] = Field(default_factory=lambda: [Severity.ROUTINE], min_length=1)
     counterfactuals: list[dict[str, Any]] = Field(
-        default_factory=list, description="Demographic changes; each makes a variant of every persona."
+        default_factory=list,
+        description="Demographic changes; each makes a variant of every persona.",
     )
     repeats: int = Field(default=1, ge=1, le=1000)
-    protocols: dict[Literal["pe", "cbt"], str] = Field(default_factory=dict, description="Protocol id per modality.")
+    protocols: dict[Literal["pe", "cbt"], str] = Field(
+        default_factory=dict, description="Protocol id per modality."
+    )
     max_turns: int = Field(default=20, ge=1, le=200)
     seed: int = 0
     questionnaires: bool = True
@@ -102,7 +138,8 @@ class Study(_Data):
     output: str | None = Field(default=None, description="Output folder (default: runs/<id>).")
     cache: bool = Field(default=True, description="Use the gateway's response cache.")
     thresholds: dict[str, float] = Field(
-        default_factory=dict, description="Overrides of the readiness thresholds (see evaluation/thresholds.yaml)."
+        default_factory=dict,
+        description="Overrides of the readiness thresholds (see evaluation/thresholds.yaml).",
     )
 
     @field_validator("subjects", mode="before")
@@ -133,13 +170,23 @@ class Study(_Data):
     def gateway_config(self, cache_path: str | None = None) -> GatewayConfig:
         """Roles → limits for this study (models are bound per session)."""
         roles = {
-            "subject": RoleConfig(model="scripted:null", concurrency=self.subject_limits.concurrency, rpm=self.subject_limits.rpm),
-            "patient": RoleConfig(model=self.patient.model or "", concurrency=self.patient.concurrency, rpm=self.patient.rpm),
-            "appraiser": RoleConfig(model=self.appraiser.model or "", concurrency=self.appraiser.concurrency, rpm=self.appraiser.rpm),
+            "subject": _role("scripted:null", self.subject_limits),
+            "patient": _role(self.patient.model or "", self.patient),
+            "appraiser": _role(self.appraiser.model or "", self.appraiser),
         }
         for judge in self.judges:
             roles[f"judge:{judge.name}"] = RoleConfig(model=judge.model, concurrency=16)
         return GatewayConfig(roles=roles, cache_enabled=self.cache, cache_path=cache_path)
+
+
+def _role(model: str, limits: RoleLimits) -> RoleConfig:
+    return RoleConfig(
+        model=model,
+        concurrency=limits.concurrency,
+        rpm=limits.rpm,
+        max_tokens=limits.max_tokens,
+        temperature=limits.temperature,
+    )
 
 
 def load_study(path: str | Path) -> Study:
@@ -159,7 +206,9 @@ def load_study(path: str | Path) -> Study:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ConfigError(f"{first['msg']}{more}", file=str(path), object_id=doc.get("id"), field=loc or None) from None
+        raise ConfigError(
+            f"{first['msg']}{more}", file=str(path), object_id=doc.get("id"), field=loc or None
+        ) from None
     except ConfigError as exc:
         raise ConfigError(str(exc), file=str(path), object_id=doc.get("id")) from None
 
@@ -167,7 +216,9 @@ def load_study(path: str | Path) -> Study:
 def study_personas(study: Study, library: dict[str, Persona]) -> list[Persona]:
     """The personas a study selects, ``limit`` applied per modality."""
     sel = study.personas
-    chosen = select_personas(library, ids=sel.ids, globs=sel.globs, modality=sel.modality, tags=sel.tags)
+    chosen = select_personas(
+        library, ids=sel.ids, globs=sel.globs, modality=sel.modality, tags=sel.tags
+    )
     if sel.limit is not None:
         per: dict[str, int] = {}
         kept = []
@@ -177,7 +228,9 @@ def study_personas(study: Study, library: dict[str, Persona]) -> list[Persona]:
                 kept.append(p)
         chosen = kept
     if not chosen:
-        raise ConfigError("the persona selection matches no persona", object_id=study.id, field="personas")
+        raise ConfigError(
+            "the persona selection matches no persona", object_id=study.id, field="personas"
+        )
     return chosen
 
 
@@ -225,4 +278,6 @@ def study_json_schema() -> dict[str, Any]:
 
 def export_study_schema(path: Path | None = None) -> None:
     """Write ``study.schema.json`` (a test keeps it up to date)."""
-    (path or SCHEMA_FILE).write_text(json.dumps(study_json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (path or SCHEMA_FILE).write_text(
+        json.dumps(study_json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )

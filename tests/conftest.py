@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hypothesis  # noqa: F401  (imported early: avoids a CPython 3.11 AST bug when pytest rewrites it late)
 import pytest
+
 from therasim.agents.llm import allow_model_requests
 
 

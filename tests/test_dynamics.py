@@ -9,6 +9,8 @@ import annotated_types
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from therasim.errors import UnknownNameError
 from therasim.personas.dynamics import (
     CHALLENGE_CODES,
     CHALLENGE_PHASES,
@@ -25,8 +27,6 @@ from therasim.personas.dynamics import (
     trajectory,
 )
 from therasim.personas.schema import Persona, SeverityLevel
-
-from therasim.errors import UnknownNameError
 
 C = BehaviourCode
 EXPOSURE = PhaseKind.IMAGINAL_EXPOSURE

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
+
 from therasim.agents.fake_openai import FakeOpenAIServer
 from therasim.agents.llm import (
     Gateway,
@@ -18,7 +19,6 @@ from therasim.agents.llm import (
 )
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
-
 from therasim.errors import (
     ConfigError,
     ModelRequestsBlocked,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, Field
+
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
 from therasim.agents.types import CompletionRequest
 

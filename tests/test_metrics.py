@@ -261,7 +261,7 @@ def _session(sid: str, modality: str, severity: str, **values: object) -> dict:
         "variant": "",
         "repeat": 0,
         "status": "completed",
-        "termination_reason": "max_turns",
+        "termination_reason": "protocol_complete",
         "n_turns": 3,
         "baseline_suds": 30.0,
         "final_suds": 30.0,
@@ -653,3 +653,69 @@ def test_failure_counts_per_session_and_overall(findings: pd.DataFrame) -> None:
         "grounding": 3,
         "task_abandonment": 1,
     }
+
+
+def test_session_cut_mid_exposure_is_not_read_as_deterioration() -> None:
+    cut = _session(
+        "c1",
+        "pe",
+        "routine",
+        baseline_suds=40.0,
+        peak_suds=85.0,
+        final_suds=85.0,
+        termination_reason="max_turns",
+    )
+    done = _session("c2", "pe", "routine", baseline_suds=40.0, peak_suds=85.0, final_suds=85.0)
+    turns = pd.DataFrame(
+        [
+            {
+                "session_id": sid,
+                "turn": i,
+                "phase_kind": "imaginal_exposure",
+                "suds": 60.0 + 5 * i,
+                "risk": "none",
+            }
+            for sid in ("c1", "c2")
+            for i in range(1, 4)
+        ]
+    )
+    out = m.trajectory_deterioration(pd.DataFrame([cut, done]), turns).set_index("session_id")
+    assert bool(out.loc["c1", "cut_in_exposure"]) is True
+    assert pd.isna(out.loc["c1", "suds_worse"]) and pd.isna(out.loc["c1", "habituated"])
+    assert bool(out.loc["c1", "deteriorated_trajectory"]) is False
+    # the same numbers at the end of a finished session are deterioration
+    assert bool(out.loc["c2", "deteriorated_trajectory"]) is True
+
+
+def test_deterioration_table_leaves_out_sessions_cut_mid_exposure() -> None:
+    cut = _session(
+        "c1",
+        "pe",
+        "routine",
+        baseline_suds=40.0,
+        peak_suds=85.0,
+        final_suds=85.0,
+        termination_reason="max_turns",
+        pcl5_pre=20.0,
+        pcl5_post=60.0,
+    )
+    done = _session("c2", "pe", "routine", baseline_suds=40.0, peak_suds=85.0, final_suds=85.0)
+    turns = pd.DataFrame(
+        [
+            {
+                "session_id": sid,
+                "subject": "A",
+                "modality": "pe",
+                "severity": "routine",
+                "turn": 1,
+                "phase_kind": "imaginal_exposure",
+                "suds": 85.0,
+                "risk": "none",
+            }
+            for sid in ("c1", "c2")
+        ]
+    )
+    verdicts = pd.DataFrame(columns=list(m.VERDICT_COLUMNS))
+    table = m.deterioration_table(pd.DataFrame([cut, done]), turns, verdicts)
+    row = table[table["signal"] == "any"].iloc[0]
+    assert (row["n"], row["successes"]) == (1, 1)  # only the finished session counts

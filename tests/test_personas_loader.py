@@ -13,6 +13,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from therasim.errors import ConfigError, UnknownNameError
 from therasim.personas import (
     Persona,
     Severity,
@@ -29,8 +31,6 @@ from therasim.personas.loader import (
     persona_json_schema,
     render_json_schema,
 )
-
-from therasim.errors import ConfigError, UnknownNameError
 
 README = Path(__file__).resolve().parents[1] / "personas" / "README.md"
 

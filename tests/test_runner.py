@@ -42,17 +42,23 @@ async def test_injected_errors_never_lose_a_session(tmp_path: Path, real_request
         study = Study.model_validate(study_doc(server.base_url, tmp_path, cache=False))
         library = load_library()
         specs = expand(study, library)
-        config = study.gateway_config().model_copy(update={"timeout_s": 0.5, "backoff_base_s": 0.01, "max_attempts": 3})
+        config = study.gateway_config().model_copy(
+            update={"timeout_s": 0.5, "backoff_base_s": 0.01, "max_attempts": 3}
+        )
         gateway = Gateway(config)
         try:
             with Store(tmp_path / "s.sqlite") as store:
-                stats = await run_specs(specs, study=study, store=store, gateway=gateway, library=library)
+                stats = await run_specs(
+                    specs, study=study, store=store, gateway=gateway, library=library
+                )
                 rows = store.session_rows()
         finally:
             await gateway.aclose()
         outcomes = {f for f in ("429", "500", "timeout", "broken_json") if f}
         assert outcomes
-        print(f"\n{server.calls} backend calls with 20 % injected errors: {stats.completed} completed, {stats.failed} failed {stats.failures}")
+        print(
+            f"\n{server.calls} backend calls with 20 % injected errors: {stats.completed} completed, {stats.failed} failed {stats.failures}"
+        )
     assert len(rows) == len(specs)  # every session is stored: none lost
     assert {r["session_id"] for r in rows} == {s.session_id for s in specs}
     for row in rows:
@@ -99,9 +105,19 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
             paths[name] = tmp_path / f"{name}.yaml"
             paths[name].write_text(yaml.safe_dump(doc))
         # the uninterrupted reference run
-        assert _run_cli(paths["clean"], {**env, "THERASIM_HOME": str(tmp_path / "home-clean")}).wait(timeout=600) == 0
+        assert (
+            _run_cli(paths["clean"], {**env, "THERASIM_HOME": str(tmp_path / "home-clean")}).wait(
+                timeout=600
+            )
+            == 0
+        )
         reference = _snapshot(tmp_path / "clean" / "sessions.sqlite")
-        expected = {s.session_id for s in expand(Study.model_validate(yaml.safe_load(paths["clean"].read_text())), load_library())}
+        expected = {
+            s.session_id
+            for s in expand(
+                Study.model_validate(yaml.safe_load(paths["clean"].read_text())), load_library()
+            )
+        }
         assert set(reference) == expected
         # the same study, killed with SIGKILL at random points, then resumed until done
         kills = 0
@@ -113,10 +129,14 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
                 kills += 1
             proc.wait(timeout=60)
             if (tmp_path / "killed" / "sessions.sqlite").exists():
-                _snapshot(tmp_path / "killed" / "sessions.sqlite")  # whole sessions only, no duplicates
+                _snapshot(
+                    tmp_path / "killed" / "sessions.sqlite"
+                )  # whole sessions only, no duplicates
         assert kills >= 1, "the run finished before any kill; make the study longer"
         assert _run_cli(paths["killed"], env).wait(timeout=600) == 0
         resumed = _snapshot(tmp_path / "killed" / "sessions.sqlite")
     assert set(resumed) == set(reference)
     assert resumed == reference  # same transcripts, session by session
-    print(f"\nkilled {kills} times; resumed run has the same {len(resumed)} sessions as the clean run")
+    print(
+        f"\nkilled {kills} times; resumed run has the same {len(resumed)} sessions as the clean run"
+    )

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
+from therasim.agents.llm import Gateway, GatewayConfig
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.personas import Persona, load_library
-from therasim.personas.dynamics import Severity
 from therasim.protocols import default_protocol_for
 from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason
 from therasim.simulations.session import run_session, topology_mermaid
@@ -29,7 +28,9 @@ def offline_gateway() -> Gateway:
     return Gateway(GatewayConfig(cache_enabled=False))
 
 
-def make_spec(persona: Persona, subject: str, severity: str = "distress", **kw: object) -> SessionSpec:
+def make_spec(
+    persona: Persona, subject: str, severity: str = "distress", **kw: object
+) -> SessionSpec:
     return SessionSpec.model_validate(
         {
             "persona": persona.id,
@@ -57,20 +58,27 @@ def test_topology_snapshot() -> None:
     assert current == SNAPSHOT.read_text(), (
         "the session graph's topology changed; if on purpose, regenerate with\n"
         "python -c 'from therasim.simulations.session import topology_mermaid; "
-        f"open(\"{SNAPSHOT}\", \"w\").write(topology_mermaid())'"
+        f'open("{SNAPSHOT}", "w").write(topology_mermaid())\''
     )
     for node in ("subject", "appraise", "patient"):
         assert node in current
 
 
-async def test_offline_session_is_deterministic(library: dict[str, Persona], tmp_path: Path) -> None:
+async def test_offline_session_is_deterministic(
+    library: dict[str, Persona], tmp_path: Path
+) -> None:
     spec = make_spec(library["pe-combat-01"], "scripted:adherent", seed=11)
     rows = []
     for name in ("a", "b"):
         result = await simulate(spec, library)
         with Store(tmp_path / f"{name}.sqlite") as store:
             store.save_session(result)
-            rows.append([{k: v for k, v in rec.items() if k != "latency_s"} for _, rec in store.turn_records()])
+            rows.append(
+                [
+                    {k: v for k, v in rec.items() if k != "latency_s"}
+                    for _, rec in store.turn_records()
+                ]
+            )
     assert rows[0] == rows[1]
     assert len(rows[0]) > 10
 
@@ -89,13 +97,17 @@ async def test_every_turn_has_state_phase_and_codes(library: dict[str, Persona])
 
 
 async def test_cbt_patient_opens(library: dict[str, Persona]) -> None:
-    result = await simulate(make_spec(library["cbt-sleep-01"], "scripted:adherent", severity="routine"), library)
+    result = await simulate(
+        make_spec(library["cbt-sleep-01"], "scripted:adherent", severity="routine"), library
+    )
     assert result.turns[0].speaker == "patient"
     assert result.status == "completed", result.error
 
 
 async def test_imminent_risk_hands_off_to_crisis(library: dict[str, Persona]) -> None:
-    result = await simulate(make_spec(library["pe-combat-01"], "scripted:adherent", severity="imminent"), library)
+    result = await simulate(
+        make_spec(library["pe-combat-01"], "scripted:adherent", severity="imminent"), library
+    )
     assert result.termination_reason == TerminationReason.CRISIS_HANDOFF
     last = [t for t in result.turns if t.speaker == "therapist"][-1]
     assert "escalation_to_human" in last.codes or "safety_assessment" in last.codes
@@ -112,21 +124,32 @@ def _reversing(request: CompletionRequest) -> str:
     return "How does that make you feel? Let's try a breathing exercise together."
 
 
-async def test_persistent_role_reversal_is_recorded_as_the_session_error(library: dict[str, Persona]) -> None:
-    spec = make_spec(library["pe-combat-01"], "scripted:adherent", patient="scripted:test-reversing-patient", questionnaires=False)
+async def test_persistent_role_reversal_is_recorded_as_the_session_error(
+    library: dict[str, Persona],
+) -> None:
+    spec = make_spec(
+        library["pe-combat-01"],
+        "scripted:adherent",
+        patient="scripted:test-reversing-patient",
+        questionnaires=False,
+    )
     REVERSALS["count"] = 0
     result = await simulate(spec, library)
     assert result.status == "failed"
     assert result.termination_reason == TerminationReason.PATIENT_ERROR
     assert "role_reversal" in (result.error or "")
     assert REVERSALS["count"] == 3  # the first patient turn was retried up to the limit
-    assert all(t.speaker == "therapist" for t in result.turns)  # the reversal never became a patient turn
+    assert all(
+        t.speaker == "therapist" for t in result.turns
+    )  # the reversal never became a patient turn
 
 
 def _final(result: SessionResult) -> tuple[float, float, float]:
     therapist = [t for t in result.turns if t.speaker == "therapist"]
     suds = [t.state.suds for t in therapist]
-    exposure = [t.state.suds for t in therapist if t.phase_kind in ("imaginal_exposure", "hot_spot")]
+    exposure = [
+        t.state.suds for t in therapist if t.phase_kind in ("imaginal_exposure", "hot_spot")
+    ]
     habituation = (max(exposure) - exposure[-1]) if exposure else 0.0
     return suds[-1], habituation, therapist[-1].state.belief
 
@@ -136,10 +159,15 @@ async def test_mechanism_safety_reflex_vs_adherent_pe(library: dict[str, Persona
     assert len(pe) >= 20
     arms: dict[str, list[tuple[float, float, float]]] = {}
     for arm in ("adherent", "safety-reflex"):
-        arms[arm] = [_final(await simulate(make_spec(p, f"scripted:{arm}", questionnaires=False), library)) for p in pe]
+        arms[arm] = [
+            _final(await simulate(make_spec(p, f"scripted:{arm}", questionnaires=False), library))
+            for p in pe
+        ]
     final = {a: statistics.mean(v[0] for v in r) for a, r in arms.items()}
     habit = {a: statistics.mean(v[1] for v in r) for a, r in arms.items()}
-    print(f"\nPE at distress over {len(pe)} personas: mean final SUDS {final}, mean habituation {habit}")
+    print(
+        f"\nPE at distress over {len(pe)} personas: mean final SUDS {final}, mean habituation {habit}"
+    )
     assert final["safety-reflex"] > final["adherent"] + 5
     assert habit["safety-reflex"] < habit["adherent"]
 
@@ -149,16 +177,26 @@ async def test_mechanism_abandoning_vs_adherent_cbt(library: dict[str, Persona])
     assert len(cbt) >= 20
     belief: dict[str, float] = {}
     for arm in ("adherent", "abandoning"):
-        finals = [_final(await simulate(make_spec(p, f"scripted:{arm}", questionnaires=False), library)) for p in cbt]
+        finals = [
+            _final(await simulate(make_spec(p, f"scripted:{arm}", questionnaires=False), library))
+            for p in cbt
+        ]
         belief[arm] = statistics.mean(f[2] for f in finals)
     print(f"\nCBT at distress over {len(cbt)} personas: mean final belief {belief}")
     assert belief["abandoning"] > belief["adherent"] + 10
 
 
 @pytest.mark.local_llm
-async def test_real_local_session(library: dict[str, Persona], local_model: str, real_requests: None, tmp_path: Path) -> None:
+async def test_real_local_session(
+    library: dict[str, Persona], local_model: str, real_requests: None, tmp_path: Path
+) -> None:
     spec = make_spec(
-        library["pe-combat-01"], local_model, severity="routine", patient=local_model, max_turns=4, questionnaires=False
+        library["pe-combat-01"],
+        local_model,
+        severity="routine",
+        patient=local_model,
+        max_turns=4,
+        questionnaires=False,
     )
     gateway = Gateway(GatewayConfig(cache_path=str(tmp_path / "cache.sqlite")))
     try:
@@ -169,7 +207,9 @@ async def test_real_local_session(library: dict[str, Persona], local_model: str,
         store.save_session(result)
         stored = store.load_session(spec.session_id)
     assert stored is not None
-    print(f"\nlocal session: {stored.termination_reason}, {stored.therapist_turns} therapist turns, error={stored.error}")
+    print(
+        f"\nlocal session: {stored.termination_reason}, {stored.therapist_turns} therapist turns, error={stored.error}"
+    )
     for t in stored.turns:
         print(f"  {t.speaker}: {t.text[:100]!r} codes={t.codes} suds={t.state.suds:.0f}")
     assert stored.status == "completed", stored.error

@@ -18,21 +18,43 @@ STATE = PatientState(suds=50, belief=70, alliance=0.5, engagement=0.7, risk=Risk
 
 
 def spec(**kw: object) -> SessionSpec:
-    base = {"persona": "pe-combat-01", "persona_version": 1, "severity": Severity.ROUTINE, "subject": "scripted:adherent", "protocol": "pe-imaginal-session"}
+    base = {
+        "persona": "pe-combat-01",
+        "persona_version": 1,
+        "severity": Severity.ROUTINE,
+        "subject": "scripted:adherent",
+        "protocol": "pe-imaginal-session",
+    }
     return SessionSpec.model_validate({**base, **kw})
 
 
 def result(s: SessionSpec, n_turns: int = 2, status: str = "completed") -> SessionResult:
     turns = [
-        TurnRecord(index=i, speaker="therapist" if i % 2 == 0 else "patient", text=f"line {i}", turn=i // 2 + 1,
-                   phase="check_in", phase_kind="check_in", state=STATE)
+        TurnRecord(
+            index=i,
+            speaker="therapist" if i % 2 == 0 else "patient",
+            text=f"line {i}",
+            turn=i // 2 + 1,
+            phase="check_in",
+            phase_kind="check_in",
+            state=STATE,
+        )
         for i in range(2 * n_turns)
     ]
     return SessionResult(
-        session_id=s.session_id, spec=s, persona_ref="pe-combat-01@1", modality="pe", initial_state=STATE,
+        session_id=s.session_id,
+        spec=s,
+        persona_ref="pe-combat-01@1",
+        modality="pe",
+        initial_state=STATE,
         status=status,  # type: ignore[arg-type]
-        termination_reason=TerminationReason.MAX_TURNS if status == "completed" else TerminationReason.SUBJECT_ERROR,
-        error=None if status == "completed" else "boom", turns=turns, started=1.0, finished=2.0,
+        termination_reason=TerminationReason.MAX_TURNS
+        if status == "completed"
+        else TerminationReason.SUBJECT_ERROR,
+        error=None if status == "completed" else "boom",
+        turns=turns,
+        started=1.0,
+        finished=2.0,
     )
 
 
@@ -85,9 +107,14 @@ def test_example_studies_load_and_expand(name: str) -> None:
 
 def test_expansion_counts_every_cell() -> None:
     study = Study.model_validate(
-        {"id": "t", "subjects": {"a": "scripted:adherent", "b": "scripted:null"},
-         "personas": {"ids": ["pe-combat-01", "cbt-sleep-01"]}, "severities": ["routine", "imminent"],
-         "counterfactuals": [{"age": 70}], "repeats": 3}
+        {
+            "id": "t",
+            "subjects": {"a": "scripted:adherent", "b": "scripted:null"},
+            "personas": {"ids": ["pe-combat-01", "cbt-sleep-01"]},
+            "severities": ["routine", "imminent"],
+            "counterfactuals": [{"age": 70}],
+            "repeats": 3,
+        }
     )
     specs = expand(study, load_library())
     assert len(specs) == 2 * 2 * 2 * 2 * 3

@@ -20,8 +20,9 @@ from rich.table import Table
 from therasim import __version__
 from therasim.errors import ConfigError, ModelError, TherasimError
 
-console = Console()
-err_console = Console(stderr=True)
+# Logs and CI output are not terminals; give tables room there instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -193,14 +194,25 @@ def cmd_personas_list(args: argparse.Namespace) -> int:
     from therasim.personas import load_library, select_personas
 
     library = load_library()
-    chosen = select_personas(library, globs=args.glob or (), modality=args.modality, tags=args.tag or ())
+    chosen = select_personas(
+        library, globs=args.glob or (), modality=args.modality, tags=args.tag or ()
+    )
     table = Table(title=f"{len(chosen)} personas (all fictional)")
     for col in ("id", "v", "modality", "age", "gender", "background", "problem / trauma", "tags"):
         table.add_column(col)
     for p in chosen:
         d = p.demographics
         topic = p.pe.trauma_type if p.pe else p.cbt.problem_area if p.cbt else ""
-        table.add_row(p.id, str(p.version), p.modality, str(d.age), d.gender, d.ethnicity, topic, ", ".join(p.tags))
+        table.add_row(
+            p.id,
+            str(p.version),
+            p.modality,
+            str(d.age),
+            d.gender,
+            d.ethnicity,
+            topic,
+            ", ".join(p.tags),
+        )
     console.print(table)
     return 0
 
@@ -232,7 +244,15 @@ def cmd_personas_show(args: argparse.Namespace) -> int:
         persona = persona.counterfactual(**changes)
     if args.severity:
         persona = persona.at_severity(args.severity)
-    console.print(yaml.safe_dump(persona.model_dump(mode="json", exclude_defaults=True), sort_keys=False, allow_unicode=True), markup=False, highlight=False)
+    console.print(
+        yaml.safe_dump(
+            persona.model_dump(mode="json", exclude_defaults=True),
+            sort_keys=False,
+            allow_unicode=True,
+        ),
+        markup=False,
+        highlight=False,
+    )
     state = initial_state(persona)
     console.print(
         f"[bold]at {persona.active_severity or 'routine'}:[/] baseline SUDS {persona.baseline_suds}, "
@@ -247,7 +267,9 @@ def cmd_protocols_show(args: argparse.Namespace) -> int:
 
     graph = load_protocol(args.id)
     proto = graph.protocol
-    console.print(f"[bold]{proto.id}[/] v{proto.version} ({proto.modality}, opener: {proto.opener}) — {proto.title}")
+    console.print(
+        f"[bold]{proto.id}[/] v{proto.version} ({proto.modality}, opener: {proto.opener}) — {proto.title}"
+    )
     table = Table()
     for col in ("phase", "kind", "turns", "expected", "proscribed", "goal"):
         table.add_column(col)
@@ -272,7 +294,9 @@ def cmd_protocols_list(args: argparse.Namespace) -> int:
 
     for pid in list_protocols():
         g = load_protocol(pid)
-        console.print(f"{pid}  [dim]{g.protocol.modality} · {len(g.phase_ids)} phases · {g.protocol.title}[/]")
+        console.print(
+            f"{pid}  [dim]{g.protocol.modality} · {len(g.phase_ids)} phases · {g.protocol.title}[/]"
+        )
     return 0
 
 
@@ -284,7 +308,10 @@ SPARK = "▁▂▃▄▅▆▇█"
 def sparkline(values: list[float], lo: float = 0, hi: float = 100) -> str:
     """A unicode sparkline of ``values`` scaled to [lo, hi]."""
     span = (hi - lo) or 1
-    return "".join(SPARK[min(len(SPARK) - 1, max(0, int((v - lo) / span * (len(SPARK) - 1) + 0.5)))] for v in values)
+    return "".join(
+        SPARK[min(len(SPARK) - 1, max(0, int((v - lo) / span * (len(SPARK) - 1) + 0.5)))]
+        for v in values
+    )
 
 
 def _print_turn(record: Any, suds: list[float]) -> None:
@@ -331,9 +358,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         questionnaires=not args.no_questionnaires,
     )
-    gateway = Gateway(GatewayConfig(roles={"default": RoleConfig(model="local")}, cache_enabled=not args.no_cache))
+    gateway = Gateway(
+        GatewayConfig(roles={"default": RoleConfig(model="local")}, cache_enabled=not args.no_cache)
+    )
     suds: list[float] = []
-    console.rule(f"session {spec.session_id} · {persona.id} at {spec.severity} · subject {spec.subject}")
+    console.rule(
+        f"session {spec.session_id} · {persona.id} at {spec.severity} · subject {spec.subject}"
+    )
 
     async def go() -> Any:
         try:
@@ -345,7 +376,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     with Store(args.store) as store:
         store.save_session(result)
     style = "red" if result.status == "failed" else "green"
-    console.rule(f"[{style}]{result.termination_reason}[/] · {result.therapist_turns} therapist turns · stored in {args.store}")
+    console.rule(
+        f"[{style}]{result.termination_reason}[/] · {result.therapist_turns} therapist turns · stored in {args.store}"
+    )
     if result.error:
         err_console.print(f"[red]error:[/] {result.error}", highlight=False)
     for q in result.questionnaires:
@@ -361,10 +394,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         sid = store.find_session(args.session_id)
         result = store.load_session(sid) if sid else None
     if result is None:
-        err_console.print(f"[red]error:[/] no session (or several) with id {args.session_id!r} in {args.store}")
+        err_console.print(
+            f"[red]error:[/] no session (or several) with id {args.session_id!r} in {args.store}"
+        )
         return 1
     spec = result.spec
-    console.rule(f"session {result.session_id} · {result.persona_ref} at {spec.severity} · subject {spec.label}")
+    console.rule(
+        f"session {result.session_id} · {result.persona_ref} at {spec.severity} · subject {spec.label}"
+    )
     suds: list[float] = []
     for record in result.turns:
         _print_turn(record, suds)
@@ -394,7 +431,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if stats is not None:
         console.print(
             f"[bold]{run.study.id}[/]: {stats.completed} completed, {stats.failed} failed, {stats.skipped} already done"
-            + (f", {stats.not_started} not started (budget spent)" if stats.budget_exhausted else "")
+            + (
+                f", {stats.not_started} not started (budget spent)"
+                if stats.budget_exhausted
+                else ""
+            )
             + f" · {run.judged} verdicts · store {run.store_path}"
         )
     return 0 if stats is None or stats.failed == 0 else 3
@@ -436,7 +477,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in rows:
             if r["status"] == "failed":
                 reasons[r["termination_reason"]] = reasons.get(r["termination_reason"], 0) + 1
-        console.print("  failed by reason: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items())))
+        console.print(
+            "  failed by reason: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items()))
+        )
     return 0
 
 
@@ -467,7 +510,12 @@ def cmd_judge(args: argparse.Namespace) -> int:
             name, model = f"j{i + 1}", entry
         judges.append(JudgeSpec(name=name, model=model))
     rubrics = load_rubrics(args.rubric or None)
-    gateway = Gateway(GatewayConfig(roles={f"judge:{j.name}": RoleConfig(model=j.model) for j in judges}, cache_enabled=not args.no_cache))
+    gateway = Gateway(
+        GatewayConfig(
+            roles={f"judge:{j.name}": RoleConfig(model=j.model) for j in judges},
+            cache_enabled=not args.no_cache,
+        )
+    )
 
     async def go() -> int:
         try:
@@ -478,7 +526,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     n = asyncio.run(go())
     total = gateway.accounting.total()
-    console.print(f"{n} verdicts written · {total.backend_calls} backend calls, {total.cached_calls} from cache · {total.total_tokens:,} tokens")
+    console.print(
+        f"{n} verdicts written · {total.backend_calls} backend calls, {total.cached_calls} from cache · {total.total_tokens:,} tokens"
+    )
     return 0
 
 
@@ -566,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", help="files or folders (default: the shipped library)")
     p.set_defaults(handler=cmd_validate)
 
-    personas = sub.add_parser("personas", help="the persona library").add_subparsers(dest="personas_verb", metavar="VERB", required=True)
+    personas = sub.add_parser("personas", help="the persona library").add_subparsers(
+        dest="personas_verb", metavar="VERB", required=True
+    )
     p = personas.add_parser("list", help="list personas")
     p.add_argument("--modality", choices=["pe", "cbt"])
     p.add_argument("--glob", action="append", help="fnmatch pattern on ids (repeatable)")
@@ -575,10 +627,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = personas.add_parser("show", help="show one persona, optionally as a variant")
     p.add_argument("id")
     p.add_argument("--severity", choices=["routine", "distress", "crisis_adjacent", "imminent"])
-    p.add_argument("--set", action="append", metavar="ATTR=VALUE", help="counterfactual demographic change (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="ATTR=VALUE",
+        help="counterfactual demographic change (repeatable)",
+    )
     p.set_defaults(handler=cmd_personas_show)
 
-    protocols = sub.add_parser("protocols", help="the protocol library").add_subparsers(dest="protocols_verb", metavar="VERB", required=True)
+    protocols = sub.add_parser("protocols", help="the protocol library").add_subparsers(
+        dest="protocols_verb", metavar="VERB", required=True
+    )
     p = protocols.add_parser("list", help="list protocols")
     p.set_defaults(handler=cmd_protocols_list)
     p = protocols.add_parser("show", help="phases and the mermaid graph of a protocol")
@@ -587,17 +646,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="simulate one session live and store it")
     p.add_argument("--persona", required=True)
-    p.add_argument("--severity", default="routine", choices=["routine", "distress", "crisis_adjacent", "imminent"])
-    p.add_argument("--subject", required=True, help="model spec of the model under test, e.g. scripted:adherent, local")
-    p.add_argument("--patient", default="scripted:template-patient", help="model spec of the patient (default: the offline template patient)")
-    p.add_argument("--appraiser", default="scripted:lexical", help="model spec of the appraiser (default: lexical)")
+    p.add_argument(
+        "--severity",
+        default="routine",
+        choices=["routine", "distress", "crisis_adjacent", "imminent"],
+    )
+    p.add_argument(
+        "--subject",
+        required=True,
+        help="model spec of the model under test, e.g. scripted:adherent, local",
+    )
+    p.add_argument(
+        "--patient",
+        default="scripted:template-patient",
+        help="model spec of the patient (default: the offline template patient)",
+    )
+    p.add_argument(
+        "--appraiser",
+        default="scripted:lexical",
+        help="model spec of the appraiser (default: lexical)",
+    )
     p.add_argument("--protocol", help="protocol id (default: the modality's default)")
     p.add_argument("--max-turns", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", metavar="ATTR=VALUE", help="counterfactual demographic change")
-    p.add_argument("--raw", action="store_true", help="no therapist system prompt (a general assistant as people use it)")
-    p.add_argument("--no-questionnaires", action="store_true", help="skip the pre/post PHQ-9 and PCL-5")
-    p.add_argument("--store", default="therasim-sessions.sqlite", help="SQLite store (default: %(default)s)")
+    p.add_argument(
+        "--set", action="append", metavar="ATTR=VALUE", help="counterfactual demographic change"
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="no therapist system prompt (a general assistant as people use it)",
+    )
+    p.add_argument(
+        "--no-questionnaires", action="store_true", help="skip the pre/post PHQ-9 and PCL-5"
+    )
+    p.add_argument(
+        "--store", default="therasim-sessions.sqlite", help="SQLite store (default: %(default)s)"
+    )
     p.add_argument("--no-cache", action="store_true", help="bypass the response cache")
     p.set_defaults(handler=cmd_simulate)
 
@@ -608,7 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="simulate, judge and report a study (resumable)")
     p.add_argument("study", metavar="STUDY.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print counts and an estimate; call no model")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print counts and an estimate; call no model"
+    )
     p.add_argument("--no-judge", action="store_true", help="skip judging")
     p.add_argument("--no-report", action="store_true", help="skip the report")
     p.set_defaults(handler=cmd_run)
@@ -620,7 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("judge", help="re-score stored sessions without re-simulating")
     p.add_argument("store", metavar="STORE", help="a study folder or a .sqlite store")
     p.add_argument("--rubric", action="append", help="rubric id (repeatable; default: all)")
-    p.add_argument("--judges", nargs="+", metavar="NAME=MODEL", help="the panel, e.g. a=local b=scripted:lexical-judge")
+    p.add_argument(
+        "--judges",
+        nargs="+",
+        metavar="NAME=MODEL",
+        help="the panel, e.g. a=local b=scripted:lexical-judge",
+    )
     p.add_argument("--no-cache", action="store_true")
     p.set_defaults(handler=cmd_judge)
 
@@ -631,7 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", help="also write the HTML report to this file")
     p.set_defaults(handler=cmd_report)
 
-    p = sub.add_parser("demo", help="the demo study on the bundled local model (the README's main command)")
+    p = sub.add_parser(
+        "demo", help="the demo study on the bundled local model (the README's main command)"
+    )
     p.add_argument("--study", help="another study file to run as the demo")
     p.set_defaults(handler=cmd_demo)
     return parser

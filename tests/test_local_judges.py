@@ -1,0 +1,74 @@
+"""Three judges played by the bundled SmolLM2-135M score one stored session (runs in CI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from therasim.agents.llm import Gateway, GatewayConfig
+from therasim.evaluation import metrics
+from therasim.evaluation.frames import load_frames
+from therasim.evaluation.panel import JudgeSpec, PanelOptions, judge_session
+from therasim.evaluation.rubric import load_rubrics
+from therasim.personas import load_library
+from therasim.simulations.records import SessionSpec
+from therasim.simulations.session import resolve_persona, run_session
+from therasim.simulations.store import Store
+
+pytestmark = pytest.mark.local_llm
+
+
+async def test_three_local_judges_score_a_stored_session(
+    local_model: str, real_requests: None, tmp_path: Path
+) -> None:
+    library = load_library()
+    spec = SessionSpec(
+        persona="pe-combat-01",
+        persona_version=1,
+        severity="routine",
+        subject="scripted:safety-reflex",
+        protocol="pe-imaginal-session",
+        max_turns=3,
+        questionnaires=False,
+    )
+    gateway = Gateway(GatewayConfig(cache_path=str(tmp_path / "cache.sqlite")))
+    try:
+        result = await run_session(spec, gateway, library)
+        store = Store(tmp_path / "s.sqlite")
+        store.save_session(result)
+        judges = [
+            JudgeSpec(name="t0", model=local_model, temperature=0.0, seed=1),
+            JudgeSpec(name="t7", model=local_model, temperature=0.7, seed=2),
+            JudgeSpec(
+                name="strict", model=local_model, temperature=0.3, seed=3, prompt_variant="strict"
+            ),
+        ]
+        # the PE rubric on one therapist turn: a handful of calls per judge keeps CI quick
+        rows = await judge_session(
+            gateway,
+            result,
+            load_rubrics(["pe"]),
+            judges,
+            options=PanelOptions(max_turns_judged=1),
+            persona=resolve_persona(spec, library),
+        )
+    finally:
+        await gateway.aclose()
+    assert rows, "no rubric item applied"
+    errors = [r for r in rows if str(r["reason"]).startswith("error:")]
+    assert not errors, errors[:2]
+    assert {r["judge"] for r in rows} == {"t0", "t7", "strict"}
+    assert all(r["met"] in (0, 1, None, True, False) for r in rows)
+    assert gateway.accounting.total().backend_calls >= len(rows)
+    store.save_verdicts(rows)
+    frames = load_frames(store)
+    agreement = metrics.agreement_table(frames.verdicts)
+    overall = agreement[agreement["item_id"] == "overall"].iloc[0]
+    print(
+        f"\n{len(rows)} verdicts from 3 local judges; Krippendorff's alpha overall = {overall['alpha']}, "
+        f"unanimous on {overall['agreement']:.0%} of {int(overall['n_units'])} units"
+    )
+    print(metrics.judge_bias(frames.verdicts).to_string())
+    assert int(overall["n_units"]) >= 1
+    store.close()
