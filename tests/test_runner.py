@@ -54,8 +54,6 @@ async def test_injected_errors_never_lose_a_session(tmp_path: Path, real_request
                 rows = store.session_rows()
         finally:
             await gateway.aclose()
-        outcomes = {f for f in ("429", "500", "timeout", "broken_json") if f}
-        assert outcomes
         print(
             f"\n{server.calls} backend calls with 20 % injected errors: {stats.completed} completed, {stats.failed} failed {stats.failures}"
         )
@@ -97,11 +95,11 @@ def _snapshot(store_path: Path) -> dict[str, list[tuple[str, str]]]:
 
 def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     rng = random.Random(3)
-    with FakeOpenAIServer(latency_s=0.02) as server:
+    with FakeOpenAIServer(latency_s=0.05) as server:
         env = {**os.environ, "THERASIM_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
         paths = {}
         for name in ("clean", "killed"):
-            doc = study_doc(server.base_url, tmp_path / name, concurrency=4)
+            doc = study_doc(server.base_url, tmp_path / name, concurrency=2, max_turns=8)
             paths[name] = tmp_path / f"{name}.yaml"
             paths[name].write_text(yaml.safe_dump(doc))
         # the uninterrupted reference run
@@ -123,7 +121,7 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
         kills = 0
         for _ in range(3):
             proc = _run_cli(paths["killed"], env)
-            time.sleep(rng.uniform(1.5, 4.0))
+            time.sleep(rng.uniform(1.2, 2.5))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
@@ -132,7 +130,7 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
                 _snapshot(
                     tmp_path / "killed" / "sessions.sqlite"
                 )  # whole sessions only, no duplicates
-        assert kills >= 1, "the run finished before any kill; make the study longer"
+        assert kills >= 2, "the run finished before the kills; make the study longer"
         assert _run_cli(paths["killed"], env).wait(timeout=600) == 0
         resumed = _snapshot(tmp_path / "killed" / "sessions.sqlite")
     assert set(resumed) == set(reference)
