@@ -34,11 +34,11 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from therasim.agents.context import TurnContext
 from therasim.agents.scripted import register_scripted
-from therasim.agents.types import CompletionRequest, CompletionResponse, Message
+from therasim.agents.types import CompletionRequest, CompletionResponse, Message, TolerantOutput
 from therasim.errors import ConfigError
 from therasim.personas.dynamics import BehaviourCode, PhaseKind
 
@@ -75,7 +75,7 @@ class Evidence(BaseModel):
     span: str = Field(description="The exact substring of the therapist turn.")
 
 
-class Appraisal(BaseModel):
+class Appraisal(TolerantOutput):
     """The coding of one therapist turn."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -89,15 +89,6 @@ class Appraisal(BaseModel):
     evidence: list[Evidence] = Field(
         default_factory=list, description="Spans of the turn that show the codes."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _ignore_unknown_keys(cls, data: Any) -> Any:
-        # The schema still says additionalProperties: false (it guides structured output), but an
-        # LLM that adds a "rationale" should not cost a repair round.
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if k in cls.model_fields}
-        return data
 
     @field_validator("phase", mode="before")
     @classmethod

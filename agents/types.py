@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Message(BaseModel):
@@ -94,3 +94,19 @@ class CompletionResponse(BaseModel):
     latency_s: float = 0.0
     attempts: int = 1
     structured_mode: str | None = None
+
+
+class TolerantOutput(BaseModel):
+    """Base of models that LLMs fill through structured output.
+
+    The JSON Schema still says ``additionalProperties: false`` (it guides the model), but an
+    answer that adds a key such as "rationale" or "confidence" should not cost a repair round:
+    unknown keys are dropped before validation.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ignore_unknown_keys(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k in cls.model_fields}
+        return data

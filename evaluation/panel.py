@@ -83,10 +83,10 @@ from importlib import resources
 from string import Template
 from typing import Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from therasim.agents.scripted import register_scripted
-from therasim.agents.types import CompletionRequest, CompletionResponse, Message
+from therasim.agents.types import CompletionRequest, CompletionResponse, Message, TolerantOutput
 from therasim.errors import ConfigError, TherasimError, UnknownNameError
 from therasim.evaluation.detectors import TherapistTurn, therapist_turns
 from therasim.evaluation.rubric import Rubric, RubricItem, item_applies
@@ -164,7 +164,7 @@ _EXPOSURE_KINDS = frozenset(k.value for k in PhaseKind if k.is_exposure)
 # --------------------------------------------------------------------------- verdict and judges
 
 
-class Verdict(BaseModel):
+class Verdict(TolerantOutput):
     """One judge's answer about one rubric item for one unit (a therapist turn or a session)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -181,15 +181,6 @@ class Verdict(BaseModel):
         le=5,
         description="1-5 for score items (5 = the best clinical outcome); null for binary items.",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _ignore_unknown_keys(cls, data: Any) -> Any:
-        # The schema still says additionalProperties: false (it guides structured output), but a
-        # judge that adds a "confidence" key should not cost a repair round.
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if k in cls.model_fields}
-        return data
 
     @field_validator("reason", mode="after")
     @classmethod

@@ -136,6 +136,9 @@ def run_study(
     """``therasim run``: simulate what is not done, judge what is not judged, report."""
     console = console or Console()
     study = load_study(path)
+    from therasim.evaluation.axes import resolve_thresholds
+
+    resolve_thresholds(study.thresholds)  # a typo in a threshold fails now, not after the run
     out_dir = study.output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     if Path(path).resolve() != (out_dir / "study.yaml").resolve():
@@ -175,16 +178,20 @@ def write_reports(
     study: Study | None, store_path: Path, out_dir: Path, console: Console
 ) -> Path | None:
     """Console tables, and the HTML report when the HTML module is available."""
+    from therasim.evaluation.axes import false_belief_persona_ids, print_verdicts, readiness
     from therasim.evaluation.frames import load_frames
+    from therasim.evaluation.html import write_html_report
     from therasim.evaluation.report import print_report
 
     with Store(store_path) as store:
         frames = load_frames(store)
     print_report(frames, console)
-    try:
-        from therasim.evaluation.html import write_html_report
-    except ImportError:
-        return None
-    path = write_html_report(frames, out_dir / "report.html", study=study)
+    verdicts = readiness(
+        frames,
+        study.thresholds if study else None,
+        false_belief_personas=false_belief_persona_ids(load_library().values()),
+    )
+    print_verdicts(verdicts, console)
+    path = write_html_report(frames, out_dir / "report.html", study=study, verdicts=verdicts)
     console.print(f"[bold]HTML report:[/] {path}")
     return path

@@ -1,0 +1,172 @@
+"""The command line: exit codes and messages a user sees."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from therasim.cli import main
+
+LIBRARY = Path(__file__).resolve().parent.parent / "personas" / "library"
+
+
+def test_help_lists_the_verbs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for verb in (
+        "doctor",
+        "ask",
+        "validate",
+        "personas",
+        "protocols",
+        "simulate",
+        "show",
+        "run",
+        "status",
+        "judge",
+        "report",
+        "demo",
+    ):
+        assert verb in out
+
+
+def test_ask_unknown_backend_is_one_line_listing_backends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["ask", "nosuch:model", "x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "unknown backend 'nosuch'" in err
+    assert "local" in err and "openai" in err and "scripted" in err
+    assert "Traceback" not in err
+
+
+def test_ask_scripted_agents(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ask", "scripted:lexical", "You are safe now. Call 988.", "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "reassurance" in out and "crisis_resources" in out
+    # a scripted therapist needs a session around it, and says so in one line
+    assert main(["ask", "scripted:null", "I feel awful", "--no-cache"]) == 1
+    assert "needs the session's TurnContext" in capsys.readouterr().err
+
+
+def test_validate_shipped_library(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate"]) == 0
+    out = capsys.readouterr().out
+    assert "all valid" in out
+
+
+def test_validate_broken_persona_names_file_id_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = yaml.safe_load((LIBRARY / "pe" / "pe-combat-01.yaml").read_text())
+    doc["severity"]["imminent"]["surfaces_at_turn"] = "soon"
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "broken.yaml" in err
+        and "pe-combat-01" in err
+        and "severity.imminent.surfaces_at_turn" in err
+    )
+
+
+def test_personas_and_protocols_show(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["personas", "show", "pe-combat-01", "--severity", "imminent", "--set", "age=70"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "age: 70" in out and "at imminent" in out
+    assert main(["protocols", "show", "pe-imaginal-session"]) == 0
+    assert "stateDiagram" in capsys.readouterr().out
+    assert main(["personas", "show", "pe-combat-1"]) == 1
+    assert "did you mean 'pe-combat-01'" in capsys.readouterr().err
+
+
+def test_simulate_show_judge_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.sqlite"
+    code = main(
+        [
+            "simulate",
+            "--persona",
+            "cbt-sleep-01",
+            "--severity",
+            "distress",
+            "--subject",
+            "scripted:adherent",
+            "--store",
+            str(store),
+            "--no-cache",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "protocol_complete" in out and "SUDS" in out
+    from therasim.simulations.store import Store
+
+    with Store(store) as s:
+        (sid,) = s.session_ids()
+    assert main(["show", sid[:6], "--store", str(store)]) == 0
+    assert "therapist" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "judge",
+                str(store),
+                "--judges",
+                "a=scripted:lexical-judge",
+                "b=scripted:harsh-judge",
+                "--no-cache",
+            ]
+        )
+        == 0
+    )
+    assert "verdicts written" in capsys.readouterr().out
+    assert main(["report", str(store)]) == 0
+    assert "CBT sessions" in capsys.readouterr().out
+    assert main(["report", str(store), "--format", "csv", "--out", str(tmp_path / "frames")]) == 0
+    assert (tmp_path / "frames" / "sessions.csv").exists() and (
+        tmp_path / "frames" / "verdicts.csv"
+    ).exists()
+
+
+def test_run_dry_run_calls_no_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(
+        Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml", tmp_path / "q.yaml"
+    )
+    assert main(["run", "q.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sessions (48 to run" in out and "estimated cost" in out
+    assert not (tmp_path / "runs").exists()
+    # a real model in the study: the estimate still calls nothing (real calls are blocked here)
+    doc = yaml.safe_load((tmp_path / "q.yaml").read_text())
+    doc["subjects"] = {"gpt": "openai:gpt-4o-mini"}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["run", "r.yaml", "--dry-run"]) == 0
+    assert "estimated cost $" in capsys.readouterr().out
+
+
+def test_run_study_end_to_end_and_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    doc = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml").read_text()
+    )
+    doc["personas"] = {"ids": ["pe-combat-01", "cbt-sleep-01"]}
+    doc["subjects"] = {"adherent": "scripted:adherent", "safety-reflex": "scripted:safety-reflex"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["run", "s.yaml", "--no-report"]) == 0
+    assert "8 completed, 0 failed, 0 already done" in capsys.readouterr().out
+    assert main(["run", "s.yaml", "--no-report"]) == 0
+    assert "0 completed, 0 failed, 8 already done" in capsys.readouterr().out
+    assert main(["status", "runs/quickstart"]) == 0
+    assert "8 completed, 0 failed, 0 not run (of 8)" in capsys.readouterr().out
