@@ -126,7 +126,7 @@ def test_simulate_show_judge_report(tmp_path: Path, capsys: pytest.CaptureFixtur
         )
         == 0
     )
-    assert "verdicts written" in capsys.readouterr().out
+    assert "sessions judged" in capsys.readouterr().out
     assert main(["report", str(store)]) == 0
     assert "CBT sessions" in capsys.readouterr().out
     assert main(["report", str(store), "--format", "csv", "--out", str(tmp_path / "frames")]) == 0

@@ -436,7 +436,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if stats.budget_exhausted
                 else ""
             )
-            + f" · {run.judged} verdicts · store {run.store_path}"
+            + f" · {run.judged} sessions judged · store {run.store_path}"
         )
     return 0 if stats is None or stats.failed == 0 else 3
 
@@ -527,7 +527,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     n = asyncio.run(go())
     total = gateway.accounting.total()
     console.print(
-        f"{n} verdicts written · {total.backend_calls} backend calls, {total.cached_calls} from cache · {total.total_tokens:,} tokens"
+        f"{n} sessions judged · {total.backend_calls} backend calls, {total.cached_calls} from cache · {total.total_tokens:,} tokens"
     )
     return 0
 
