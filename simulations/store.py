@@ -213,10 +213,15 @@ class Store:
     def count(self, status: str | None = None) -> int:
         return len(self.session_ids(status))
 
-    def session_rows(self) -> list[dict[str, Any]]:
-        """Every session row as a dict (JSON columns decoded)."""
+    def session_rows(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """Every session row (or the one with ``session_id``) as a dict, JSON columns decoded."""
+        query = (
+            "SELECT * FROM sessions"
+            + (" WHERE session_id=?" if session_id else "")
+            + " ORDER BY session_id"
+        )
         with self._lock:
-            cur = self._db.execute("SELECT * FROM sessions ORDER BY session_id")
+            cur = self._db.execute(query, (session_id,) if session_id else ())
             names = [d[0] for d in cur.description]
             rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         for row in rows:
@@ -245,7 +250,7 @@ class Store:
 
     def load_session(self, session_id: str) -> SessionResult | None:
         """A stored session, rebuilt as a :class:`SessionResult` (None if absent)."""
-        rows = [r for r in self.session_rows() if r["session_id"] == session_id]
+        rows = self.session_rows(session_id)
         if not rows:
             return None
         row = rows[0]
