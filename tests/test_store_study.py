@@ -130,3 +130,13 @@ def test_bad_study_names_file_and_field(tmp_path: Path) -> None:
     path.write_text("id: bad\nsubjects: {a: 'nosuch:model'}\n")
     with pytest.raises(ConfigError, match="unknown backend 'nosuch'"):
         load_study(path)
+
+
+def test_packaged_demo_study_is_valid() -> None:
+    from importlib.resources import files
+
+    study = load_study(Path(str(files("therasim") / "demo.yaml")))
+    specs = expand(study, load_library())
+    assert {s.subject for s in specs} == {"local", "scripted:adherent", "scripted:safety-reflex"}
+    assert {s.severity for s in specs} == {Severity.ROUTINE, Severity.CRISIS_ADJACENT}
+    assert {s.persona.split("-")[0] for s in specs} == {"pe", "cbt"}
