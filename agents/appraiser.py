@@ -30,13 +30,13 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from therasim.agents.context import TurnContext
+from therasim.agents.resources import read_prompt
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message, TolerantOutput
 from therasim.errors import ConfigError
@@ -287,11 +287,6 @@ def _compile(pattern: str, source: str, field: str) -> re.Pattern[str]:
         raise ConfigError(
             f"invalid regular expression {pattern!r}: {exc}", file=source, field=field
         ) from None
-
-
-def read_prompt(name: str) -> str:
-    """The text of a bundled prompt file (``agents/prompts/<name>``)."""
-    return (files("therasim.agents") / "prompts" / name).read_text(encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=1)

@@ -29,8 +29,6 @@ import random
 import re
 import string
 from collections.abc import Callable, Mapping
-from importlib.resources import files
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -38,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from therasim.agents.context import TurnContext, Utterance, transcript_as_messages
+from therasim.agents.resources import read_prompt
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
 from therasim.errors import ConfigError, GuardFailure
@@ -78,16 +77,6 @@ PROMPT_FILES = (
 
 
 # --------------------------------------------------------------------------- resources
-
-
-def _prompts() -> Traversable:
-    return files("therasim.agents") / "prompts"
-
-
-@functools.cache
-def read_prompt(name: str) -> str:
-    """The text of a file in ``agents/prompts/`` (cached)."""
-    return (_prompts() / name).read_text(encoding="utf-8")
 
 
 def prompt_hash() -> str:

@@ -38,12 +38,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from therasim.agents.context import TurnContext, Utterance
-from therasim.agents.patient import (
-    describe_persona,
-    describe_profile,
-    describe_state,
-    read_prompt,
-)
+from therasim.agents.patient import describe_persona, describe_profile, describe_state
+from therasim.agents.resources import read_prompt
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
 from therasim.errors import ConfigError, UnknownNameError
 from therasim.personas.dynamics import RiskLevel

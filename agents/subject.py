@@ -57,8 +57,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from therasim.agents.appraiser import fill_template, patient_cue, read_prompt
+from therasim.agents.appraiser import fill_template, patient_cue
 from therasim.agents.context import TurnContext, Utterance
+from therasim.agents.resources import read_prompt
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
 from therasim.errors import ConfigError

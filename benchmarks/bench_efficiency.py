@@ -13,7 +13,11 @@ Two configurations:
     the makespan of the sessions on 64 workers (1-call: ceil(200/64) = 4 waves × 2 s = 8 s
     against an ideal of 6.25 s, a bound of 0.78 from quantisation alone).
 
-Run: ``.venv/bin/python benchmarks/bench_efficiency.py [--repeats 3] [--variant 1|2] [--config a|b]``
+Runs go round-robin over the cases (every case once, then again), so machine noise is spread
+over all cases; each case reports the median of its runs. Cache off. Exit status 1 when a
+session did not run its 10 therapist turns or the call counts disagree.
+
+Run: ``.venv/bin/python benchmarks/bench_efficiency.py [--repeats 2] [--variant 1|2] [--config a|b]``
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import sqlite3
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from _common import (
@@ -35,14 +40,35 @@ from _common import (
     run_inprocess,
     study_200,
     temp_home,
+    warm_up,
 )
 
 SESSIONS = 200
 TURNS = 10
 
 
-def _backend_calls_per_session(store_path: Path, session_ids: list[str]) -> list[int]:
-    """Backend (openai:*) calls of each session, in spec order, from the store's calls table."""
+@dataclass
+class Case:
+    """One variant × configuration and its runs."""
+
+    patient_fake: bool
+    config: str  # "a": 64 backend calls per role in flight; "b": 64 sessions in flight
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    calls: list[int] = field(default_factory=list)
+    bound_s: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{'2-call' if self.patient_fake else '1-call'} ({self.config})"
+
+    @property
+    def sessions_in_flight(self) -> int:
+        return SESSIONS if self.config == "a" else SLOTS
+
+
+def backend_calls_per_session(store_path: Path, session_ids: list[str]) -> list[int]:
+    """Backend (``openai:*``, not cached) calls of each session, in spec order, from the store."""
     with sqlite3.connect(store_path) as db:
         counts = dict(
             db.execute(
@@ -53,10 +79,11 @@ def _backend_calls_per_session(store_path: Path, session_ids: list[str]) -> list
     return [int(counts.get(sid, 0)) for sid in session_ids]
 
 
-def _check(result: RunResult, label: str) -> list[str]:
+def check(result: RunResult, label: str) -> list[str]:
+    """What is wrong with a run (every session must complete with exactly 10 therapist turns)."""
     problems = []
-    if result.specs != SESSIONS:
-        problems.append(f"{label}: {result.specs} specs, expected {SESSIONS}")
+    if len(result.session_ids) != SESSIONS:
+        problems.append(f"{label}: {len(result.session_ids)} specs, expected {SESSIONS}")
     if result.completed != SESSIONS or result.failed:
         problems.append(f"{label}: {result.completed} completed, {result.failed} failed")
     short = [t for t in result.turns if t != TURNS]
@@ -67,91 +94,77 @@ def _check(result: RunResult, label: str) -> list[str]:
     return problems
 
 
-def run_case(
-    backend: BackendProcess, root: Path, *, patient_fake: bool, config: str, repeats: int
-) -> tuple[str, list[str]]:
-    """Run one variant × configuration ``repeats`` times; returns the result line and problems."""
-    in_flight = SESSIONS if config == "a" else SLOTS
-    walls: list[float] = []
-    cpus: list[float] = []
-    calls: list[int] = []
-    problems: list[str] = []
-    bound_s = 0.0
-    label = f"{'2-call' if patient_fake else '1-call'} ({config})"
-    for i in range(repeats):
-        doc = study_200(backend.base_url, patient_fake=patient_fake, sessions_in_flight=in_flight)
-        store_path = root / f"{label.replace(' ', '')}-{i}.sqlite".replace("(", "").replace(")", "")
-        cpu0 = time.process_time()
-        result = run_inprocess(doc, store_path, backend)
-        cpus.append(time.process_time() - cpu0)
-        problems += _check(result, f"{label} run {i + 1}")
-        walls.append(result.wall_s)
-        calls.append(result.backend_calls)
-        from therasim.personas import load_library
-        from therasim.simulations.study import Study, expand
+def run_once(case: Case, backend: BackendProcess, store_path: Path) -> list[str]:
+    """One run of ``case`` on a fresh store; records wall, CPU, calls and the bound."""
+    doc = study_200(
+        backend.base_url, patient_fake=case.patient_fake, sessions_in_flight=case.sessions_in_flight
+    )
+    result = run_inprocess(doc, store_path, backend)
+    label = f"{case.label} run {len(case.walls) + 1}"
+    problems = check(result, label)
+    per_session = backend_calls_per_session(store_path, result.session_ids)
+    if sum(per_session) != result.backend_calls:
+        problems.append(
+            f"{label}: the store records {sum(per_session)} backend calls, the server saw {result.backend_calls}"
+        )
+    case.walls.append(result.wall_s)
+    case.cpus.append(result.cpu_s)
+    case.calls.append(result.backend_calls)
+    durations = [n * LATENCY_S for n in per_session]
+    case.bound_s = makespan(durations, SLOTS) if case.config == "b" else sum(durations) / SLOTS
+    print(
+        f"  {label}: {result.wall_s:.2f} s wall, {result.cpu_s:.2f} s runner CPU, "
+        f"{result.backend_calls} backend calls, therapist turns/session "
+        f"{min(result.turns)}-{max(result.turns)}, {dict(result.reasons)}",
+        flush=True,
+    )
+    return problems
 
-        ids = [s.session_id for s in expand(Study.model_validate(doc), load_library())]
-        per_session = _backend_calls_per_session(store_path, ids)
-        if sum(per_session) != result.backend_calls:
-            problems.append(
-                f"{label}: store records {sum(per_session)} backend calls, server saw {result.backend_calls}"
-            )
-        bound_s = (
-            makespan([n * LATENCY_S for n in per_session], SLOTS)
-            if config == "b"
-            else sum(per_session) * LATENCY_S / SLOTS
-        )
-        print(
-            f"  {label} run {i + 1}: {result.wall_s:.2f} s wall, {cpus[-1]:.2f} s CPU, "
-            f"{result.backend_calls} backend calls, turns/session {min(result.turns)}-{max(result.turns)}, "
-            f"{dict(result.reasons)}",
-            flush=True,
-        )
-    wall = median(walls)
-    n_calls = calls[len(calls) // 2] if len(set(calls)) > 1 else calls[0]
+
+def result_line(case: Case) -> str:
+    """The case's RESULT line: median wall, call count, efficiency (and bound for (b))."""
+    wall = median(case.walls)
+    n_calls = int(median([float(c) for c in case.calls]))
     ideal = n_calls * LATENCY_S / SLOTS
     line = (
-        f"RESULT efficiency {label}: median {wall:.2f} s over {fmt_s(walls)}; "
-        f"{n_calls} backend calls (server count); ideal {ideal:.2f} s → efficiency {ideal / wall:.2f}"
+        f"RESULT efficiency {case.label}: median {wall:.2f} s of {len(case.walls)} runs "
+        f"{fmt_s(case.walls)}; {n_calls} backend calls (server count); "
+        f"ideal {ideal:.2f} s → efficiency {ideal / wall:.2f}"
     )
-    if config == "b":
+    if case.config == "b":
         line += (
-            f"; best possible with 64 sessions {bound_s:.2f} s → bound {ideal / bound_s:.2f}"
-            f" (measured is {bound_s / wall:.0%} of the bound)"
+            f"; best possible with {SLOTS} sessions in flight {case.bound_s:.2f} s → bound "
+            f"{ideal / case.bound_s:.2f} (measured reaches {case.bound_s / wall:.0%} of it)"
         )
-    line += f"; runner CPU {median(cpus):.1f} s ({median(cpus) / wall:.0%} of wall)"
-    return line, problems
+    cpu = median(case.cpus)
+    return line + f"; runner CPU {cpu:.1f} s = {cpu / wall:.0%} of wall"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per case (median reported)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2, help="runs per case (median reported)")
     parser.add_argument("--variant", choices=["1", "2", "both"], default="both")
     parser.add_argument("--config", choices=["a", "b", "both"], default="both")
     args = parser.parse_args(argv)
 
     variants = [False, True] if args.variant == "both" else [args.variant == "2"]
     configs = ["a", "b"] if args.config == "both" else [args.config]
-    lines: list[str] = []
+    cases = [Case(patient_fake=v, config=c) for v in variants for c in configs]
     problems: list[str] = []
     started = time.perf_counter()
+    warm_up()
     with temp_home("bench-eff") as root, BackendProcess(LATENCY_S, SLOTS) as backend:
         print(
-            f"fake backend at {backend.base_url}: {LATENCY_S} s a call, {SLOTS} slots; "
-            f"{SESSIONS} sessions × {TURNS} therapist turns; cache off",
+            f"fake backend (own process) at {backend.base_url}: {LATENCY_S} s a call, "
+            f"{SLOTS} slots; {SESSIONS} sessions × {TURNS} therapist turns; cache off",
             flush=True,
         )
-        for patient_fake in variants:
-            for config in configs:
-                line, found = run_case(
-                    backend, root, patient_fake=patient_fake, config=config, repeats=args.repeats
-                )
-                print(line, flush=True)
-                lines.append(line)
-                problems += found
+        for round_ in range(args.repeats):
+            for i, case in enumerate(cases):
+                problems += run_once(case, backend, root / f"r{round_}-c{i}.sqlite")
     print(f"\n({time.perf_counter() - started:.0f} s in all)")
-    for line in lines:
-        print(line)
+    for case in cases:
+        print(result_line(case))
     for problem in problems:
         print(f"PROBLEM {problem}", file=sys.stderr)
     return 1 if problems else 0
