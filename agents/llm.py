@@ -34,6 +34,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+import itertools
 import json
 import os
 import random
@@ -90,6 +91,7 @@ LANGCHAIN_PROVIDERS = (
     "xai",
 )
 BACKENDS = ("openai", "local", "scripted", "python", *LANGCHAIN_PROVIDERS)
+HTTP_POOL_SHARDS = 8
 
 # --------------------------------------------------------------------------- real-call switch
 
@@ -769,22 +771,29 @@ class Gateway:
         if key not in self._clients:
             import httpx
 
-            # Our own client per gateway: langchain-openai's shared default is bound to the first
-            # event loop that used it, and we want connection limits sized for many sessions.
-            http_client = httpx.AsyncClient(
-                timeout=self.config.timeout_s,
-                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-            )
-            self._http_clients.append(http_client)
-            self._clients[key] = ChatOpenAI(
-                http_async_client=http_client,
-                model=name,
-                base_url=base_url,
-                api_key=SecretStr(api_key or "not-needed"),
-                max_retries=0,  # the gateway retries
-                timeout=self.config.timeout_s,
-            )
-        return self._clients[key]
+            # Our own clients per gateway: langchain-openai's shared default is bound to the first
+            # event loop that used it. Several small connection pools, used in turn, because
+            # httpcore scans every pooled connection on each request: one pool of 64 busy
+            # connections cost more CPU than the rest of a session turn (benchmarks/).
+            shards = []
+            for _ in range(HTTP_POOL_SHARDS):
+                http_client = httpx.AsyncClient(
+                    timeout=self.config.timeout_s,
+                    limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
+                )
+                self._http_clients.append(http_client)
+                shards.append(
+                    ChatOpenAI(
+                        http_async_client=http_client,
+                        model=name,
+                        base_url=base_url,
+                        api_key=SecretStr(api_key or "not-needed"),
+                        max_retries=0,  # the gateway retries
+                        timeout=self.config.timeout_s,
+                    )
+                )
+            self._clients[key] = itertools.cycle(shards)
+        return next(self._clients[key])
 
     async def _call_openai(
         self,
