@@ -141,6 +141,7 @@ class ModelSpec:
         return self.backend not in ("scripted", "python")
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_model_spec(spec: str) -> ModelSpec:
     """Parse ``backend:name[?base_url=…&api_key_env=…]`` (or ``local``)."""
     spec = spec.strip()
@@ -988,6 +989,10 @@ class BoundGateway:
         self.gateway = gateway
         self.models = models
         self.calls: list[CompletionResponse] = []
+
+    def model_of(self, role: str) -> str | None:
+        """The model spec bound to ``role`` here, if any."""
+        return self.models.get(role)
 
     def _bind(self, request: CompletionRequest) -> CompletionRequest:
         model = self.models.get(request.role)
