@@ -17,7 +17,7 @@ Runs go round-robin over the cases (every case once, then again), so machine noi
 over all cases; each case reports the median of its runs. Cache off. Exit status 1 when a
 session did not run its 10 therapist turns or the call counts disagree.
 
-Run: ``.venv/bin/python benchmarks/bench_efficiency.py [--repeats 2] [--variant 1|2] [--config a|b]``
+Run: ``.venv/bin/python benchmarks/bench_efficiency.py [--repeats 3] [--variant 1|2] [--config a|b]``
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def result_line(case: Case) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=2, help="runs per case (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per case (median reported)")
     parser.add_argument("--variant", choices=["1", "2", "both"], default="both")
     parser.add_argument("--config", choices=["a", "b", "both"], default="both")
     args = parser.parse_args(argv)

@@ -136,9 +136,10 @@ def run_study(
     """``therasim run``: simulate what is not done, judge what is not judged, report."""
     console = console or Console()
     study = load_study(path)
-    from therasim.evaluation.axes import resolve_thresholds
+    if study.thresholds:
+        from therasim.evaluation.axes import resolve_thresholds  # pandas + scipy: only when needed
 
-    resolve_thresholds(study.thresholds)  # a typo in a threshold fails now, not after the run
+        resolve_thresholds(study.thresholds)  # a typo in a threshold fails now, not after the run
     out_dir = study.output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     if Path(path).resolve() != (out_dir / "study.yaml").resolve():

@@ -158,7 +158,9 @@ async def test_budget_stops_new_sessions_cleanly(tmp_path: Path) -> None:
     gateway = Gateway(study.gateway_config())
     try:
         with Store(tmp_path / "s.sqlite") as store:
-            stats = await run_specs(specs, study=study, store=store, gateway=gateway, library=library)
+            stats = await run_specs(
+                specs, study=study, store=store, gateway=gateway, library=library
+            )
             stored = store.count("completed")
     finally:
         await gateway.aclose()
