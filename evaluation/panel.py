@@ -876,7 +876,7 @@ def _judged(store: Store, judges: Sequence[JudgeSpec]) -> set[tuple[str, str]]:
 
 def _resolve_persona(result: SessionResult, personas: Mapping[str, Persona]) -> Persona | None:
     """The persona variant the session used, as the runner resolved it (None if unavailable)."""
-    from therasim.simulations.session import resolve_persona
+    from therasim.simulations.records import resolve_persona
 
     try:
         return resolve_persona(result.spec, dict(personas))

@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from therasim.errors import ConfigError, UnknownNameError
 from therasim.personas.dynamics import PatientState, Severity
+from therasim.personas.schema import Persona
 
 
 class TerminationReason(StrEnum):
@@ -152,3 +154,19 @@ class SessionResult(BaseModel):
     @property
     def therapist_turns(self) -> int:
         return sum(1 for t in self.turns if t.speaker == "therapist")
+
+
+def resolve_persona(spec: SessionSpec, library: dict[str, Persona]) -> Persona:
+    """The persona variant a spec names: base persona → counterfactual → severity."""
+    try:
+        base = library[spec.persona]
+    except KeyError:
+        raise UnknownNameError("persona", spec.persona, list(library)) from None
+    if base.version != spec.persona_version:
+        raise ConfigError(
+            f"the study asks for version {spec.persona_version}, the library has {base.version}",
+            object_id=spec.persona,
+            field="version",
+        )
+    variant = base.counterfactual(**spec.variant) if spec.variant else base
+    return variant.at_severity(spec.severity)

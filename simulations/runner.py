@@ -21,8 +21,12 @@ from therasim.agents.llm import Gateway, parse_model_spec, price_of
 from therasim.agents.types import Usage
 from therasim.personas.schema import Persona
 from therasim.protocols import load_protocol
-from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason
-from therasim.simulations.session import resolve_persona, run_session
+from therasim.simulations.records import (
+    SessionResult,
+    SessionSpec,
+    TerminationReason,
+    resolve_persona,
+)
 from therasim.simulations.store import Store
 from therasim.simulations.study import Study
 
@@ -108,6 +112,11 @@ async def run_specs(
         sum(r["input_tokens"] + r["output_tokens"] for r in rows),
         sum(r["cost_usd"] or 0.0 for r in rows),
     )
+    if not todo:
+        return stats
+    # Imported here: LangGraph is most of a rerun's start-up, and a finished study needs none of it.
+    from therasim.simulations.session import run_session
+
     queue: asyncio.Queue[SessionSpec] = asyncio.Queue()
     for spec in todo:
         queue.put_nowait(spec)

@@ -48,6 +48,7 @@ from therasim.simulations.records import (
     SessionSpec,
     TerminationReason,
     TurnRecord,
+    resolve_persona,
 )
 
 CRISIS_PHASE = "crisis_handoff"
@@ -83,24 +84,6 @@ class SessionDeps:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def resolve_persona(spec: SessionSpec, library: dict[str, Persona]) -> Persona:
-    """The persona variant a spec names: base persona → counterfactual → severity."""
-    try:
-        base = library[spec.persona]
-    except KeyError:
-        from therasim.errors import UnknownNameError
-
-        raise UnknownNameError("persona", spec.persona, list(library)) from None
-    if base.version != spec.persona_version:
-        raise ConfigError(
-            f"the study asks for version {spec.persona_version}, the library has {base.version}",
-            object_id=spec.persona,
-            field="version",
-        )
-    variant = base.counterfactual(**spec.variant) if spec.variant else base
-    return variant.at_severity(spec.severity)
 
 
 def _ctx(deps: SessionDeps, state: SessionState) -> TurnContext:

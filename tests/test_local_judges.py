@@ -12,8 +12,8 @@ from therasim.evaluation.frames import load_frames
 from therasim.evaluation.panel import JudgeSpec, PanelOptions, judge_session
 from therasim.evaluation.rubric import load_rubrics
 from therasim.personas import load_library
-from therasim.simulations.records import SessionSpec
-from therasim.simulations.session import resolve_persona, run_session
+from therasim.simulations.records import SessionSpec, resolve_persona
+from therasim.simulations.session import run_session
 from therasim.simulations.store import Store
 
 pytestmark = pytest.mark.local_llm
