@@ -143,6 +143,7 @@ def study_200(
     role_concurrency: int = SLOTS,
     cache: bool = False,
     output: Path | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """The 200-session study: 10 PE + 10 CBT personas × 2 severities × 5 repeats, 10 turns each."""
     doc: dict[str, Any] = {
@@ -156,6 +157,7 @@ def study_200(
         "concurrency": sessions_in_flight,
         "subject_limits": {"concurrency": role_concurrency},
         "cache": cache,
+        "processes": processes,
     }
     if patient_fake:
         doc["patient"] = {

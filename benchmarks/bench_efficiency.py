@@ -94,10 +94,15 @@ def check(result: RunResult, label: str) -> list[str]:
     return problems
 
 
-def run_once(case: Case, backend: BackendProcess, store_path: Path) -> list[str]:
+def run_once(
+    case: Case, backend: BackendProcess, store_path: Path, processes: int = 1
+) -> list[str]:
     """One run of ``case`` on a fresh store; records wall, CPU, calls and the bound."""
     doc = study_200(
-        backend.base_url, patient_fake=case.patient_fake, sessions_in_flight=case.sessions_in_flight
+        backend.base_url,
+        patient_fake=case.patient_fake,
+        sessions_in_flight=case.sessions_in_flight,
+        processes=processes,
     )
     result = run_inprocess(doc, store_path, backend)
     label = f"{case.label} run {len(case.walls) + 1}"
@@ -145,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per case (median reported)")
     parser.add_argument("--variant", choices=["1", "2", "both"], default="both")
     parser.add_argument("--config", choices=["a", "b", "both"], default="both")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="study `processes`: worker processes sharing the sessions",
+    )
     args = parser.parse_args(argv)
 
     variants = [False, True] if args.variant == "both" else [args.variant == "2"]
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for round_ in range(args.repeats):
             for i, case in enumerate(cases):
-                problems += run_once(case, backend, root / f"r{round_}-c{i}.sqlite")
+                problems += run_once(case, backend, root / f"r{round_}-c{i}.sqlite", args.processes)
     print(f"\n({time.perf_counter() - started:.0f} s in all)")
     for case in cases:
         print(result_line(case))

@@ -114,6 +114,10 @@ async def run_specs(
     )
     if not todo:
         return stats
+    if study.processes > 1:
+        return await _run_in_processes(
+            todo, stats, study=study, store=store, gateway=gateway, progress=progress
+        )
     # Imported here: LangGraph is most of a rerun's start-up, and a finished study needs none of it.
     from therasim.simulations.session import run_session
 
@@ -163,6 +167,128 @@ async def run_specs(
     finally:
         for w in workers:
             w.cancel()
+    return stats
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def _shard_main(
+    study_doc: dict[str, Any],
+    config_doc: dict[str, Any],
+    store_path: str,
+    spec_docs: list[dict[str, Any]],
+) -> RunStats:
+    """One worker process: its own gateway and store connection, its share of the sessions."""
+    from therasim.agents.llm import GatewayConfig
+    from therasim.personas.loader import load_library
+
+    study = Study.model_validate({**study_doc, "processes": 1})
+    specs = [SessionSpec.model_validate(d) for d in spec_docs]
+
+    async def go() -> RunStats:
+        gateway = Gateway(GatewayConfig.model_validate(config_doc))
+        try:
+            with Store(store_path) as store:
+                return await run_specs(
+                    specs, study=study, store=store, gateway=gateway, library=load_library()
+                )
+        finally:
+            await gateway.aclose()
+
+    return asyncio.run(go())
+
+
+async def _run_in_processes(
+    todo: list[SessionSpec],
+    stats: RunStats,
+    *,
+    study: Study,
+    store: Store,
+    gateway: Gateway,
+    progress: ProgressFn | None,
+) -> RunStats:
+    """Shard the sessions over ``study.processes`` worker processes.
+
+    One Python process is CPU-bound at a few milliseconds a turn; more processes use more cores.
+    Each worker gets every ``processes``-th session, its share of the session and per-role
+    concurrency, its own gateway and its own connection to the store (SQLite in WAL mode takes
+    the concurrent writers). Progress is read from the store while they run. The budget is
+    divided among the workers.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    n = study.processes
+    per = {"concurrency": max(1, study.concurrency // n)}
+    budget = study.budget.model_copy(
+        update={
+            "max_cost_usd": study.budget.max_cost_usd / n if study.budget.max_cost_usd else None,
+            "max_tokens": study.budget.max_tokens // n if study.budget.max_tokens else None,
+        }
+    )
+    study_doc = study.model_copy(update={**per, "budget": budget}).model_dump(mode="json")
+    config = gateway.config.model_copy(
+        update={
+            "roles": {
+                name: role.model_copy(
+                    update={
+                        "concurrency": max(1, role.concurrency // n),
+                        "rpm": role.rpm / n if role.rpm else None,
+                    }
+                )
+                for name, role in gateway.config.roles.items()
+            }
+        }
+    )
+    shards = [[s.model_dump(mode="json") for s in todo[i::n]] for i in range(n)]
+    loop = asyncio.get_running_loop()
+    # fork where the platform has it: a spawned worker re-imports LangGraph and friends (~1.5 s),
+    # a forked one starts at once; each builds its own event loop, gateway and store connection.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        futures = [
+            loop.run_in_executor(
+                pool, _shard_main, study_doc, config.model_dump(mode="json"), str(store.path), shard
+            )
+            for shard in shards
+            if shard
+        ]
+        pending = set(futures)
+        before = store.count("completed") + store.count("failed") - stats.skipped
+        while pending:
+            _, pending_set = await asyncio.wait(pending, timeout=0.5)
+            pending = set(pending_set)
+            if progress is not None:
+                finished = (
+                    store.count("completed")
+                    + store.count("failed")
+                    - stats.skipped
+                    - max(0, before)
+                )
+                progress(
+                    RunStats(
+                        total=stats.total,
+                        skipped=stats.skipped,
+                        completed=finished,
+                        started=stats.started,
+                    )
+                )
+        results = [f.result() for f in futures]
+    for r in results:
+        stats.completed += r.completed
+        stats.failed += r.failed
+        stats.not_started += r.not_started
+        stats.turns += r.turns
+        stats.input_tokens += r.input_tokens
+        stats.output_tokens += r.output_tokens
+        stats.cost_usd += r.cost_usd
+        stats.budget_exhausted |= r.budget_exhausted
+        for reason, count in r.failures.items():
+            stats.failures[reason] = stats.failures.get(reason, 0) + count
+    if progress is not None:
+        progress(stats)
     return stats
 
 

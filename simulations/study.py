@@ -134,6 +134,12 @@ class Study(_Data):
     questionnaires: bool = True
     questionnaire_wording: Literal["neutral", "primed"] = "neutral"
     concurrency: int = Field(default=16, ge=1, le=4096, description="Sessions in flight at once.")
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes; above 1 the sessions (and the concurrency and role limits) are split among them.",
+    )
     budget: Budget = Field(default_factory=Budget)
     output: str | None = Field(default=None, description="Output folder (default: runs/<id>).")
     cache: bool = Field(default=True, description="Use the gateway's response cache.")

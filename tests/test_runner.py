@@ -169,3 +169,32 @@ async def test_budget_stops_new_sessions_cleanly(tmp_path: Path) -> None:
     assert stats.completed + stats.not_started == len(specs)
     assert stored == stats.completed  # what ran is stored whole; the rest never started
     assert stats.input_tokens + stats.output_tokens >= 8000
+
+
+async def test_sessions_shard_over_worker_processes(tmp_path: Path) -> None:
+    doc = {
+        "id": "procs",
+        "subjects": {"a": "scripted:adherent", "b": "scripted:safety-reflex"},
+        "personas": {"globs": ["pe-*", "cbt-*"], "limit": 2},
+        "max_turns": 6,
+        "questionnaires": False,
+        "cache": False,
+    }
+    library = load_library()
+    results = {}
+    for processes in (1, 2):
+        study = Study.model_validate({**doc, "processes": processes})
+        specs = expand(study, library)
+        gateway = Gateway(study.gateway_config())
+        try:
+            with Store(tmp_path / f"p{processes}.sqlite") as store:
+                stats = await run_specs(
+                    specs, study=study, store=store, gateway=gateway, library=library
+                )
+                results[processes] = (stats, _snapshot(tmp_path / f"p{processes}.sqlite"))
+        finally:
+            await gateway.aclose()
+    (one, turns_one), (two, turns_two) = results[1], results[2]
+    assert two.completed == one.completed == len(specs) == 8
+    assert two.turns == one.turns and two.input_tokens == one.input_tokens
+    assert turns_two == turns_one  # same sessions, same transcripts, whichever process ran them
