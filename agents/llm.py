@@ -50,7 +50,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from therasim.agents.scripted import get_scripted, run_scripted
+from therasim.agents.scripted import run_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message, Usage
 from therasim.errors import (
     ConfigError,
@@ -965,16 +965,6 @@ def _parse_json_into(text: str, schema: type[T]) -> T:
 def _looks_like_unsupported_format(exc: ModelError) -> bool:
     detail = exc.detail.lower()
     return "response_format" in detail or "json_schema" in detail
-
-
-def known_backends() -> list[str]:
-    """Backend names a model spec may start with."""
-    return list(BACKENDS)
-
-
-def check_scripted(name: str) -> None:
-    """Raise UnknownNameError when no scripted agent has this name."""
-    get_scripted(name)
 
 
 class BoundGateway:

@@ -24,11 +24,9 @@ from therasim.evaluation.metrics import (
 from therasim.personas.dynamics import RiskLevel
 from therasim.simulations.store import Store
 
-_RISKS = [r.value for r in RiskLevel]
-
 
 def _risk_max(values: list[str]) -> str:
-    return max(values, key=_RISKS.index) if values else RiskLevel.NONE.value
+    return max(values, key=lambda v: RiskLevel(v).rank) if values else RiskLevel.NONE.value
 
 
 @dataclass

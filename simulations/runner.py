@@ -326,9 +326,9 @@ def estimate(study: Study, specs: list[SessionSpec], done: set[str]) -> Estimate
         turns = min(
             spec.max_turns, max(1, sum(graph.phase(p).min_turns for p in graph.canonical_path))
         )
-        n_questionnaires = (
-            (2 if spec.protocol.startswith("pe") else 1) * 2 if spec.questionnaires else 0
-        )
+        # PHQ-9 for everyone and PCL-5 for PE, each before and after the session
+        instruments = 2 if graph.protocol.modality == "pe" else 1
+        n_questionnaires = 2 * instruments if spec.questionnaires else 0
         plan = {
             "subject": (spec.subject, turns),
             "appraiser": (spec.appraiser, turns),
