@@ -29,7 +29,7 @@ import functools
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -234,6 +234,42 @@ class LexiconRule:
 
 
 @dataclass(frozen=True)
+class _CodeMatcher:
+    """One code's rules as one alternation: a single search finds the earliest match of any
+    rule (ties go to the rule listed first), as searching rule by rule would, at a tenth of the
+    cost. An empty match, or patterns that cannot be joined, fall back to rule by rule."""
+
+    code: BehaviourCode
+    rules: tuple[LexiconRule, ...]
+    joined: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, code: BehaviourCode, rules: tuple[LexiconRule, ...]) -> _CodeMatcher:
+        try:
+            joined = re.compile("|".join(f"(?:{r.regex.pattern})" for r in rules), re.IGNORECASE)
+        except re.error:  # e.g. the same group name in two patterns
+            joined = None
+        return cls(code, rules, joined)
+
+    def earliest(self, haystack: str) -> tuple[int, int] | None:
+        """Start and end of the earliest non-empty first match among the rules, if any."""
+        if self.joined is not None:
+            match = self.joined.search(haystack)
+            if match is None:
+                return None
+            if match.end() > match.start():
+                return match.start(), match.end()
+        best: tuple[int, int] | None = None
+        for rule in self.rules:
+            match = rule.regex.search(haystack)
+            if match is None or match.end() == match.start():
+                continue
+            if best is None or match.start() < best[0]:
+                best = (match.start(), match.end())
+        return best
+
+
+@dataclass(frozen=True)
 class Lexicon:
     """The lexical appraiser's compiled data (see ``agents/prompts/lexicon.yaml``)."""
 
@@ -242,6 +278,21 @@ class Lexicon:
     short_reply_max_words: int
     short_reply_only_in: tuple[str, ...]
     patient_cues: dict[str, tuple[re.Pattern[str], ...]]
+    _matchers: dict[PhaseKind | None, tuple[_CodeMatcher, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def matchers(self, kind: PhaseKind | None) -> tuple[_CodeMatcher, ...]:
+        """Per code, the rules that apply in a phase of ``kind`` (None: unknown), built once."""
+        if kind not in self._matchers:
+            by_code: dict[BehaviourCode, list[LexiconRule]] = {}
+            for rule in self.rules:
+                if rule.applies(kind):
+                    by_code.setdefault(rule.code, []).append(rule)
+            self._matchers[kind] = tuple(
+                _CodeMatcher.of(code, tuple(rules)) for code, rules in by_code.items()
+            )
+        return self._matchers[kind]
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<lexicon>") -> Lexicon:
@@ -313,17 +364,11 @@ def lexical_appraisal(
     lex = lexicon or load_lexicon()
     kind = ctx.phase_kind if ctx is not None else None
     haystack = _normalise_quotes(text)
-    found: dict[BehaviourCode, tuple[int, int]] = {}
-    for rule in lex.rules:
-        if not rule.applies(kind):
-            continue
-        match = rule.regex.search(haystack)
-        if match is None or match.end() == match.start():
-            continue
-        best = found.get(rule.code)
-        if best is None or match.start() < best[0]:
-            found[rule.code] = (match.start(), match.end())
-    evidence = {code: text[a:b] for code, (a, b) in found.items()}
+    evidence: dict[BehaviourCode, str] = {}
+    for matcher in lex.matchers(kind):
+        span = matcher.earliest(haystack)
+        if span is not None:
+            evidence[matcher.code] = text[span[0] : span[1]]
     code = lex.short_reply_code
     if (
         code is not None
@@ -388,8 +433,7 @@ def therapist_text_of(request: CompletionRequest) -> str:
 @register_scripted("lexical")
 def scripted_lexical(request: CompletionRequest) -> str:
     """``scripted:lexical``: the lexical appraisal of the request's therapist text, as JSON."""
-    ctx = TurnContext.from_metadata(request.metadata) if request.metadata else None
-    return lexical_appraisal(therapist_text_of(request), ctx).model_dump_json()
+    return lexical_appraisal(therapist_text_of(request), request.context).model_dump_json()
 
 
 # --------------------------------------------------------------------------- LLM appraisal
@@ -452,7 +496,7 @@ async def appraise(
     request = CompletionRequest(
         role="appraiser",
         messages=tuple(appraisal_messages(ctx, therapist_text, previous_patient=previous_patient)),
-        metadata=ctx.as_metadata(),
+        context=ctx,
         seed=ctx.seed + ctx.turn,
         temperature=0.0,
         max_tokens=600,

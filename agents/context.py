@@ -2,13 +2,12 @@
 
 The session (``simulations/session.py``) builds a :class:`TurnContext` before each participant
 speaks. LLM participants turn it into prompts; scripted participants receive it as the request's
-``metadata`` (``TurnContext.as_metadata()``), so every participant — scripted or not — goes
-through the gateway.
+``context``, so every participant — scripted or not — goes through the gateway.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,15 +52,6 @@ class TurnContext(BaseModel):
         default=False, description="Whether the severity's self-harm content is due now."
     )
     seed: int = 0
-
-    def as_metadata(self) -> dict[str, Any]:
-        """JSON-safe metadata for scripted backends."""
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, Any]) -> TurnContext:
-        """Inverse of :meth:`as_metadata` (used by scripted agents)."""
-        return cls.model_validate(metadata)
 
 
 def transcript_as_messages(transcript: list[Utterance], *, me: Speaker) -> list[dict[str, str]]:

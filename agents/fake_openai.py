@@ -2,14 +2,15 @@
 
 It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` on 127.0.0.1 from its own thread
 and event loop, with configurable latency, jitter and injected failures, so the gateway's real
-HTTP path (langchain-openai → httpx) can be exercised without any network::
+HTTP path (one aiohttp POST a call) can be exercised without any network::
 
     with FakeOpenAIServer(plan=["429", "429", "ok"]) as server:
         spec = f"openai:fake?base_url={server.base_url}"
 
 ``plan`` is consumed one entry per request (then ``default`` applies): ``"ok"``, ``"429"``,
-``"500"``, ``"timeout"`` (holds the request for ``hang_s``), ``"broken_json"`` (a reply that is
-not valid JSON). ``reject_json_schema`` answers 400 to the ``json_schema`` response format, as
+``"500"``, ``"401"``, ``"timeout"`` (holds the request for ``hang_s``), ``"broken_json"`` (a
+completion whose text is not valid JSON), ``"not_a_completion"`` (200 with an HTML body).
+``requests`` and ``headers`` keep every chat request's body and headers. ``reject_json_schema`` answers 400 to the ``json_schema`` response format, as
 llama.cpp's server does. ``error_rate`` injects those failures at random for load tests. ``reply`` builds
 the text of a successful answer from the request body.
 """
@@ -63,6 +64,7 @@ class FakeOpenAIServer:
         self.reject_json_schema = reject_json_schema
         self.rng = random.Random(seed)
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -139,6 +141,8 @@ class FakeOpenAIServer:
                 }
                 length = int(headers.get("content-length", "0"))
                 raw = await reader.readexactly(length) if length else b""
+                if path.endswith("/chat/completions"):
+                    self.headers.append(headers)
                 status, payload = await self._respond(method, path, raw)
                 data = payload.encode()
                 writer.write(
@@ -190,6 +194,17 @@ class FakeOpenAIServer:
             return "500 Internal Server Error", json.dumps(
                 {"error": {"message": "injected failure"}}
             )
+        if outcome == "401":
+            return "401 Unauthorized", json.dumps(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided",
+                        "type": "invalid_request_error",
+                    }
+                }
+            )
+        if outcome == "not_a_completion":
+            return "200 OK", "<html>gateway error</html>"
         if outcome == "timeout":
             await asyncio.sleep(self.hang_s)
         text = '{"met": tru, "reason": "broken' if outcome == "broken_json" else self.reply(body)

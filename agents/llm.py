@@ -5,8 +5,9 @@ Roles (``subject``, ``patient``, ``appraiser``, ``judge:<name>``) map to model s
 
 ==============================================  ===============================================
 ``openai:MODEL``                                 any OpenAI-compatible endpoint (OpenAI, vLLM,
-``openai:MODEL?base_url=URL&api_key_env=VAR``    Ollama, llama.cpp) through langchain-openai
-``PROVIDER:MODEL`` (``anthropic:…``, ``ollama:…``)  LangChain's ``init_chat_model``
+``openai:MODEL?base_url=URL&api_key_env=VAR``    Ollama, llama.cpp), one aiohttp POST a call
+``PROVIDER:MODEL`` (``anthropic:…``, ``ollama:…``)  LangChain's ``init_chat_model`` (with
+                                                 langchain-openai for ``azure_openai``)
 ``local`` / ``local:/path/to/model.gguf``        the bundled SmolLM2-135M (or your GGUF), served
                                                  by llama-cpp-python on loopback
 ``scripted:NAME``                                a deterministic built-in (``agents/scripted.py``)
@@ -34,7 +35,6 @@ import contextlib
 import functools
 import importlib
 import inspect
-import itertools
 import json
 import os
 import random
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from therasim.agents.scripted import run_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message, Usage
@@ -91,7 +91,7 @@ LANGCHAIN_PROVIDERS = (
     "xai",
 )
 BACKENDS = ("openai", "local", "scripted", "python", *LANGCHAIN_PROVIDERS)
-HTTP_POOL_SHARDS = 8
+OPENAI_API_BASE = "https://api.openai.com/v1"
 
 # --------------------------------------------------------------------------- real-call switch
 
@@ -399,19 +399,54 @@ class _Raw:
     usage: Usage
 
 
-def _map_openai_error(exc: BaseException, role: str, model: str) -> ModelError:
-    """Translate openai/httpx exceptions into the therasim tree."""
+@dataclass(frozen=True)
+class _Endpoint:
+    url: str
+    model: str
+    api_key: str | None
+    compatible: bool  # a self-hosted server (reads max_tokens), not the OpenAI API itself
+
+
+def _status_error(status: int, body: bytes, role: str, model: str) -> ModelError:
+    """An HTTP error answer as a therasim error (the server's own message kept)."""
+    text = body.decode("utf-8", "replace")
+    try:
+        error = json.loads(text).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+    except (ValueError, AttributeError):
+        message = None
+    detail = f"HTTP {status}: {str(message or text)[:500]}"
+    if status == 429:
+        return RateLimited(detail, role=role, model=model)
+    if status == 408:
+        return ModelTimeout(detail, role=role, model=model)
+    if status >= 500:
+        return ServerError(detail, role=role, model=model)
+    return PermanentModelError(detail, role=role, model=model)
+
+
+def _map_backend_error(exc: BaseException, role: str, model: str) -> ModelError:
+    """Translate an HTTP client's or LangChain provider's exception into the therasim tree."""
+    import aiohttp
     import httpx
     import openai
 
     msg = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, openai.RateLimitError):
         return RateLimited(msg, role=role, model=model)
-    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | asyncio.TimeoutError):
+    if isinstance(
+        exc,
+        openai.APITimeoutError
+        | httpx.TimeoutException
+        | asyncio.TimeoutError
+        | aiohttp.ServerTimeoutError,
+    ):
         return ModelTimeout(msg, role=role, model=model)
-    if isinstance(exc, openai.APIConnectionError | httpx.ConnectError):
+    if isinstance(
+        exc, openai.APIConnectionError | httpx.ConnectError | aiohttp.ClientConnectionError
+    ):
         return ModelConnectionError(msg, role=role, model=model)
-    if isinstance(exc, openai.InternalServerError):
+    if isinstance(exc, openai.InternalServerError | aiohttp.ClientPayloadError):
         return ServerError(msg, role=role, model=model)
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code >= 500:
@@ -431,9 +466,10 @@ class Gateway:
         self._cache: ResponseCache | None = None
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._limiters: dict[str, Any] = {}
-        self._clients: dict[tuple[str, str | None, str | None], Any] = {}
+        self._clients: dict[str, Any] = {}  # LangChain chat models by spec
         self._modes: dict[str, StructuredMode] = {}
-        self._http_clients: list[Any] = []
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._http: Any = None  # aiohttp.ClientSession, made on first use
 
     # ---- plumbing
 
@@ -482,10 +518,11 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Release HTTP clients and the cache connection."""
-        for http_client in self._http_clients:
+        if self._http is not None:
             with contextlib.suppress(Exception):
-                await http_client.aclose()
-        self._http_clients.clear()
+                await self._http.close()
+            self._http = None
+        self._endpoints.clear()
         self._clients.clear()
         if self._cache is not None:
             self._cache.close()
@@ -656,10 +693,10 @@ class Gateway:
                     if limiter is not None:
                         await limiter.acquire()
                     usage.backend_calls += 1
-                    raw = await asyncio.wait_for(
-                        self._call_backend(model, request, mode, schema),
-                        timeout=self.config.timeout_s,
-                    )
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the call in a
+                    # task of its own, a cost paid on every call
+                    async with asyncio.timeout(self.config.timeout_s):
+                        raw = await self._call_backend(model, request, mode, schema)
                 break
             except TimeoutError as exc:
                 error: ModelError = ModelTimeout(
@@ -672,7 +709,7 @@ class Gateway:
                 raise
             except Exception as exc:  # backend libraries raise their own types
                 error = (
-                    _map_openai_error(exc, role, model.raw)
+                    _map_backend_error(exc, role, model.raw)
                     if model.backend != "python"
                     else (
                         PermanentModelError(
@@ -751,50 +788,48 @@ class Gateway:
         )
         return _Raw(text, _approx_usage(request, text))
 
-    def _openai_client(self, model: ModelSpec) -> Any:
-        from langchain_openai import ChatOpenAI
-
-        base_url, api_key = model.base_url, None
-        name = model.name
+    def _endpoint(self, model: ModelSpec) -> _Endpoint:
+        """Where an ``openai:``/``local`` spec's requests go, resolved once per spec."""
+        endpoint = self._endpoints.get(model.raw)
+        if endpoint is not None:
+            return endpoint
         if model.backend == "local":
             from therasim.agents.local import ensure_local_server
 
             server = ensure_local_server(model.name or None)
-            base_url, api_key, name = server.base_url, "sk-local", server.model_alias
+            endpoint = _Endpoint(
+                f"{server.base_url}/chat/completions", server.model_alias, "sk-local", True
+            )
         else:
             env = model.api_key_env or "OPENAI_API_KEY"
             api_key = os.environ.get(env)
-            if api_key is None and base_url is None:
+            if api_key is None and model.base_url is None:
                 raise PermanentModelError(
-                    f"no API key: set the environment variable {env}", role="?", model=model.raw
+                    f"no API key: set the environment variable {env}", model=model.raw
                 )
-        key = (model.raw, base_url, name)
-        if key not in self._clients:
-            import httpx
+            base = model.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_BASE
+            endpoint = _Endpoint(
+                f"{base.rstrip('/')}/chat/completions",
+                model.name,
+                api_key,
+                compatible=model.base_url is not None,
+            )
+        self._endpoints[model.raw] = endpoint
+        return endpoint
 
-            # Our own clients per gateway: langchain-openai's shared default is bound to the first
-            # event loop that used it. Several small connection pools, used in turn, because
-            # httpcore scans every pooled connection on each request: one pool of 64 busy
-            # connections cost more CPU than the rest of a session turn (benchmarks/).
-            shards = []
-            for _ in range(HTTP_POOL_SHARDS):
-                http_client = httpx.AsyncClient(
-                    timeout=self.config.timeout_s,
-                    limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
-                )
-                self._http_clients.append(http_client)
-                shards.append(
-                    ChatOpenAI(
-                        http_async_client=http_client,
-                        model=name,
-                        base_url=base_url,
-                        api_key=SecretStr(api_key or "not-needed"),
-                        max_retries=0,  # the gateway retries
-                        timeout=self.config.timeout_s,
-                    )
-                )
-            self._clients[key] = itertools.cycle(shards)
-        return next(self._clients[key])
+    def _http_session(self) -> Any:
+        """The gateway's one aiohttp session, made on first use (it binds the running loop)."""
+        if self._http is None:
+            import aiohttp
+
+            self._http = aiohttp.ClientSession(
+                # the roles' concurrency limits bound the connections; asyncio.timeout in
+                # _complete bounds each call
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None),
+                headers={"Content-Type": "application/json"},
+            )
+        return self._http
 
     async def _call_openai(
         self,
@@ -803,21 +838,29 @@ class Gateway:
         mode: StructuredMode | None,
         schema: type[BaseModel] | None,
     ) -> _Raw:
+        """One chat completion from an OpenAI-compatible endpoint: a single aiohttp POST.
+
+        Not the openai SDK: its request pipeline (through langchain-openai's client and httpx)
+        cost about 1 ms of CPU a call, which kept a 64-way study at 0.86 of the backend's
+        capacity; this path costs about a quarter of that (``benchmarks/``). The protocol is
+        one JSON POST; status codes map onto :mod:`therasim.errors`.
+        """
+        import aiohttp
+
         try:
-            client = self._openai_client(model)
+            endpoint = self._endpoint(model)
         except PermanentModelError as exc:
             raise PermanentModelError(exc.detail, role=request.role, model=model.raw) from exc
         payload: dict[str, Any] = {
-            "model": client.model_name,
+            "model": endpoint.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "temperature": request.temperature,
         }
         # OpenAI itself takes `max_completion_tokens`; llama.cpp and most other compatible
         # servers read only the classic `max_tokens`.
-        tokens_field = (
-            "max_tokens" if model.backend == "local" or model.base_url else "max_completion_tokens"
+        payload["max_tokens" if endpoint.compatible else "max_completion_tokens"] = (
+            request.max_tokens
         )
-        payload[tokens_field] = request.max_tokens
         if request.seed is not None:
             payload["seed"] = request.seed
         if request.stop:
@@ -836,20 +879,22 @@ class Gateway:
                 "type": "json_object",
                 "schema": _schema_dict(schema),
             }
-        # The openai client that langchain-openai configured, given the finished body: the SDK's
-        # per-call request transformation and LangChain's runnable layer cost ~5 ms of CPU a call,
-        # which capped a 64-way study at a third of the backend's capacity (benchmarks/).
-        import httpx
-
-        raw = await client.root_async_client.post(
-            "/chat/completions", body=payload, cast_to=httpx.Response
-        )
-        data = raw.json()
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else None
         try:
+            async with self._http_session().post(
+                endpoint.url, data=json.dumps(payload), headers=headers
+            ) as reply:
+                status, body = reply.status, await reply.read()
+        except aiohttp.ClientError as exc:
+            raise _map_backend_error(exc, request.role, model.raw) from exc
+        if status >= 400:
+            raise _status_error(status, body, request.role, model.raw)
+        try:
+            data = json.loads(body)
             text = data["choices"][0]["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ServerError(
-                f"malformed chat completion: {str(data)[:200]}", role=request.role, model=model.raw
+                f"malformed chat completion: {body[:200]!r}", role=request.role, model=model.raw
             ) from exc
         usage = data.get("usage") or {}
         if usage:
@@ -869,7 +914,7 @@ class Gateway:
         mode: StructuredMode | None,
         schema: type[BaseModel] | None,
     ) -> _Raw:
-        key = (model.raw, None, None)
+        key = model.raw
         if key not in self._clients:
             from langchain.chat_models import init_chat_model
 

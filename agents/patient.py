@@ -30,7 +30,7 @@ import re
 import string
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -587,13 +587,12 @@ async def patient_turn(
         messages: tuple[Message, ...] = (Message(role="user", content=f"(turn {ctx.turn})"),)
     else:
         messages = tuple(build_patient_messages(ctx, transcript))
-    metadata = ctx.as_metadata()
     failures: list[str] = []
     for attempt in range(max_attempts):
         request = CompletionRequest(
             role="patient",
             messages=messages,
-            metadata=metadata,
+            context=ctx,
             seed=ctx.seed * 1000 + ctx.turn,
             repeat=attempt,
             temperature=0.8,
@@ -891,13 +890,18 @@ def template_reply(ctx: TurnContext, request: CompletionRequest, banks: Banks | 
 def template_patient(request: CompletionRequest) -> str:
     """``scripted:template-patient``: the offline patient (and questionnaire answerer).
 
-    Reads the :class:`TurnContext` from ``request.metadata``. A request whose metadata carries
+    Reads the :class:`TurnContext` from ``request.context``. A request whose metadata carries
     ``questionnaire`` (set by :func:`therasim.agents.questionnaires.administer`) is answered with
     JSON item scores derived from the state; any other request gets :func:`template_reply`.
     """
-    metadata: dict[str, Any] = dict(request.metadata)
-    questionnaire = metadata.pop("questionnaire", None)
-    ctx = TurnContext.from_metadata(metadata)
+    ctx = request.context
+    if ctx is None:
+        raise ConfigError(
+            "the template patient needs the session's TurnContext in request.context "
+            "(it runs inside a session, not on a bare prompt)",
+            field="context",
+        )
+    questionnaire = request.metadata.get("questionnaire")
     if questionnaire is not None:
         from therasim.agents.questionnaires import template_answers_json
 

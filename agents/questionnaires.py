@@ -299,10 +299,8 @@ async def administer(
             Message(role="system", content=questionnaire_system_prompt(ctx)),
             Message(role="user", content=prompt),
         ),
-        metadata={
-            **ctx.as_metadata(),
-            "questionnaire": {"instrument": instrument, "when": when, "wording": wording},
-        },
+        context=ctx,
+        metadata={"questionnaire": {"instrument": instrument, "when": when, "wording": wording}},
         seed=ctx.seed * 1000 + ctx.turn,
         temperature=0.0,
         max_tokens=400,

@@ -167,7 +167,7 @@ async def subject_turn(
     request = CompletionRequest(
         role="subject",
         messages=tuple(subject_messages(ctx, transcript, system_prompt=system_prompt, raw=raw)),
-        metadata=ctx.as_metadata(),
+        context=ctx,
         seed=ctx.seed + ctx.turn,
         temperature=0.7,
         max_tokens=300,
@@ -216,13 +216,13 @@ class ScriptedTurn:
 
 
 def _turn_of(request: CompletionRequest, name: str) -> ScriptedTurn:
-    if not request.metadata:
+    ctx = request.context
+    if ctx is None:
         raise ConfigError(
-            f"scripted therapist {name!r} needs the session's TurnContext in request.metadata "
+            f"scripted therapist {name!r} needs the session's TurnContext in request.context "
             "(it runs inside a session, not on a bare prompt)",
-            field="metadata",
+            field="context",
         )
-    ctx = TurnContext.from_metadata(request.metadata)
     patient = next(
         (
             m.content

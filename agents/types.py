@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from therasim.agents.context import TurnContext
+
 
 class Message(BaseModel):
     """One chat message."""
@@ -26,9 +28,12 @@ class CompletionRequest(BaseModel):
     """One call through the gateway.
 
     ``role`` picks the model from configuration (``subject``, ``patient``, ``appraiser``,
-    ``judge:<name>``); ``model`` overrides it for one call (``therasim ask``). ``metadata`` is
-    read only by scripted and python backends (it carries the protocol phase, turn index, ...)
-    and is part of the cache key only through ``seed``/``repeat``/``messages``.
+    ``judge:<name>``); ``model`` overrides it for one call (``therasim ask``). ``context`` (the
+    session's :class:`TurnContext`) and ``metadata`` (extra keys, e.g. a questionnaire or a rubric
+    item) are read only by scripted backends; neither is sent to a model nor part of the cache key
+    (which holds ``seed``/``repeat``/``messages``). The context travels as the object itself:
+    dumping a persona to JSON and validating it back on every scripted call cost a tenth of a
+    turn's CPU in large studies (``benchmarks/``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,6 +46,7 @@ class CompletionRequest(BaseModel):
     seed: int | None = None
     repeat: int = 0
     stop: tuple[str, ...] = ()
+    context: TurnContext | None = Field(default=None, exclude=True, repr=False)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod

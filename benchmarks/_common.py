@@ -75,6 +75,8 @@ def _serve(conn: Connection, latency_s: float, slots: int | None) -> None:
             command = conn.recv()
             if command == "calls":
                 conn.send((server.calls, dict(Counter(r.get("model") for r in server.requests))))
+            elif command == "cpu":
+                conn.send(time.process_time())
             elif command == "stop":
                 break
     except EOFError:
@@ -117,6 +119,12 @@ class BackendProcess:
         self._conn.send("calls")
         total, by_model = self._conn.recv()
         return int(total), dict(by_model)
+
+    @property
+    def cpu_s(self) -> float:
+        """The backend process's CPU time so far (all its threads)."""
+        self._conn.send("cpu")
+        return float(self._conn.recv())
 
 
 @contextlib.contextmanager
@@ -175,6 +183,7 @@ class RunResult:
 
     wall_s: float
     cpu_s: float
+    backend_cpu_s: float
     session_ids: list[str]
     completed: int
     failed: int
@@ -187,7 +196,7 @@ class RunResult:
 def warm_up() -> None:
     """Import what a first backend call imports lazily, and build the session graph, so that
     the timed runs measure the runner's steady state rather than module imports (~1 s)."""
-    import langchain_openai  # noqa: F401  (imported lazily by the gateway's first openai call)
+    import aiohttp  # noqa: F401  (imported lazily by the gateway's first openai call)
 
     from therasim.personas import load_library
     from therasim.simulations.session import session_graph
@@ -211,6 +220,7 @@ def run_inprocess(
     library = load_library()
     specs = expand(study, library)
     calls_before = backend.calls if backend else 0
+    backend_cpu_before = backend.cpu_s if backend else 0.0
 
     async def go() -> tuple[float, float, Any, list[dict[str, Any]], Gateway]:
         gateway = Gateway(study.gateway_config())
@@ -232,6 +242,7 @@ def run_inprocess(
     return RunResult(
         wall_s=wall,
         cpu_s=cpu,
+        backend_cpu_s=(backend.cpu_s - backend_cpu_before) if backend else 0.0,
         session_ids=[s.session_id for s in specs],
         completed=stats.completed,
         failed=stats.failed,

@@ -11,7 +11,10 @@
 * ``patient``  — the simulated patient answers, conditioned on persona, state and phase.
 * ``route``    — ends the session with a :class:`TerminationReason` or goes round again.
 
-The topology never changes; the protocol phase is a field of the state. Dependencies (persona,
+Each node routes by returning a ``Command`` (its update and where to go), not through
+conditional edges: LangGraph gives a conditional edge a fresh copy of every channel, which was a
+tenth of a turn's CPU in large studies (``benchmarks/``). The topology never changes; the
+protocol phase is a field of the state. Dependencies (persona,
 protocol graph, gateway) travel in the run context, not in the state, so the state stays plain
 data. Errors from a participant end the session with ``*_error`` and are recorded; they never
 escape as exceptions and are never saved as a reply.
@@ -26,6 +29,7 @@ from typing import Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 
 from therasim.agents.appraiser import appraise
 from therasim.agents.context import TurnContext, Utterance
@@ -131,7 +135,11 @@ async def _emit(deps: SessionDeps, record: TurnRecord) -> None:
 # --------------------------------------------------------------------------- nodes
 
 
-async def subject_node(state: SessionState, runtime: Runtime[SessionDeps]) -> SessionState:
+def _stop(reason: TerminationReason, exc: TherasimError) -> Command[str]:
+    return Command(update={"termination": reason, "error": str(exc)}, goto=END)
+
+
+async def subject_node(state: SessionState, runtime: Runtime[SessionDeps]) -> Command[str]:
     deps = runtime.context
     ctx = _ctx(deps, state)
     try:
@@ -139,7 +147,7 @@ async def subject_node(state: SessionState, runtime: Runtime[SessionDeps]) -> Se
             deps.llm, ctx, state["transcript"], system_prompt=deps.system_prompt, raw=deps.raw
         )
     except TherasimError as exc:
-        return {"termination": TerminationReason.SUBJECT_ERROR, "error": str(exc)}
+        return _stop(TerminationReason.SUBJECT_ERROR, exc)
     text = response.text.strip()
     phase = deps.protocol.phase(state["phase"])
     record = TurnRecord(
@@ -152,13 +160,14 @@ async def subject_node(state: SessionState, runtime: Runtime[SessionDeps]) -> Se
         state=state["patient_state"],
         **_tokens(response),
     )
-    return {
+    update: SessionState = {
         "transcript": [*state["transcript"], Utterance(speaker="therapist", text=text)],
         "pending_therapist": record,
     }
+    return Command(update=update, goto="appraise")
 
 
-async def appraise_node(state: SessionState, runtime: Runtime[SessionDeps]) -> SessionState:
+async def appraise_node(state: SessionState, runtime: Runtime[SessionDeps]) -> Command[str]:
     deps = runtime.context
     record = state["pending_therapist"]
     assert record is not None
@@ -169,7 +178,7 @@ async def appraise_node(state: SessionState, runtime: Runtime[SessionDeps]) -> S
     try:
         appraisal, _ = await appraise(deps.llm, ctx, record.text, previous_patient=previous)
     except TherasimError as exc:
-        return {"termination": TerminationReason.APPRAISER_ERROR, "error": str(exc)}
+        return _stop(TerminationReason.APPRAISER_ERROR, exc)
     codes = list(appraisal.codes)
     phase = deps.protocol.phase(state["phase"])
     new_state = dynamics_step(
@@ -189,7 +198,7 @@ async def appraise_node(state: SessionState, runtime: Runtime[SessionDeps]) -> S
         }
     )
     await _emit(deps, record)
-    return {
+    update: SessionState = {
         "turns": [*state["turns"], record],
         "patient_state": new_state,
         "phase": next_phase,
@@ -197,15 +206,16 @@ async def appraise_node(state: SessionState, runtime: Runtime[SessionDeps]) -> S
         "turn": state.get("turn", 0) + 1,
         "pending_therapist": record,
     }
+    return Command(update=update, goto="patient")
 
 
-async def patient_node(state: SessionState, runtime: Runtime[SessionDeps]) -> SessionState:
+async def patient_node(state: SessionState, runtime: Runtime[SessionDeps]) -> Command[str]:
     deps = runtime.context
     ctx = _ctx(deps, state)
     try:
         reply = await patient_turn(deps.llm, ctx, state["transcript"])
     except TherasimError as exc:
-        return {"termination": TerminationReason.PATIENT_ERROR, "error": str(exc)}
+        return _stop(TerminationReason.PATIENT_ERROR, exc)
     phase = deps.protocol.phase(state["phase"])
     record = TurnRecord(
         index=len(state["turns"]),
@@ -219,24 +229,18 @@ async def patient_node(state: SessionState, runtime: Runtime[SessionDeps]) -> Se
         **{**_tokens(reply.response), "attempts": reply.attempts},
     )
     await _emit(deps, record)
-    return {
+    update: SessionState = {
         "transcript": [*state["transcript"], Utterance(speaker="patient", text=reply.text)],
         "turns": [*state["turns"], record],
     }
+    ended = termination_for({**state, **update}, deps)
+    return Command(update=update, goto=END if ended else "subject")
 
 
 def route_start(
     state: SessionState, runtime: Runtime[SessionDeps]
 ) -> Literal["subject", "patient"]:
     return "patient" if runtime.context.protocol.protocol.opener == "patient" else "subject"
-
-
-def route_after_subject(state: SessionState) -> str:
-    return END if state.get("termination") else "appraise"
-
-
-def route_after_appraise(state: SessionState) -> str:
-    return END if state.get("termination") else "patient"
 
 
 def termination_for(state: SessionState, deps: SessionDeps) -> TerminationReason | None:
@@ -257,20 +261,13 @@ def termination_for(state: SessionState, deps: SessionDeps) -> TerminationReason
     return None
 
 
-def route_after_patient(state: SessionState, runtime: Runtime[SessionDeps]) -> str:
-    return END if termination_for(state, runtime.context) else "subject"
-
-
 def build_graph() -> Any:
     """The compiled session graph (the same for every session)."""
     graph = StateGraph(SessionState, context_schema=SessionDeps)
-    graph.add_node("subject", subject_node)
-    graph.add_node("appraise", appraise_node)
-    graph.add_node("patient", patient_node)
+    graph.add_node("subject", subject_node, destinations=("appraise", END))
+    graph.add_node("appraise", appraise_node, destinations=("patient", END))
+    graph.add_node("patient", patient_node, destinations=("subject", END))
     graph.add_conditional_edges(START, route_start, ["subject", "patient"])
-    graph.add_conditional_edges("subject", route_after_subject, ["appraise", END])
-    graph.add_conditional_edges("appraise", route_after_appraise, ["patient", END])
-    graph.add_conditional_edges("patient", route_after_patient, ["subject", END])
     return graph.compile()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,12 @@ from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.errors import (
     ConfigError,
+    ModelConnectionError,
     ModelRequestsBlocked,
     ModelTimeout,
+    PermanentModelError,
     RateLimited,
+    ServerError,
     StructuredOutputError,
     UnknownNameError,
 )
@@ -34,19 +38,32 @@ class Verdict(BaseModel):
     reason: str
 
 
+OPEN: list[Gateway] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_gateways() -> AsyncIterator[None]:
+    """Every gateway a test makes is closed after it (its HTTP session bound to the test's loop)."""
+    yield
+    while OPEN:
+        await OPEN.pop().aclose()
+
+
 def gateway(tmp_path: Path, model: str, **config: object) -> Gateway:
     role = RoleConfig(
         model=model, **{k: v for k, v in config.items() if k in RoleConfig.model_fields}
     )
     rest = {k: v for k, v in config.items() if k not in RoleConfig.model_fields}
     rest.setdefault("backoff_base_s", 0.0)
-    return Gateway(
+    g = Gateway(
         GatewayConfig(
             roles={"subject": role, "judge": role},
             cache_path=str(tmp_path / "cache.sqlite"),
             **rest,
         )  # type: ignore[arg-type]
     )
+    OPEN.append(g)
+    return g
 
 
 def req(text: str = "hello", role: str = "subject", **kw: object) -> CompletionRequest:
@@ -192,6 +209,50 @@ async def test_timeout_is_retried(tmp_path: Path, real_requests: None) -> None:
             await g.complete(req("other"))
 
 
+async def test_http_answers_map_onto_the_error_tree(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer(plan=["500", "ok"]) as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", cache_enabled=False)
+        assert (await g.complete(req())).attempts == 2  # a 5xx is retried
+    with FakeOpenAIServer(default="401") as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", max_attempts=3)
+        with pytest.raises(PermanentModelError, match="HTTP 401: Incorrect API key provided"):
+            await g.complete(req())
+        assert server.calls == 1  # never retried
+    with FakeOpenAIServer(default="not_a_completion") as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", max_attempts=2)
+        with pytest.raises(ServerError, match=r"malformed chat completion.*after 2 attempts"):
+            await g.complete(req())
+
+
+async def test_unreachable_endpoint_is_a_connection_error(
+    tmp_path: Path, real_requests: None
+) -> None:
+    with FakeOpenAIServer() as server:
+        dead = server.base_url  # the port is free again once the server stops
+    g = gateway(tmp_path, f"openai:fake?base_url={dead}", max_attempts=2)
+    with pytest.raises(ModelConnectionError, match=r"role subject.*after 2 attempts"):
+        await g.complete(req())
+
+
+async def test_request_body_and_headers(
+    tmp_path: Path, real_requests: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THERASIM_TEST_KEY", "sk-test-123")
+    with FakeOpenAIServer() as server:
+        keyed = f"openai:fake?base_url={server.base_url}&api_key_env=THERASIM_TEST_KEY"
+        await gateway(tmp_path, keyed).complete(req("hi", seed=7, max_tokens=50))
+        await gateway(tmp_path, f"openai:fake?base_url={server.base_url}").complete(req("yo"))
+        keyed_body, plain_body = server.requests
+        keyed_headers, plain_headers = server.headers
+    assert keyed_body["messages"] == [{"role": "user", "content": "hi"}]
+    assert (keyed_body["model"], keyed_body["seed"], keyed_body["max_tokens"]) == ("fake", 7, 50)
+    assert "max_completion_tokens" not in keyed_body  # compatible servers read max_tokens
+    assert keyed_headers["authorization"] == "Bearer sk-test-123"
+    assert keyed_headers["content-type"] == plain_headers["content-type"] == "application/json"
+    assert "authorization" not in plain_headers  # no key configured, none sent
+    assert plain_body["messages"] == [{"role": "user", "content": "yo"}]
+
+
 async def test_broken_json_repaired_in_one_round(tmp_path: Path, real_requests: None) -> None:
     with FakeOpenAIServer(plan=["broken_json", "ok"]) as server:
         g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
@@ -267,6 +328,7 @@ async def test_tokens_and_cost_per_role(tmp_path: Path, real_requests: None) -> 
                 prices={"priced": Price(input_per_mtok=1_000_000, output_per_mtok=2_000_000)},
             )
         )
+        OPEN.append(g)
         resp = await g.complete(req("a" * 40))
         body = server.requests[0]
         assert resp.usage.input_tokens == sum(len(m["content"]) // 4 for m in body["messages"])

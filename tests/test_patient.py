@@ -197,7 +197,7 @@ def template_request(ctx: TurnContext, transcript: list[Utterance]) -> Completio
     return CompletionRequest(
         role="patient",
         messages=tuple(build_patient_messages(ctx, transcript)),
-        metadata=ctx.as_metadata(),
+        context=ctx,
     )
 
 
@@ -208,7 +208,7 @@ REVERSAL = "How does that make you feel, though?"
 
 
 def _record(request: CompletionRequest) -> None:
-    SEEN.setdefault(str(request.metadata.get("session_id")), []).append(request)
+    SEEN.setdefault(request.context.session_id if request.context else "", []).append(request)
 
 
 @register_scripted("test-patient-reverse-then-good")
@@ -369,7 +369,7 @@ async def test_patient_sees_flipped_roles_and_its_own_prompt_only() -> None:
     assert request.role == "patient"
     assert (request.seed, request.repeat) == (5 * 1000 + 2, 0)
     assert (request.temperature, request.max_tokens) == (0.8, 200)
-    assert request.metadata == ctx.as_metadata()
+    assert request.context is ctx and request.metadata == {}
     system, *chat = request.messages
     assert system.role == "system"
     assert [(m.role, m.content) for m in chat] == [

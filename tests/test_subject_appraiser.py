@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from therasim.agents.appraiser import (
     Appraisal,
@@ -13,6 +15,7 @@ from therasim.agents.appraiser import (
     appraisal_messages,
     appraise,
     lexical_appraisal,
+    load_lexicon,
     patient_cue,
 )
 from therasim.agents.context import TurnContext, Utterance
@@ -27,7 +30,7 @@ from therasim.agents.subject import (
 )
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError
-from therasim.personas.dynamics import BehaviourCode, PatientState, RiskLevel
+from therasim.personas.dynamics import BehaviourCode, PatientState, PhaseKind, RiskLevel
 from therasim.personas.schema import Persona
 from therasim.protocols import load_protocol
 
@@ -321,7 +324,7 @@ async def test_subject_request_has_the_phase_prompt_and_the_transcript_by_role()
     assert request.messages[1].content == SESSION_OPENER  # the therapist opened
     assert request.messages[2].content == "Let's begin."
     assert request.seed == 109 and request.temperature == 0.7 and request.max_tokens == 300
-    assert TurnContext.from_metadata(request.metadata) == ctx
+    assert request.context is ctx
     assert therapist_system_prompt(ctx) == system
     template = therapist_system_prompt("pe")  # unfilled, what a session hashes
     assert "{phase_goal}" in template and prompt_hash(template) != prompt_hash(system)
@@ -442,6 +445,58 @@ def test_lexical_appraiser_context_rules() -> None:
     assert C.CRISIS_RESOURCES not in codes_of("It happened in 1988.", pe)
     assert lexical_appraisal("Stay with it.", pe).phase == "imaginal_exposure"
     assert lexical_appraisal("Stay with it.").phase is None
+
+
+def _rule_by_rule(text: str, kind: PhaseKind | None) -> dict[BehaviourCode, str]:
+    """The reference: every applicable rule searched on its own, earliest non-empty match wins."""
+    lex = load_lexicon()
+    found: dict[BehaviourCode, tuple[int, int]] = {}
+    haystack = text.replace("\u2019", "'").replace("\u2018", "'")
+    for rule in lex.rules:
+        match = rule.regex.search(haystack) if rule.applies(kind) else None
+        if match is None or match.end() == match.start():
+            continue
+        if rule.code not in found or match.start() < found[rule.code][0]:
+            found[rule.code] = (match.start(), match.end())
+    return {code: text[a:b] for code, (a, b) in found.items()}
+
+
+# Fragments that hit (and nearly hit) the lexicon, so random texts carry several codes at once.
+FRAGMENTS = [
+    "Take a slow breath",
+    "feel your feet on the floor",
+    "You are safe now",
+    "call 988",
+    "Samaritans",
+    "Stay with it",
+    "0 to 100",
+    "What would you tell a friend",
+    "balanced thought",
+    "Let's leave that",
+    "That makes sense",
+    "I can't help with that",
+    "contact your doctor",
+    "Open your eyes",
+    "It happened in 1988",
+    "not a substitute for",
+    "you're doing well",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=12), min_size=1, max_size=8),
+    st.sampled_from([None, *PhaseKind]),
+)
+def test_lexicon_matchers_find_what_rule_by_rule_search_finds(
+    parts: list[str], kind: PhaseKind | None
+) -> None:
+    text = " ".join(parts)
+    lex = load_lexicon()
+    haystack = text.replace("\u2019", "'").replace("\u2018", "'")
+    joined = {m.code: m.earliest(haystack) for m in lex.matchers(kind)}
+    spans = {code: text[s[0] : s[1]] for code, s in joined.items() if s is not None}
+    assert spans == _rule_by_rule(text, kind)
 
 
 def test_patient_self_harm_cue() -> None:
