@@ -34,6 +34,7 @@ __all__ = [
     "library_files",
     "load_library",
     "load_persona",
+    "load_yaml",
     "parse_persona",
     "persona_json_schema",
     "render_json_schema",
@@ -57,8 +58,12 @@ _repr.maxlevel = 2
 # YAML
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """``SafeLoader`` that refuses duplicate keys (plain YAML keeps the last one silently)."""
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """``SafeLoader`` that refuses duplicate keys (plain YAML keeps the last one silently).
+
+    On libyaml's parser where PyYAML has it: the pure-Python one took most of a finished
+    study's rerun (the persona library is read on every command).
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[tuple[str, str], yaml.Node] = {}
@@ -77,6 +82,11 @@ class _StrictLoader(yaml.SafeLoader):
                     )
                 seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document, read safely, with duplicate keys refused (``yaml.YAMLError`` else)."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:
@@ -196,7 +206,7 @@ def parse_persona(text: str, source: str = "<string>") -> Persona:
     not a mapping, or any schema violation (all of them listed in one error).
     """
     try:
-        doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+        doc = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_reason(exc), file=source, object_id=_id_of(None, text)) from None
     except RecursionError:

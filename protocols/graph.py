@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from therasim.errors import ConfigError, UnknownNameError
 from therasim.personas.dynamics import BehaviourCode, PatientState
+from therasim.personas.loader import load_yaml
 from therasim.protocols.guards import (
     DEFAULT_HABITUATION_DROP,
     PhaseContext,
@@ -276,7 +277,7 @@ def _load_library(protocol_id: str) -> ProtocolGraph:
 def protocol_from_text(text: str, *, source: str = "<string>") -> ProtocolGraph:
     """Parse YAML text into a validated :class:`ProtocolGraph`; ``source`` names it in errors."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ProtocolValidationError(
             ValidationReason.INVALID_YAML, str(exc), file=source
