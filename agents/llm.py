@@ -1025,10 +1025,6 @@ class BoundGateway:
         self.models = models
         self.calls: list[CompletionResponse] = []
 
-    def model_of(self, role: str) -> str | None:
-        """The model spec bound to ``role`` here, if any."""
-        return self.models.get(role)
-
     def _bind(self, request: CompletionRequest) -> CompletionRequest:
         model = self.models.get(request.role)
         if model is None and request.role.startswith("judge:"):

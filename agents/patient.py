@@ -580,13 +580,7 @@ async def patient_turn(
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
-    bound = getattr(gateway, "model_of", None)
-    if bound is not None and str(bound("patient") or "").startswith("scripted:"):
-        # A scripted patient reads the metadata only; building the LLM prompt was a seventh of a
-        # turn's CPU in large offline studies.
-        messages: tuple[Message, ...] = (Message(role="user", content=f"(turn {ctx.turn})"),)
-    else:
-        messages = tuple(build_patient_messages(ctx, transcript))
+    messages = tuple(build_patient_messages(ctx, transcript))
     failures: list[str] = []
     for attempt in range(max_attempts):
         request = CompletionRequest(
