@@ -10,9 +10,10 @@ HTTP path (one aiohttp POST a call) can be exercised without any network::
 ``plan`` is consumed one entry per request (then ``default`` applies): ``"ok"``, ``"429"``,
 ``"500"``, ``"401"``, ``"timeout"`` (holds the request for ``hang_s``), ``"broken_json"`` (a
 completion whose text is not valid JSON), ``"not_a_completion"`` (200 with an HTML body).
-``requests`` and ``headers`` keep every chat request's body and headers. ``reject_json_schema`` answers 400 to the ``json_schema`` response format, as
-llama.cpp's server does. ``error_rate`` injects those failures at random for load tests. ``reply`` builds
-the text of a successful answer from the request body.
+``requests`` and ``headers`` keep every chat request's body and headers. ``reject_json_schema``
+answers 400 to the ``json_schema`` response format, as llama.cpp's server does. ``error_rate``
+injects those failures at random for load tests. ``reply`` builds the text of a successful
+answer from the request body.
 """
 
 from __future__ import annotations
