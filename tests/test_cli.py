@@ -45,6 +45,16 @@ def test_ask_unknown_backend_is_one_line_listing_backends(
     assert "Traceback" not in err
 
 
+def test_model_error_line_names_role_and_model(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, real_requests: None
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # fails before any request is sent
+    assert main(["ask", "openai:some-model", "hi", "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip()
+    # "[role …, model …]" is printed as text, not swallowed as console markup
+    assert err.startswith("model error: [role ask, model openai:some-model] no API key")
+
+
 def test_ask_scripted_agents(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ask", "scripted:lexical", "You are safe now. Call 988.", "--no-cache"]) == 0
     out = capsys.readouterr().out

@@ -731,6 +731,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(label: str, exc: TherasimError) -> None:
+    # escaped: a model error starts with "[role …, model …]", which rich would take for markup
+    from rich.markup import escape
+
+    err_console.print(f"[red]{label}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``therasim`` console script."""
     parser = build_parser()
@@ -742,13 +749,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as exc:
-        err_console.print(f"[red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        _print_error("error", exc)
         return 1
     except ModelError as exc:
-        err_console.print(f"[red]model error:[/] {exc}", highlight=False, soft_wrap=True)
+        _print_error("model error", exc)
         return 2
     except TherasimError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _print_error("error", exc)
         return 1
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
