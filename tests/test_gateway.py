@@ -234,6 +234,24 @@ async def test_unreachable_endpoint_is_a_connection_error(
         await g.complete(req())
 
 
+async def test_proxy_from_the_environment(
+    tmp_path: Path, real_requests: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with FakeOpenAIServer() as proxy:  # answers the proxied request itself
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url.removesuffix("/v1"))
+        unreachable = "http://127.0.0.1:9/v1"  # only the proxy makes this work
+        g = gateway(tmp_path, f"openai:fake?base_url={unreachable}", cache_enabled=False)
+        assert (await g.complete(req("via proxy"))).text.startswith("I hear you")
+        assert proxy.calls == 1
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = gateway(tmp_path, f"openai:fake?base_url={unreachable}", max_attempts=1)
+        with pytest.raises(ModelConnectionError):  # NO_PROXY: straight to the dead port
+            await direct.complete(req("direct"))
+        assert proxy.calls == 1
+
+
 async def test_request_body_and_headers(
     tmp_path: Path, real_requests: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,6 +43,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for dist in (
         "langgraph",
         "langchain-openai",
+        "aiohttp",
         "pydantic",
         "networkx",
         "pandas",
