@@ -9,7 +9,8 @@ HTTP path (one aiohttp POST a call) can be exercised without any network::
 
 ``plan`` is consumed one entry per request (then ``default`` applies): ``"ok"``, ``"429"``,
 ``"500"``, ``"401"``, ``"timeout"`` (holds the request for ``hang_s``), ``"broken_json"`` (a
-completion whose text is not valid JSON), ``"not_a_completion"`` (200 with an HTML body).
+completion whose text is not valid JSON), ``"not_a_completion"`` (200 with an HTML body),
+``"disconnect"`` (the connection closes with no answer).
 ``requests`` and ``headers`` keep every chat request's body and headers. ``reject_json_schema``
 answers 400 to the ``json_schema`` response format, as llama.cpp's server does. ``error_rate``
 injects those failures at random for load tests. ``reply`` builds the text of a successful
@@ -28,6 +29,7 @@ from typing import Any
 
 Reply = Callable[[dict[str, Any]], str]
 FAILURES = ("429", "500", "timeout", "broken_json")
+DISCONNECT = "disconnect"
 
 
 def _default_reply(body: dict[str, Any]) -> str:
@@ -145,6 +147,8 @@ class FakeOpenAIServer:
                 if path.endswith("/chat/completions"):
                     self.headers.append(headers)
                 status, payload = await self._respond(method, path, raw)
+                if status == DISCONNECT:
+                    break  # the connection drops with no answer (finally closes it)
                 data = payload.encode()
                 writer.write(
                     f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
@@ -206,6 +210,8 @@ class FakeOpenAIServer:
             )
         if outcome == "not_a_completion":
             return "200 OK", "<html>gateway error</html>"
+        if outcome == DISCONNECT:
+            return DISCONNECT, ""
         if outcome == "timeout":
             await asyncio.sleep(self.hang_s)
         text = '{"met": tru, "reason": "broken' if outcome == "broken_json" else self.reply(body)

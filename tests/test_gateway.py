@@ -224,6 +224,17 @@ async def test_http_answers_map_onto_the_error_tree(tmp_path: Path, real_request
             await g.complete(req())
 
 
+async def test_dropped_connection_is_retried(tmp_path: Path, real_requests: None) -> None:
+    with FakeOpenAIServer(plan=["disconnect", "ok"]) as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", cache_enabled=False)
+        resp = await g.complete(req())
+        assert resp.attempts == 2 and server.calls == 2
+    with FakeOpenAIServer(default="disconnect") as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", max_attempts=2)
+        with pytest.raises(ModelConnectionError, match="after 2 attempts"):
+            await g.complete(req())
+
+
 async def test_unreachable_endpoint_is_a_connection_error(
     tmp_path: Path, real_requests: None
 ) -> None:
