@@ -62,6 +62,9 @@ def test_ask_scripted_agents(capsys: pytest.CaptureFixture[str]) -> None:
     # a scripted therapist needs a session around it, and says so in one line
     assert main(["ask", "scripted:null", "I feel awful", "--no-cache"]) == 1
     assert "needs the session's TurnContext" in capsys.readouterr().err
+    # the scripted judges are known by name too, and say what they need
+    assert main(["ask", "scripted:lexical-judge", "x", "--no-cache"]) == 2
+    assert "need item_id and polarity" in capsys.readouterr().err
 
 
 def test_validate_shipped_library(capsys: pytest.CaptureFixture[str]) -> None:

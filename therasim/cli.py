@@ -35,6 +35,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from therasim.agents.llm import BACKENDS, Gateway, GatewayConfig, RoleConfig, therasim_home
     from therasim.agents.local import bundled_model_path
     from therasim.agents.scripted import scripted_names
+
+    _register_scripted_judges()
     from therasim.agents.types import CompletionRequest
 
     table = Table(title="therasim doctor", show_header=False)
@@ -92,12 +94,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_scripted_judges() -> None:
+    # The gateway's registry loads only the agents layer's scripted agents (it may not import a
+    # higher layer); the command line sits above every layer and can name the judges too.
+    import therasim.evaluation.scripted_judges  # noqa: F401
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     """One call through the gateway to MODEL_SPEC."""
     from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig, parse_model_spec
     from therasim.agents.types import CompletionRequest
 
     parse_model_spec(args.model)  # fail fast with the list of backends
+    _register_scripted_judges()
     gateway = Gateway(
         GatewayConfig(roles={"ask": RoleConfig(model=args.model)}, cache_enabled=not args.no_cache)
     )
