@@ -858,9 +858,9 @@ class Gateway:
         """One chat completion from an OpenAI-compatible endpoint: a single aiohttp POST.
 
         Not the openai SDK: its request pipeline (through langchain-openai's client and httpx)
-        cost about 1 ms of CPU a call, which kept a 64-way study at 0.86 of the backend's
-        capacity; this path costs about a quarter of that (``benchmarks/``). The protocol is
-        one JSON POST; status codes map onto :mod:`therasim.errors`.
+        cost about 1 ms more CPU a call, which kept a 64-way study at 0.86 of the backend's
+        capacity against 0.92 on this path (``benchmarks/``). The protocol is one JSON POST;
+        status codes map onto :mod:`therasim.errors`.
         """
         import aiohttp
 
