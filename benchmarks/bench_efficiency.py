@@ -45,6 +45,7 @@ from _common import (
 
 SESSIONS = 200
 TURNS = 10
+TARGET = 0.90  # issue #6; checked in config (a): (b) is bounded below it by quantisation
 
 
 @dataclass
@@ -61,6 +62,11 @@ class Case:
     @property
     def label(self) -> str:
         return f"{'2-call' if self.patient_fake else '1-call'} ({self.config})"
+
+    @property
+    def ideal_s(self) -> float:
+        """Backend calls (median over runs) × latency / slots: a perfectly busy backend."""
+        return int(median([float(c) for c in self.calls])) * LATENCY_S / SLOTS
 
     @property
     def sessions_in_flight(self) -> int:
@@ -130,7 +136,7 @@ def result_line(case: Case) -> str:
     """The case's RESULT line: median wall, call count, efficiency (and bound for (b))."""
     wall = median(case.walls)
     n_calls = int(median([float(c) for c in case.calls]))
-    ideal = n_calls * LATENCY_S / SLOTS
+    ideal = case.ideal_s
     line = (
         f"RESULT efficiency {case.label}: median {wall:.2f} s of {len(case.walls)} runs "
         f"{fmt_s(case.walls)}; {n_calls} backend calls (server count); "
@@ -142,7 +148,18 @@ def result_line(case: Case) -> str:
             f"{ideal / case.bound_s:.2f} (measured reaches {case.bound_s / wall:.0%} of it)"
         )
     cpu = median(case.cpus)
-    return line + f"; runner CPU {cpu:.1f} s = {cpu / wall:.0%} of wall"
+    line += f"; runner CPU {cpu:.1f} s = {cpu / wall:.0%} of wall"
+    if case.config == "a":
+        line += f"; target ≥ {TARGET:.2f} {'met' if ideal / wall >= TARGET else 'MISSED'}"
+    return line
+
+
+def missed_target(case: Case) -> str | None:
+    """A problem line when a config (a) case's median efficiency is under the target."""
+    efficiency = case.ideal_s / median(case.walls)
+    if case.config != "a" or efficiency >= TARGET:
+        return None
+    return f"{case.label}: efficiency {efficiency:.2f} is under the {TARGET:.2f} target"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n({time.perf_counter() - started:.0f} s in all)")
     for case in cases:
         print(result_line(case))
+        problems += [p for p in [missed_target(case)] if p]
     for problem in problems:
         print(f"PROBLEM {problem}", file=sys.stderr)
     return 1 if problems else 0

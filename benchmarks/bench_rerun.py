@@ -41,6 +41,7 @@ from _common import (
 )
 
 SESSIONS = 200
+TARGET_FRACTION = 0.05  # a rerun takes at most 5 % of the first run's wall time (issue #6)
 
 
 def run_cli(study_path: Path, home: Path) -> tuple[float, str]:
@@ -130,6 +131,10 @@ def main() -> int:
         expect(first.completed == SESSIONS and set(first.turns) == {10}, "first run incomplete")
         expect(again.backend_calls == 0, f"rerun made {again.backend_calls} backend calls")
         expect(again.completed == 0 and again.failed == 0, "rerun simulated sessions again")
+        expect(
+            again.wall_s <= TARGET_FRACTION * first.wall_s,
+            f"in-process rerun took {again.wall_s / first.wall_s:.1%} of the first run",
+        )
         lines.append(
             f"RESULT rerun in-process (run_specs): {again.backend_calls} backend calls; "
             f"{again.wall_s:.3f} s vs first {first.wall_s:.2f} s = {again.wall_s / first.wall_s:.1%}"
@@ -173,6 +178,11 @@ def main() -> int:
         print(f"  CLI rerun:     {cli_again:.2f} s, {calls2 - calls1} backend calls", flush=True)
         expect(cli_counts(out) == (0, 0, SESSIONS), f"CLI rerun: {cli_counts(out)}")
         expect(calls2 == calls1, f"CLI rerun made {calls2 - calls1} backend calls")
+        expect(
+            cli_again <= TARGET_FRACTION * cli_first,
+            f"CLI rerun took {cli_again / cli_first:.1%} of the first run "
+            f"(target ≤ {TARGET_FRACTION:.0%})",
+        )
         doc_new = {**doc_cli, "output": str(root / "cli-run-new-store")}
         new_path = write_study(doc_new, root / "study-new-store.yaml")
         cli_warm, out = run_cli(new_path, home)
