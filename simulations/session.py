@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -85,6 +85,11 @@ class SessionDeps:
     system_prompt: str | None
     raw: bool
     on_turn: TurnCallback | None = None
+    session_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        # spec.session_id hashes the whole spec; every turn's context needs it
+        self.session_id = self.spec.session_id
 
 
 # --------------------------------------------------------------------------- helpers
@@ -98,7 +103,7 @@ def _ctx(deps: SessionDeps, state: SessionState) -> TurnContext:
     pending = state.get("pending_therapist")
     last_codes = tuple(BehaviourCode(c) for c in pending.codes) if pending else ()
     return TurnContext(
-        session_id=deps.spec.session_id,
+        session_id=deps.session_id,
         modality=deps.persona.modality,
         persona=deps.persona,
         protocol_id=deps.protocol.id,
