@@ -16,6 +16,7 @@ from therasim.agents.llm import (
     GatewayConfig,
     Price,
     RoleConfig,
+    _status_error,
     parse_model_spec,
 )
 from therasim.agents.scripted import register_scripted
@@ -222,6 +223,25 @@ async def test_http_answers_map_onto_the_error_tree(tmp_path: Path, real_request
         g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", max_attempts=2)
         with pytest.raises(ServerError, match=r"malformed chat completion.*after 2 attempts"):
             await g.complete(req())
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "detail"),
+    [
+        (429, b'{"error": {"message": "slow down"}}', RateLimited, "HTTP 429: slow down"),
+        (408, b"", ModelTimeout, "HTTP 408: "),
+        (503, b"upstream busy", ServerError, "HTTP 503: upstream busy"),
+        (400, b'{"error": "bad request"}', PermanentModelError, "HTTP 400: bad request"),
+        (404, b'{"detail": "no such model"}', PermanentModelError, 'HTTP 404: {"detail"'),
+    ],
+)
+def test_status_codes_map_onto_the_tree(
+    status: int, body: bytes, kind: type[Exception], detail: str
+) -> None:
+    error = _status_error(status, body, "subject", "openai:m")
+    assert type(error) is kind
+    assert error.detail.startswith(detail)
+    assert str(error).startswith("[role subject, model openai:m] HTTP")
 
 
 async def test_dropped_connection_is_retried(tmp_path: Path, real_requests: None) -> None:
