@@ -175,6 +175,7 @@ class FakeOpenAIServer:
             )
         if not path.endswith("/chat/completions"):
             return "404 Not Found", json.dumps({"error": {"message": f"no route {path}"}})
+        started = asyncio.get_running_loop().time()
         body = json.loads(raw or b"{}")
         self.requests.append(body)
         if (
@@ -186,11 +187,21 @@ class FakeOpenAIServer:
                 {"error": {"message": "response_format json_schema not supported"}}
             )
         outcome = self._next_outcome()
+        answer = self._answer(body, outcome)
         delay = self.latency_s + (
             self.rng.uniform(-self.jitter_s, self.jitter_s) if self.jitter_s else 0.0
         )
-        if delay > 0:
-            await asyncio.sleep(max(0.0, delay))
+        # the latency counts from when serving began, so the server's own parsing and encoding
+        # do not lengthen it
+        remaining = delay - (asyncio.get_running_loop().time() - started)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        if outcome == "timeout":
+            await asyncio.sleep(self.hang_s)
+        return answer
+
+    def _answer(self, body: dict[str, Any], outcome: str) -> tuple[str, str]:
+        """Status line and body for ``outcome``."""
         if outcome == "429":
             return "429 Too Many Requests", json.dumps(
                 {"error": {"message": "rate limited", "type": "rate_limit"}}
@@ -212,8 +223,6 @@ class FakeOpenAIServer:
             return "200 OK", "<html>gateway error</html>"
         if outcome == DISCONNECT:
             return DISCONNECT, ""
-        if outcome == "timeout":
-            await asyncio.sleep(self.hang_s)
         text = '{"met": tru, "reason": "broken' if outcome == "broken_json" else self.reply(body)
         prompt_tokens = sum(len(str(m.get("content", ""))) // 4 for m in body.get("messages", []))
         return "200 OK", json.dumps(
