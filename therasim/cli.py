@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,13 +30,15 @@ Handler = Callable[[argparse.Namespace], int]
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Versions, backends, the local model and cache; then one real completion from the local model."""
+    import importlib.metadata
+    import platform
+
     from therasim.agents.llm import BACKENDS, Gateway, GatewayConfig, RoleConfig, therasim_home
     from therasim.agents.local import bundled_model_path
     from therasim.agents.scripted import scripted_names
-
-    _register_scripted_judges()
     from therasim.agents.types import CompletionRequest
 
+    _register_scripted_judges()
     table = Table(title="therasim doctor", show_header=False)
     table.add_row("therasim", __version__)
     table.add_row("python", f"{platform.python_version()} ({sys.executable})")
