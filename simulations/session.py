@@ -14,10 +14,10 @@
 Each node routes by returning a ``Command`` (its update and where to go), not through
 conditional edges: LangGraph gives a conditional edge a fresh copy of every channel, which was a
 tenth of a turn's CPU in large studies (``benchmarks/``). The topology never changes; the
-protocol phase is a field of the state. Dependencies (persona,
-protocol graph, gateway) travel in the run context, not in the state, so the state stays plain
-data. Errors from a participant end the session with ``*_error`` and are recorded; they never
-escape as exceptions and are never saved as a reply.
+protocol phase is a field of the state. Dependencies (persona, protocol graph, gateway) travel
+in the run context, not in the state, so the state stays plain data. Errors from a participant
+end the session with ``*_error`` and are recorded; they never escape as exceptions and are never
+saved as a reply.
 """
 
 from __future__ import annotations
