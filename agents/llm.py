@@ -804,7 +804,7 @@ class Gateway:
         )
         return _Raw(text, _approx_usage(request, text))
 
-    def _endpoint(self, model: ModelSpec) -> _Endpoint:
+    def _endpoint(self, model: ModelSpec, role: str) -> _Endpoint:
         """Where an ``openai:``/``local`` spec's requests go, resolved once per spec."""
         endpoint = self._endpoints.get(model.raw)
         if endpoint is not None:
@@ -821,7 +821,7 @@ class Gateway:
             api_key = os.environ.get(env)
             if api_key is None and model.base_url is None:
                 raise PermanentModelError(
-                    f"no API key: set the environment variable {env}", model=model.raw
+                    f"no API key: set the environment variable {env}", role=role, model=model.raw
                 )
             base = model.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_BASE
             endpoint = _Endpoint(
@@ -864,10 +864,7 @@ class Gateway:
         """
         import aiohttp
 
-        try:
-            endpoint = self._endpoint(model)
-        except PermanentModelError as exc:
-            raise PermanentModelError(exc.detail, role=request.role, model=model.raw) from exc
+        endpoint = self._endpoint(model, request.role)
         payload: dict[str, Any] = {
             "model": endpoint.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],

@@ -64,9 +64,14 @@ class Case:
         return f"{'2-call' if self.patient_fake else '1-call'} ({self.config})"
 
     @property
+    def n_calls(self) -> int:
+        """Backend calls, median over the runs (the server's count)."""
+        return int(median([float(c) for c in self.calls]))
+
+    @property
     def ideal_s(self) -> float:
-        """Backend calls (median over runs) × latency / slots: a perfectly busy backend."""
-        return int(median([float(c) for c in self.calls])) * LATENCY_S / SLOTS
+        """Backend calls × latency / slots: the time a perfectly busy backend needs."""
+        return self.n_calls * LATENCY_S / SLOTS
 
     @property
     def sessions_in_flight(self) -> int:
@@ -135,11 +140,10 @@ def run_once(
 def result_line(case: Case) -> str:
     """The case's RESULT line: median wall, call count, efficiency (and bound for (b))."""
     wall = median(case.walls)
-    n_calls = int(median([float(c) for c in case.calls]))
     ideal = case.ideal_s
     line = (
         f"RESULT efficiency {case.label}: median {wall:.2f} s of {len(case.walls)} runs "
-        f"{fmt_s(case.walls)}; {n_calls} backend calls (server count); "
+        f"{fmt_s(case.walls)}; {case.n_calls} backend calls (server count); "
         f"ideal {ideal:.2f} s → efficiency {ideal / wall:.2f}"
     )
     if case.config == "b":
