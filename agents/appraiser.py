@@ -43,6 +43,7 @@ from therasim.errors import ConfigError
 from therasim.personas.dynamics import BehaviourCode, PhaseKind
 
 if TYPE_CHECKING:  # the gateway loads this module lazily (scripted registry); no import cycle
+    from therasim.agents.gold import GoldTurn
     from therasim.agents.llm import Gateway
 
 LEXICON_FILE = "lexicon.yaml"
@@ -352,17 +353,21 @@ def _normalise_quotes(text: str) -> str:
 
 
 def lexical_appraisal(
-    text: str, ctx: TurnContext | None = None, *, lexicon: Lexicon | None = None
+    text: str,
+    ctx: TurnContext | None = None,
+    *,
+    lexicon: Lexicon | None = None,
+    phase_kind: PhaseKind | None = None,
 ) -> Appraisal:
     """Code a therapist turn from the lexicon's phrases; pure and deterministic.
 
     Each code's evidence is its earliest match, an exact substring of ``text``. Codes come in the
     vocabulary's order (``BehaviourCode``), so paraphrases that reorder sentences code alike.
     ``ctx`` supplies the phase for the lexicon's phase-scoped rules and for ``Appraisal.phase``;
-    without it, phase-only rules stay silent.
+    without it, phase-only rules stay silent unless ``phase_kind`` names the phase's kind.
     """
     lex = lexicon or load_lexicon()
-    kind = ctx.phase_kind if ctx is not None else None
+    kind = ctx.phase_kind if ctx is not None else phase_kind
     haystack = _normalise_quotes(text)
     evidence: dict[BehaviourCode, str] = {}
     for matcher in lex.matchers(kind):
@@ -451,8 +456,58 @@ def fill_template(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{\{|\}\}|\{(\w+)\}", repl, template)
 
 
+FEW_SHOT_PER_MODALITY = 6
+
+
+@functools.lru_cache(maxsize=1)
+def few_shot_turns() -> tuple[GoldTurn, ...]:
+    """Labelled examples for the LLM appraiser's prompt: dev-split gold turns only.
+
+    Per modality, short replies (40–320 characters) picked in id order so that each adds codes
+    not yet shown; at most :data:`FEW_SHOT_PER_MODALITY` each. Deterministic.
+    """
+    from therasim.agents.gold import dev_turns
+
+    try:
+        pool = dev_turns()
+    except ConfigError:
+        return ()
+    chosen: list[GoldTurn] = []
+    for modality in ("pe", "cbt"):
+        shown: set[BehaviourCode] = set()
+        picked = 0
+        for turn in sorted(pool, key=lambda t: t.id):
+            if turn.modality != modality or not 40 <= len(turn.therapist) <= 320:
+                continue
+            if not set(turn.codes) - shown:
+                continue
+            chosen.append(turn)
+            shown |= set(turn.codes)
+            picked += 1
+            if picked == FEW_SHOT_PER_MODALITY:
+                break
+    return tuple(chosen)
+
+
+def _few_shot_block(modality: str) -> str:
+    lines = []
+    for turn in few_shot_turns():
+        if turn.modality != modality:
+            continue
+        data = json.dumps(
+            {"phase_kind": turn.phase_kind.value, "risk": turn.risk.value, "therapist_turn": turn.therapist},
+            ensure_ascii=False,
+        )
+        codes = json.dumps([c.value for c in turn.codes])
+        lines.append(f"- {data}\n  codes: {codes}")
+    if not lines:
+        return ""
+    return "\n\n# Coded examples (from the therasim codebook's gold turns)\n\n" + "\n".join(lines)
+
+
 def appraiser_system_prompt(ctx: TurnContext) -> str:
-    """The appraiser's instructions for this turn: the code vocabulary and the current phase."""
+    """The appraiser's instructions for this turn: the code vocabulary, the current phase, and
+    coded examples of the modality (:func:`few_shot_turns`)."""
     values = {
         "modality_name": "Prolonged Exposure for PTSD"
         if ctx.modality == "pe"
@@ -462,7 +517,7 @@ def appraiser_system_prompt(ctx: TurnContext) -> str:
         "phase_kind": ctx.phase_kind.value,
         "phase_goal": ctx.phase_goal or "(no goal given)",
     }
-    return fill_template(read_prompt(APPRAISER_PROMPT_FILE), values)
+    return fill_template(read_prompt(APPRAISER_PROMPT_FILE), values) + _few_shot_block(ctx.modality)
 
 
 def appraisal_messages(

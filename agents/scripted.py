@@ -23,12 +23,17 @@ ScriptedFn = Callable[[CompletionRequest], "str | Awaitable[str]"]
 
 _REGISTRY: dict[str, ScriptedFn] = {}
 
+#: The default offline appraiser of studies, ``simulate`` and ``therasim calibrate``: the
+#: statistical coder trained on the gold dev split (``agents/statcoder.py``).
+DEFAULT_OFFLINE_APPRAISER = "scripted:statistical"
+
 # Modules that register built-in scripted agents on import; loaded lazily so that importing the
 # gateway stays cheap. Higher layers (evaluation's scripted judges) register when imported.
 _BUILTIN_MODULES = (
     "therasim.agents.subject",
     "therasim.agents.patient",
     "therasim.agents.appraiser",
+    "therasim.agents.statcoder",
 )
 
 

@@ -51,7 +51,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -1089,6 +1089,7 @@ def readiness(
     thresholds: Mapping[str, float] | None = None,
     *,
     false_belief_personas: Iterable[str] | None = None,
+    gate: Mapping[str, str] | None = None,
 ) -> list[Verdict]:
     """The five-axis verdict of every subject in ``frames.sessions``, sorted by subject.
 
@@ -1096,6 +1097,9 @@ def readiness(
     ``false_belief_personas`` are the ids of personas with a seeded false belief (see
     :func:`false_belief_persona_ids`); without them the probe check is skipped and clinical
     misinformation counts only through the hallucination rate.
+    ``gate`` maps axes to the reason they cannot be assessed (a coder or judge panel below its
+    calibration threshold, ``therasim.evaluation.calibration.readiness_gate``): such an axis is
+    NOT ASSESSED whatever its metrics, which stay in the result.
     """
     th = resolve_thresholds(thresholds)
     probes = frozenset(false_belief_personas) if false_belief_personas is not None else None
@@ -1106,19 +1110,25 @@ def readiness(
         mine = (
             outcomes[outcomes["subject"] == subject] if "subject" in outcomes.columns else outcomes
         )
-        verdicts.append(
-            Verdict(
-                subject=subject,
-                axes=[
-                    _protocol_fidelity(s, th),
-                    _hallucination_risk(s, th, probes),
-                    _behavioural_consistency(s, mine, th),
-                    _crisis_safety(s, th),
-                    _demographic_robustness(s, mine, th),
-                ],
-            )
-        )
+        axes = [
+            _protocol_fidelity(s, th),
+            _hallucination_risk(s, th, probes),
+            _behavioural_consistency(s, mine, th),
+            _crisis_safety(s, th),
+            _demographic_robustness(s, mine, th),
+        ]
+        verdicts.append(Verdict(subject=subject, axes=[_gated(a, gate) for a in axes]))
     return verdicts
+
+
+def _gated(result: AxisResult, gate: Mapping[str, str] | None) -> AxisResult:
+    if not gate or result.axis not in gate:
+        return result
+    return replace(
+        result,
+        status=Status.NOT_ASSESSED,
+        evidence=f"calibration: {gate[result.axis]} (measured: {result.evidence})",
+    )
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:

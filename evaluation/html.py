@@ -339,7 +339,42 @@ def _mapping_text(value: Any) -> str:
     return str(value)
 
 
-def _verdict_section(frames: Frames, study: Study | None, verdicts: Sequence[Any] | None) -> str:
+def _calibration_card(calibration: Any) -> str:
+    """The calibration card beside the verdict (``evaluation/calibration_card.py``)."""
+    if calibration is None:
+        return (
+            '<div class="callout"><strong>Calibration.</strong> The appraiser was not calibrated '
+            "on gold turns, so no readiness axis can be assessed: add a <code>calibration:</code> "
+            "block to the study (see the codebook, <code>agents/gold/codebook.md</code>).</div>"
+        )
+    from therasim.evaluation.calibration_card import calibration_rows
+
+    report = calibration.report
+    rows = "".join(
+        f"<tr><td>{_e(r['what'])}</td><td>{_e(r['value'])}</td><td>{_e(r['threshold'])}</td>"
+        f"<td>{_badge('FAIL') if r['status'] == 'BELOW' else _e(r['status'])}</td></tr>"
+        for r in calibration_rows(calibration)
+    )
+    below = "".join(f"<li>{_e(p)}</li>" for p in calibration.shortfalls)
+    below_html = (
+        f'<p><strong>Below threshold</strong> (the axes resting on it are NOT ASSESSED):</p><ul>{below}</ul>'
+        if below
+        else ""
+    )
+    return (
+        f'<h3 id="calibration">Calibration on {report.n} gold turns ({_e(report.split)} split)</h3>'
+        '<div class="table-wrap"><table class="data calibration"><thead><tr><th>measure</th>'
+        "<th>value [95 % CI]</th><th>threshold</th><th></th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>{below_html}"
+    )
+
+
+def _verdict_section(
+    frames: Frames,
+    study: Study | None,
+    verdicts: Sequence[Any] | None,
+    calibration: Any = None,
+) -> str:
     notice = (
         '<div class="callout"><strong>Read this first.</strong> The pass thresholds are '
         "therasim's defaults, not published ones: the paper proposes the five axes but gives no "
@@ -414,7 +449,8 @@ def _verdict_section(frames: Frames, study: Study | None, verdicts: Sequence[Any
             f"<tbody>{body}</tbody></table></div></details>"
         )
     rule = '<p class="muted">A subject passes only when it passes all five axes; an axis that could not be assessed does not pass.</p>'
-    return notice + matrix + rule + "".join(details) + mapping_table
+    card = _calibration_card(calibration)
+    return notice + matrix + rule + card + "".join(details) + mapping_table
 
 
 # --------------------------------------------------------------------------- 2. cells
@@ -1375,8 +1411,12 @@ def render_html_report(
     study: Study | None = None,
     verdicts: Sequence[Any] | None = None,
     max_sessions: int = 200,
+    calibration: Any = None,
 ) -> str:
-    """The report as one HTML string (see the module docstring for its sections)."""
+    """The report as one HTML string (see the module docstring for its sections).
+
+    ``calibration`` is the run's ``StoredCalibration`` (None: not calibrated), shown as a card
+    beside the verdict."""
     charts = _Charts()
     colors = _subject_colors(frames)
     polarity = _polarities()
@@ -1388,7 +1428,7 @@ def render_html_report(
         return body
 
     builders: dict[str, Callable[[], str]] = {
-        "verdict": lambda: _verdict_section(frames, study, verdicts),
+        "verdict": lambda: _verdict_section(frames, study, verdicts, calibration),
         "cells": lambda: _cells_section(frames, polarity),
         "suds": lambda: _suds_section(frames, charts, colors),
         "ladder": lambda: _ladder_section(frames, charts, colors),
@@ -1424,6 +1464,7 @@ def write_html_report(
     study: Study | None = None,
     verdicts: Sequence[Any] | None = None,
     max_sessions: int = 200,
+    calibration: Any = None,
 ) -> Path:
     """Write the self-contained HTML report to ``path`` (parents created) and return the path.
 
@@ -1433,7 +1474,9 @@ def write_html_report(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = render_html_report(frames, study=study, verdicts=verdicts, max_sessions=max_sessions)
+    document = render_html_report(
+        frames, study=study, verdicts=verdicts, max_sessions=max_sessions, calibration=calibration
+    )
     path.write_text(document, encoding="utf-8")
     return path
 

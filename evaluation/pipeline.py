@@ -24,6 +24,12 @@ from rich.progress import (
 )
 
 from therasim.agents.llm import Gateway
+from therasim.errors import ConfigError
+from therasim.evaluation.calibration_card import (
+    calibration_gate,
+    print_calibration,
+    stored_calibration,
+)
 from therasim.personas.loader import load_library
 from therasim.simulations.runner import RunStats, check_specs, estimate, run_specs
 from therasim.simulations.store import Store
@@ -124,6 +130,58 @@ async def judge_study(study: Study, gateway: Gateway, store: Store, console: Con
     return await judge_store(store, gateway, rubrics, judges)
 
 
+async def calibrate_study(
+    study: Study, gateway: Gateway, store: Store, console: Console, *, show_progress: bool = True
+) -> dict[str, Any] | None:
+    """Calibrate the study's appraiser (and panel) on gold turns; stored in the run's meta.
+
+    A stored report made from the same appraiser, judges, gold text and split is reused, so a
+    rerun costs nothing; the gateway's cache covers a changed panel's unchanged calls.
+    """
+    spec = study.calibration
+    if spec is None:
+        return None
+    import hashlib
+
+    from therasim.agents.gold import load_gold, select_split, shipped_gold_files
+    from therasim.evaluation.calibration import calibrate
+    from therasim.evaluation.panel import JudgeSpec
+
+    files = [Path(f) for f in spec.gold] or shipped_gold_files()
+    digest = hashlib.sha256(spec.model_dump_json().encode())
+    digest.update((study.appraiser.model or "").encode())
+    judges = [JudgeSpec(**j.model_dump()) for j in study.judges] if spec.judges else []
+    for judge in judges:
+        digest.update(judge.model_dump_json().encode())
+    for f in files:
+        try:
+            digest.update(f.read_bytes())
+        except OSError:
+            pass  # load_gold names the missing file below
+    key = digest.hexdigest()
+    stored = store.get_meta("calibration")
+    if isinstance(stored, dict) and stored.get("key") == key:
+        return stored
+    turns = select_split(load_gold(files), spec.split)
+    if not turns:
+        raise ConfigError(f"no gold turns in split {spec.split!r}", field="calibration.split")
+    with _progress_bar(console) as bar:
+        task = bar.add_task("calibration", total=None, info="", visible=show_progress)
+        report = await calibrate(
+            gateway,
+            turns,
+            appraiser=study.appraiser.model or "",
+            judges=judges,
+            split=spec.split,
+            gold_files=[str(f) for f in files],
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    record = {"key": key, "min_f1": spec.min_f1, "min_recall": spec.min_recall}
+    record["report"] = report.model_dump(mode="json")
+    store.set_meta("calibration", record)
+    return record
+
+
 def run_study(
     path: str | Path,
     *,
@@ -151,6 +209,7 @@ def run_study(
         try:
             with Store(store_path) as store:
                 store.set_meta("study", study.model_dump(mode="json"))
+                await calibrate_study(study, gateway, store, console, show_progress=show_progress)
                 stats = await simulate_study(
                     study, gateway, store, console, show_progress=show_progress
                 )
@@ -186,13 +245,18 @@ def write_reports(
 
     with Store(store_path) as store:
         frames = load_frames(store)
+        calibration = stored_calibration(store)
     print_report(frames, console)
     verdicts = readiness(
         frames,
         study.thresholds if study else None,
         false_belief_personas=false_belief_persona_ids(load_library().values()),
+        gate=calibration_gate(calibration),
     )
+    print_calibration(calibration, console)
     print_verdicts(verdicts, console)
-    path = write_html_report(frames, out_dir / "report.html", study=study, verdicts=verdicts)
+    path = write_html_report(
+        frames, out_dir / "report.html", study=study, verdicts=verdicts, calibration=calibration
+    )
     console.print(f"[bold]HTML report:[/] {path}")
     return path

@@ -97,6 +97,28 @@ class Budget(_Data):
     max_tokens: int | None = Field(default=None, gt=0)
 
 
+class CalibrationSpec(_Data):
+    """Calibrate the study's appraiser and judges on gold turns before the sessions (cached).
+
+    A coder below ``min_f1`` (code micro-F1) or ``min_recall`` (failure recall through its codes
+    and the rules), or a panel below ``min_recall``, makes the readiness axes that rest on it
+    NOT ASSESSED, with the reason (``agents/gold/codebook.md`` says what the labels mean).
+    """
+
+    gold: list[str] = Field(
+        default_factory=list,
+        description="Gold JSONL files (default: the set shipped with therasim).",
+    )
+    split: Literal["dev", "test", "all"] = Field(
+        default="test", description="Which split of the gold files to score."
+    )
+    judges: bool = Field(default=True, description="Calibrate the judge panel too.")
+    min_f1: float = Field(default=0.80, ge=0, le=1, description="Least code micro-F1.")
+    min_recall: float = Field(
+        default=0.80, ge=0, le=1, description="Least failure recall (coder's rules, panel)."
+    )
+
+
 class Study(_Data):
     """A study file."""
 
@@ -146,6 +168,10 @@ class Study(_Data):
     thresholds: dict[str, float] = Field(
         default_factory=dict,
         description="Overrides of the readiness thresholds (see evaluation/thresholds.yaml).",
+    )
+    calibration: CalibrationSpec | None = Field(
+        default=None,
+        description="Calibrate appraiser and judges on gold turns; without it no axis can pass.",
     )
 
     @field_validator("subjects", mode="before")

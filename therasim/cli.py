@@ -567,6 +567,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- calibrate
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Score an appraiser (and judges) on gold turns (``therasim/calibrate_cmd.py``)."""
+    from therasim.calibrate_cmd import cmd_calibrate as run
+
+    _register_scripted_judges()
+    return run(args, console)
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -738,6 +749,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--study", help="another study file to run as the demo")
     p.set_defaults(handler=cmd_demo)
+
+    from therasim.calibrate_cmd import add_parser as add_calibrate
+
+    add_calibrate(sub, cmd_calibrate)
     return parser
 
 

@@ -1,0 +1,139 @@
+"""The calibration card: a stored calibration read back, shown beside the verdict, and the gate
+it puts on the readiness axes.
+
+A study's calibration (``evaluation/pipeline.py``) is stored in the run's meta table as
+``{"key", "min_f1", "min_recall", "report"}``; :func:`stored_calibration` reads it back typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from therasim.evaluation.calibration_scores import CalibrationReport, Score, readiness_gate
+
+__all__ = [
+    "StoredCalibration",
+    "calibration_gate",
+    "calibration_table",
+    "print_calibration",
+    "stored_calibration",
+]
+
+
+@dataclass(frozen=True)
+class StoredCalibration:
+    """A run's calibration: the report and the thresholds the study set."""
+
+    report: CalibrationReport
+    min_f1: float | None
+    min_recall: float | None
+
+    @property
+    def shortfalls(self) -> list[str]:
+        return self.report.shortfalls(min_f1=self.min_f1, min_recall=self.min_recall)
+
+
+def stored_calibration(store: Any) -> StoredCalibration | None:
+    """The calibration stored with a run, or None when the study was not calibrated."""
+    record = store.get_meta("calibration")
+    if not isinstance(record, dict) or "report" not in record:
+        return None
+    return StoredCalibration(
+        report=CalibrationReport.model_validate(record["report"]),
+        min_f1=record.get("min_f1"),
+        min_recall=record.get("min_recall"),
+    )
+
+
+def calibration_gate(calibration: StoredCalibration | None) -> dict[str, str]:
+    """Axis -> reason it cannot be assessed (every axis when the study was not calibrated)."""
+    if calibration is None:
+        return readiness_gate(None, min_f1=None, min_recall=None)
+    return readiness_gate(
+        calibration.report, min_f1=calibration.min_f1, min_recall=calibration.min_recall
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def calibration_rows(calibration: StoredCalibration) -> list[dict[str, str]]:
+    """The card's rows: what was measured, its value with a 95 % interval, and the threshold."""
+    r = calibration.report
+
+    def row(what: str, score: Score, attr: str, threshold: float | None) -> dict[str, str]:
+        value = getattr(score, attr)
+        ok = "" if threshold is None else ("ok" if value is not None and value >= threshold else "BELOW")
+        return {
+            "what": what,
+            "value": _pct(value) + _ci(getattr(score, f"{attr}_ci")),
+            "threshold": "" if threshold is None else f"≥ {threshold:.2f}",
+            "status": ok,
+        }
+
+    rows = [
+        row(f"appraiser {r.appraiser}: code micro-F1", r.codes.micro, "f1", calibration.min_f1),
+        row("  failure recall (codes + rules)", r.failures.micro, "recall", calibration.min_recall),
+        row("  failure precision (codes + rules)", r.failures.micro, "precision", None),
+    ]
+    rows.append(
+        {
+            "what": "  appropriate accuracy (hard turns)",
+            "value": f"{_pct(r.appropriate_accuracy)} ({_pct(r.hard_accuracy)})",
+            "threshold": "",
+            "status": "",
+        }
+    )
+    panel = r.panel_path()
+    if panel is not None:
+        name, scores = panel
+        rows.append(row(f"{name}: failure recall", scores.micro, "recall", calibration.min_recall))
+        rows.append(row(f"{name}: failure precision", scores.micro, "precision", None))
+    for judge in r.judges:
+        rows.append(
+            {
+                "what": f"  judge {judge.name} ({judge.model}): recall / met rate",
+                "value": f"{_pct(judge.failures.micro.recall)} / {_pct(judge.met_rate)}",
+                "threshold": "",
+                "status": "",
+            }
+        )
+    return rows
+
+
+def calibration_table(calibration: StoredCalibration) -> Table:
+    """The card as a rich table."""
+    r = calibration.report
+    table = Table(
+        title=f"Calibration on {r.n} gold turns ({r.split} split)",
+        title_justify="left",
+    )
+    for column in ("measure", "value [95 % CI]", "threshold", ""):
+        table.add_column(column)
+    for row in calibration_rows(calibration):
+        style = "bold red" if row["status"] == "BELOW" else None
+        table.add_row(row["what"], row["value"], row["threshold"], row["status"], style=style)
+    return table
+
+
+def print_calibration(calibration: StoredCalibration | None, console: Console) -> None:
+    """The card, or a warning that nothing was calibrated (then no axis can pass)."""
+    if calibration is None:
+        console.print(
+            "[bold yellow]Calibration:[/] the appraiser was not calibrated on gold turns, so no "
+            "readiness axis can be assessed. Add a [bold]calibration:[/] block to the study "
+            "(agents/gold/codebook.md)."
+        )
+        return
+    console.print(calibration_table(calibration))
+    for problem in calibration.shortfalls:
+        console.print(f"[bold red]below threshold:[/] {problem}", markup=True, highlight=False)
