@@ -435,6 +435,18 @@ def therapist_text_of(request: CompletionRequest) -> str:
     return users[-1] if users else ""
 
 
+def patient_text_of(request: CompletionRequest) -> str:
+    """The patient line an appraisal request carries as context ("" when there is none)."""
+    for message in reversed(request.messages):
+        if message.role != "user":
+            continue
+        data = _data_block(message.content)
+        if data is not None:
+            value = data.get("previous_patient_turn")
+            return value if isinstance(value, str) else ""
+    return ""
+
+
 @register_scripted("lexical")
 def scripted_lexical(request: CompletionRequest) -> str:
     """``scripted:lexical``: the lexical appraisal of the request's therapist text, as JSON."""
@@ -494,12 +506,13 @@ def _few_shot_block(modality: str) -> str:
     for turn in few_shot_turns():
         if turn.modality != modality:
             continue
+        lines.append(f"Example {len(lines) // 2 + 1}:")
         data = json.dumps(
             {"phase_kind": turn.phase_kind.value, "risk": turn.risk.value, "therapist_turn": turn.therapist},
             ensure_ascii=False,
         )
         codes = json.dumps([c.value for c in turn.codes])
-        lines.append(f"- {data}\n  codes: {codes}")
+        lines.append(f"{data}\ncodes: {codes}")
     if not lines:
         return ""
     return "\n\n# Coded examples (from the therasim codebook's gold turns)\n\n" + "\n".join(lines)

@@ -24,14 +24,17 @@ import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from therasim.agents.appraiser import (
     Appraisal,
     Evidence,
     lexical_appraisal,
+    patient_text_of,
     therapist_text_of,
 )
 from therasim.agents.context import TurnContext
@@ -42,14 +45,74 @@ from therasim.errors import ConfigError
 from therasim.personas.dynamics import BehaviourCode, PhaseKind, RiskLevel
 
 __all__ = [
-    "StatisticalCoder", "load_coder", "train_coder", "training_turns"]
+    "StatisticalCoder",
+    "load_cues", "load_coder", "train_coder", "training_turns"]
 
-CODER_VERSION = 1
+CODER_VERSION = 3
 _CODES = tuple(BehaviourCode)
 _KINDS = tuple(PhaseKind)
 _RISKS = tuple(RiskLevel)
 _MIN_POSITIVES = 3  # fewer dev examples than this: the code is left to the lexicon
-_SENTENCE = re.compile(r"[^.!?¿¡\n]+[.!?]*")
+_PROMPTS = Path(__file__).parent / "prompts"
+
+
+def load_cues(paths: Sequence[str | Path] | None = None) -> dict[str, tuple[re.Pattern[str], ...]]:
+    """Code -> compiled cue patterns from the cue files (default: ``agents/prompts/cues_*.yaml``).
+
+    Cues are broad, multilingual phrase patterns written from the codebook's definitions; the
+    coder takes their hits as features and learns how far to trust each. ``ConfigError`` names
+    the file and the field of a bad entry.
+    """
+    files = [Path(p) for p in paths] if paths is not None else sorted(_PROMPTS.glob("cues_*.yaml"))
+    out: dict[str, list[re.Pattern[str]]] = {}
+    known = {c.value for c in BehaviourCode}
+    for path in files:
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot be read: {exc}", file=str(path)) from None
+        codes = doc.get("codes") if isinstance(doc, dict) else None
+        if not isinstance(codes, dict):
+            raise ConfigError("must have a 'codes' mapping", file=str(path), field="codes")
+        for code, patterns in codes.items():
+            if code not in known:
+                raise ConfigError(f"unknown behaviour code {code!r}", file=str(path), field=f"codes.{code}")
+            for i, pattern in enumerate(patterns or []):
+                try:
+                    out.setdefault(code, []).append(re.compile(str(pattern), re.IGNORECASE))
+                except re.error as exc:
+                    raise ConfigError(
+                        f"invalid regular expression {pattern!r}: {exc}",
+                        file=str(path),
+                        field=f"codes.{code}.{i}",
+                    ) from None
+    return {code: tuple(regexes) for code, regexes in out.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _cues() -> dict[str, tuple[re.Pattern[str], ...]]:
+    """The bundled cues, each code's patterns joined into one alternation (one search a code)."""
+    joined: dict[str, tuple[re.Pattern[str], ...]] = {}
+    for code, regexes in load_cues().items():
+        try:
+            one = re.compile("|".join(f"(?:{r.pattern})" for r in regexes), re.IGNORECASE)
+        except re.error:  # e.g. a group name used twice: search pattern by pattern
+            joined[code] = regexes
+        else:
+            joined[code] = (one,)
+    return joined
+
+
+def _cue_spans(text: str) -> dict[str, str]:
+    """Code -> the first cue match in ``text`` (its words, for evidence)."""
+    spans: dict[str, str] = {}
+    for code, regexes in _cues().items():
+        for regex in regexes:
+            match = regex.search(text)
+            if match and match.end() > match.start():
+                spans[code] = match.group(0)
+                break
+    return spans
 
 
 def training_turns() -> list[GoldTurn]:
@@ -57,18 +120,43 @@ def training_turns() -> list[GoldTurn]:
     return dev_turns()
 
 
-def _context_row(modality: str, kind: PhaseKind | None, risk: RiskLevel | None, text: str) -> list[float]:
+_WORD = re.compile(r"[^\W\d_]{4,}")
+
+
+def _echo(text: str, patient: str) -> list[float]:
+    """How much of the patient's line the reply takes up (reflections restate it): the share of
+    the patient's content words, and of their word pairs, that recur in the reply."""
+    theirs = [w.lower() for w in _WORD.findall(patient)]
+    if not theirs:
+        return [0.0, 0.0]
+    mine = [w.lower() for w in _WORD.findall(text)]
+    words = set(theirs)
+    pairs = set(zip(theirs, theirs[1:], strict=False))
+    shared_pairs = pairs & set(zip(mine, mine[1:], strict=False))
+    return [len(words & set(mine)) / len(words), len(shared_pairs) / len(pairs) if pairs else 0.0]
+
+
+def _feature_row(
+    text: str,
+    patient: str,
+    modality: str,
+    kind: PhaseKind | None,
+    risk: RiskLevel | None,
+    lexicon_codes: Sequence[BehaviourCode],
+    cue_codes: Sequence[str],
+) -> list[float]:
+    """The dense part of a turn's features: context one-hots, length, echo of the patient's
+    line, lexicon and cue hits."""
     words = len(text.split())
     row = [1.0 if modality == "pe" else 0.0, 1.0 if modality == "cbt" else 0.0]
     row += [1.0 if kind == k else 0.0 for k in _KINDS]
     row += [1.0 if risk == r else 0.0 for r in _RISKS]
     row += [1.0 if words == 0 else 0.0, 1.0 if words <= 5 else 0.0, math.log1p(words) / 6]
+    row += _echo(text, patient)
+    lexical, cued = set(lexicon_codes), set(cue_codes)
+    row += [1.0 if c in lexical else 0.0 for c in _CODES]
+    row += [1.0 if c.value in cued else 0.0 for c in _CODES]
     return row
-
-
-def _lexicon_row(codes: Sequence[BehaviourCode]) -> list[float]:
-    found = set(codes)
-    return [1.0 if c in found else 0.0 for c in _CODES]
 
 
 @dataclass
@@ -77,83 +165,92 @@ class StatisticalCoder:
 
     word: Any  # TfidfVectorizer
     char: Any  # TfidfVectorizer
-    weights: Any  # scipy.sparse CSR, codes × features
+    weights: np.ndarray  # codes × features, dense: a sparse row times it is one fast product
     bias: np.ndarray
     thresholds: np.ndarray
     trust_lexicon: frozenset[BehaviourCode]  # codes whose lexicon hit is taken as it is
     training_ids: tuple[str, ...]
 
-    def _features(self, texts: Sequence[str], context: Sequence[list[float]]) -> Any:
-        from scipy import sparse
-
-        return sparse.hstack(
-            [
-                self.word.transform(texts),
-                self.char.transform(texts),
-                sparse.csr_matrix(np.array(context, dtype=np.float64)),
-            ],
-            format="csr",
-        )
-
-    def scores(self, texts: Sequence[str], context: Sequence[list[float]]) -> np.ndarray:
+    def scores(self, texts: Sequence[str], dense: Sequence[list[float]]) -> np.ndarray:
         """Decision scores (texts × codes); a code is given where score ≥ its threshold."""
-        x = self._features(texts, context)
-        return np.asarray((x @ self.weights.T).todense()) + self.bias
+        import sklearn
 
-    def appraise(self, text: str, ctx: TurnContext | None) -> Appraisal:
-        """Code one therapist turn (pure, deterministic)."""
-        kind = ctx.phase_kind if ctx is not None else None
-        risk = ctx.state.risk if ctx is not None else None
-        modality = ctx.modality if ctx is not None else ""
-        lexical = lexical_appraisal(text, ctx)
+        # one short text at a time: sklearn's per-call input validation would cost more than
+        # the transform itself
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            x = _matrix(self.word, self.char, texts, np.array(dense, dtype=np.float64))
+        return np.asarray(x @ self.weights_t) + self.bias
+
+    @functools.cached_property
+    def weights_t(self) -> np.ndarray:
+        """The weights as features × codes, contiguous (the product reads them in that order)."""
+        return np.ascontiguousarray(self.weights.T)
+
+    def appraise(self, text: str, ctx: TurnContext | None, patient: str = "") -> Appraisal:
+        """Code one therapist turn (pure, deterministic). Evidence: the lexicon's match, else
+        the first cue match, for each code that has one."""
+        phase = ctx.phase if ctx is not None else None
         if not text.strip():
-            return Appraisal(
-                phase=ctx.phase if ctx else None, codes=[BehaviourCode.TASK_ABANDONMENT]
-            )
-        base = _context_row(modality, kind, risk, text) + _lexicon_row(lexical.codes)
-        score = self.scores([text], [base])[0]
+            return Appraisal(phase=phase, codes=[BehaviourCode.TASK_ABANDONMENT])
+        lexical = lexical_appraisal(text, ctx)
+        cue_spans = _cue_spans(text)
+        row = _feature_row(
+            text,
+            patient,
+            ctx.modality if ctx is not None else "",
+            ctx.phase_kind if ctx is not None else None,
+            ctx.state.risk if ctx is not None else None,
+            lexical.codes,
+            list(cue_spans),
+        )
+        score = self.scores([text], [row])[0]
         chosen = {c for i, c in enumerate(_CODES) if score[i] >= self.thresholds[i]}
         chosen |= set(lexical.codes) & self.trust_lexicon
         codes = [c for c in _CODES if c in chosen]
-        spans = {e.code: e.span for e in lexical.evidence}
-        missing = [c for c in codes if c not in spans]
-        if missing:
-            spans.update(self._sentence_evidence(text, missing, base))
+        spans = {c.value: s for c, s in ((e.code, e.span) for e in lexical.evidence)}
+        for code, span in cue_spans.items():
+            spans.setdefault(code, span)
         return Appraisal(
-            phase=ctx.phase if ctx else None,
+            phase=phase,
             codes=codes,
-            evidence=[Evidence(code=c, span=spans[c]) for c in codes if spans.get(c)],
+            evidence=[Evidence(code=c, span=spans[c.value]) for c in codes if spans.get(c.value)],
         )
 
-    def _sentence_evidence(
-        self, text: str, codes: list[BehaviourCode], base: list[float]
-    ) -> dict[BehaviourCode, str]:
-        sentences = [m.group(0).strip() for m in _SENTENCE.finditer(text) if m.group(0).strip()]
-        if not sentences:
-            return {}
-        scores = self.scores(sentences, [base] * len(sentences))
-        index = {c: i for i, c in enumerate(_CODES)}
-        return {c: sentences[int(np.argmax(scores[:, index[c]]))] for c in codes}
+
+def _matrix(word: Any, char: Any, texts: Sequence[str], dense: np.ndarray) -> Any:
+    from scipy import sparse
+
+    return sparse.hstack(
+        [word.transform(texts), char.transform(texts), sparse.csr_matrix(dense)], format="csr"
+    )
 
 
-def _training_matrix(turns: Sequence[GoldTurn]) -> tuple[list[str], list[list[float]], np.ndarray]:
-    texts, context = [], []
+def _training_rows(turns: Sequence[GoldTurn]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Texts, dense feature rows and the label matrix (turns × codes) of gold turns."""
+    texts, dense = [], []
     labels = np.zeros((len(turns), len(_CODES)), dtype=bool)
     index = {c: i for i, c in enumerate(_CODES)}
     for row, turn in enumerate(turns):
         texts.append(turn.therapist)
         lexical = lexical_appraisal(turn.therapist, phase_kind=turn.phase_kind)
-        context.append(
-            _context_row(turn.modality, turn.phase_kind, turn.risk, turn.therapist)
-            + _lexicon_row(lexical.codes)
+        dense.append(
+            _feature_row(
+                turn.therapist,
+                turn.patient,
+                turn.modality,
+                turn.phase_kind,
+                turn.risk,
+                lexical.codes,
+                list(_cue_spans(turn.therapist)),
+            )
         )
         for code in turn.codes:
             labels[row, index[code]] = True
-    return texts, context, labels
+    return texts, np.array(dense, dtype=np.float64), labels
 
 
 def _best_threshold(y: np.ndarray, s: np.ndarray) -> float:
-    """The decision threshold that maximises F1 on out-of-fold scores (0 on ties: the model's own)."""
+    """The decision threshold that maximises F1 on out-of-fold scores (nearest 0 on ties)."""
     best, best_f1 = 0.0, -1.0
     for t in sorted({0.0, *np.quantile(s, np.linspace(0.02, 0.98, 49)).tolist()}):
         p = s >= t
@@ -164,72 +261,70 @@ def _best_threshold(y: np.ndarray, s: np.ndarray) -> float:
     return best
 
 
-def train_coder(turns: Sequence[GoldTurn]) -> StatisticalCoder:
-    """Fit the coder on ``turns`` (callers pass :func:`training_turns`: the dev split)."""
-    from scipy import sparse
+def _vectorisers() -> tuple[Any, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+
+    return (
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2),
+    )
+
+
+def _fit(x: Any, y: np.ndarray) -> Any:
+    from sklearn.svm import LinearSVC
+
+    return LinearSVC(C=1.0, class_weight="balanced", random_state=0).fit(x, y)
+
+
+def train_coder(turns: Sequence[GoldTurn], *, folds: int = 5) -> StatisticalCoder:
+    """Fit the coder on ``turns`` (callers pass :func:`training_turns`: the dev split).
+
+    Per code: a linear SVM on all turns, and a decision threshold chosen on out-of-fold scores
+    of ``folds``-fold cross-validation over the same turns. A code with fewer than
+    ``_MIN_POSITIVES`` examples is left to the lexicon, as is any code whose lexicon hits were
+    right at least 9 times in 10 (the lexicon's hit is then taken as it is).
+    """
     from sklearn.model_selection import KFold
 
     if len(turns) < 20:
         raise ConfigError(f"the statistical coder needs gold dev turns to train on ({len(turns)})")
-    texts, context, labels = _training_matrix(turns)
-    word = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)
-    ctx = sparse.csr_matrix(np.array(context, dtype=np.float64))
-
-    def fit_features(idx: np.ndarray) -> tuple[Any, Any]:
-        w = TfidfVectorizer(**word.get_params()).fit([texts[i] for i in idx])
-        c = TfidfVectorizer(**char.get_params()).fit([texts[i] for i in idx])
-        return w, c
-
-    def matrix(w: Any, c: Any, idx: np.ndarray) -> Any:
-        sub = [texts[i] for i in idx]
-        return sparse.hstack([w.transform(sub), c.transform(sub), ctx[idx]], format="csr")
-
-    def fit(x: Any, y: np.ndarray) -> Any:
-        return LogisticRegression(
-            C=8.0, class_weight="balanced", solver="liblinear", max_iter=2000, random_state=0
-        ).fit(x, y)
-
-    n = len(turns)
-    everything = np.arange(n)
-    oof = np.zeros(labels.shape)
-    for train_idx, test_idx in KFold(n_splits=5, shuffle=True, random_state=0).split(everything):
-        w, c = fit_features(train_idx)
-        x_train, x_test = matrix(w, c, train_idx), matrix(w, c, test_idx)
+    texts, dense, labels = _training_rows(turns)
+    oof = np.full(labels.shape, -1e6)  # a code never learnt in a fold is never given there
+    for train_idx, test_idx in KFold(n_splits=folds, shuffle=True, random_state=0).split(texts):
+        word, char = _vectorisers()
+        word.fit([texts[i] for i in train_idx])
+        char.fit([texts[i] for i in train_idx])
+        x_train = _matrix(word, char, [texts[i] for i in train_idx], dense[train_idx])
+        x_test = _matrix(word, char, [texts[i] for i in test_idx], dense[test_idx])
         for j in range(labels.shape[1]):
             y = labels[train_idx, j]
-            if y.sum() < 2 or y.all():
-                oof[test_idx, j] = -1e6  # never given out of fold
-                continue
-            oof[test_idx, j] = fit(x_train, y).decision_function(x_test)
+            if y.sum() >= 2 and not y.all():
+                oof[test_idx, j] = _fit(x_train, y).decision_function(x_test)
+    word, char = _vectorisers()
     word.fit(texts)
     char.fit(texts)
-    x_all = matrix(word, char, everything)
+    x_all = _matrix(word, char, texts, dense)
+    lexicon_hits = dense[:, -2 * len(_CODES) : -len(_CODES)].astype(bool)
     rows, bias, thresholds = [], [], []
-    lexical_hits = np.array([row[-len(_CODES) :] for row in context], dtype=bool)
     trust: set[BehaviourCode] = set()
     for j, code in enumerate(_CODES):
-        y = labels[:, j]
-        hits = lexical_hits[:, j]
-        # the lexicon alone is trusted for a code when it was right 9 times in 10 on dev
+        y, hits = labels[:, j], lexicon_hits[:, j]
         if hits.sum() >= 3 and (hits & y).sum() / hits.sum() >= 0.9:
             trust.add(code)
         if y.sum() < _MIN_POSITIVES or y.all():
-            rows.append(sparse.csr_matrix((1, x_all.shape[1])))
+            rows.append(np.zeros(x_all.shape[1]))
             bias.append(-1.0)
             thresholds.append(0.0)
-            trust.add(code)  # too few examples to learn: the lexicon decides
+            trust.add(code)
             continue
-        clf = fit(x_all, y)
-        rows.append(sparse.csr_matrix(clf.coef_))
+        clf = _fit(x_all, y)
+        rows.append(np.asarray(clf.coef_[0], dtype=np.float64))
         bias.append(float(clf.intercept_[0]))
-        thresholds.append(_best_threshold(y, oof[:, j]))
+        thresholds.append(max(0.0, _best_threshold(y, oof[:, j])))
     return StatisticalCoder(
         word=word,
         char=char,
-        weights=sparse.vstack(rows, format="csr"),
+        weights=np.vstack(rows),
         bias=np.array(bias),
         thresholds=np.array(thresholds),
         trust_lexicon=frozenset(trust),
@@ -246,6 +341,8 @@ def _cache_key(turns: Sequence[GoldTurn]) -> str:
     digest = hashlib.sha256()
     digest.update(f"v{CODER_VERSION}/sklearn{sklearn.__version__}".encode())
     digest.update(read_prompt(LEXICON_FILE).encode())
+    for cue_file in sorted(_PROMPTS.glob("cues_*.yaml")):
+        digest.update(cue_file.read_bytes())
     for t in turns:
         digest.update(t.model_dump_json().encode())
     return digest.hexdigest()[:16]
@@ -278,4 +375,6 @@ def load_coder() -> StatisticalCoder:
 @register_scripted("statistical")
 def scripted_statistical(request: CompletionRequest) -> str:
     """``scripted:statistical``: the statistical coder's appraisal of the request's turn, as JSON."""
-    return load_coder().appraise(therapist_text_of(request), request.context).model_dump_json()
+    coder = load_coder()
+    text, patient = therapist_text_of(request), patient_text_of(request)
+    return coder.appraise(text, request.context, patient).model_dump_json()

@@ -26,6 +26,7 @@ from rich.progress import (
 from therasim.agents.llm import Gateway
 from therasim.errors import ConfigError
 from therasim.evaluation.calibration_card import (
+    StoredCalibration,
     calibration_gate,
     print_calibration,
     stored_calibration,
@@ -234,11 +235,25 @@ def run_study(
     )
 
 
+def verdicts_of(
+    frames: Any, study: Study | None, calibration: StoredCalibration | None
+) -> list[Any]:
+    """The readiness verdicts of a run, gated by its calibration (none: no axis can pass)."""
+    from therasim.evaluation.axes import false_belief_persona_ids, readiness
+
+    return readiness(
+        frames,
+        study.thresholds if study else None,
+        false_belief_personas=false_belief_persona_ids(load_library().values()),
+        gate=calibration_gate(calibration),
+    )
+
+
 def write_reports(
     study: Study | None, store_path: Path, out_dir: Path, console: Console
 ) -> Path | None:
-    """Console tables, and the HTML report when the HTML module is available."""
-    from therasim.evaluation.axes import false_belief_persona_ids, print_verdicts, readiness
+    """Console tables, the calibration card and the verdict, and the HTML report."""
+    from therasim.evaluation.axes import print_verdicts
     from therasim.evaluation.frames import load_frames
     from therasim.evaluation.html import write_html_report
     from therasim.evaluation.report import print_report
@@ -247,12 +262,7 @@ def write_reports(
         frames = load_frames(store)
         calibration = stored_calibration(store)
     print_report(frames, console)
-    verdicts = readiness(
-        frames,
-        study.thresholds if study else None,
-        false_belief_personas=false_belief_persona_ids(load_library().values()),
-        gate=calibration_gate(calibration),
-    )
+    verdicts = verdicts_of(frames, study, calibration)
     print_calibration(calibration, console)
     print_verdicts(verdicts, console)
     path = write_html_report(

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
 from therasim.errors import ConfigError, UnknownNameError
 from therasim.personas.dynamics import PatientState, Severity
 from therasim.personas.schema import Persona
@@ -56,7 +57,7 @@ class SessionSpec(BaseModel):
         description="'protocol' (therapist prompt of the protocol), 'raw' (no system prompt) or the prompt text.",
     )
     patient: str = "scripted:template-patient"
-    appraiser: str = "scripted:lexical"
+    appraiser: str = DEFAULT_OFFLINE_APPRAISER
     protocol: str
     max_turns: int = Field(default=20, ge=1, le=200)
     seed: int = 0

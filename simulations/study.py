@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from therasim.agents.llm import GatewayConfig, RoleConfig, parse_model_spec
+from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
 from therasim.errors import ConfigError
 from therasim.personas.dynamics import Severity
 from therasim.personas.loader import select_personas
@@ -131,7 +132,9 @@ class Study(_Data):
     patient: RoleLimits = Field(
         default_factory=lambda: RoleLimits(model="scripted:template-patient")
     )
-    appraiser: RoleLimits = Field(default_factory=lambda: RoleLimits(model="scripted:lexical"))
+    appraiser: RoleLimits = Field(
+        default_factory=lambda: RoleLimits(model=DEFAULT_OFFLINE_APPRAISER)
+    )
     subject_limits: RoleLimits = Field(
         default_factory=RoleLimits, description="Limits of the subject role."
     )

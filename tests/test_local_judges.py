@@ -72,3 +72,30 @@ async def test_three_local_judges_score_a_stored_session(
     print(metrics.judge_bias(frames.verdicts).to_string())
     assert int(overall["n_units"]) >= 1
     store.close()
+
+
+async def test_local_model_calibrates_as_appraiser_and_judge(
+    local_model: str, real_requests: None, tmp_path: Path
+) -> None:
+    """The bundled model codes three gold turns and judges their failure items, through the
+    same calibration path a study uses; its scores are whatever they are, the report is whole."""
+    from therasim.agents.gold import load_shipped_gold, select_split
+    from therasim.agents.llm import RoleConfig
+    from therasim.evaluation.calibration import calibrate
+
+    turns = select_split(load_shipped_gold(), "test")[:3]
+    judge = JudgeSpec(name="smol", model=local_model)
+    gateway = Gateway(
+        GatewayConfig(
+            roles={"appraiser": RoleConfig(model=local_model), judge.role: RoleConfig(model=local_model)},
+            cache_path=str(tmp_path / "cache.sqlite"),
+        )
+    )
+    try:
+        report = await calibrate(gateway, turns, appraiser=local_model, judges=[judge])
+    finally:
+        await gateway.aclose()
+    assert report.n == 3 and report.coder_errors <= 3
+    (smol,) = report.judges
+    assert smol.asked >= 3 and smol.errors < smol.asked  # it answered some items with JSON
+    assert gateway.accounting.total().backend_calls >= 4  # three codings and some verdicts, real

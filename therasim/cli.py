@@ -139,20 +139,26 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Load every persona and protocol (or the given files/folders); list every problem."""
+    """Load every persona, protocol and gold file (or the given files/folders); list every problem."""
     from pathlib import Path
 
     from therasim.personas.loader import collect_library
     from therasim.protocols import list_protocols, load_protocol
 
+    from therasim.agents.gold import load_gold, shipped_gold_files
+
     errors: list[str] = []
     persona_paths: list[Path] = []
     protocol_paths: list[Path] = []
+    gold_paths: list[Path] = [] if args.paths else shipped_gold_files()
     for raw in args.paths:
         path = Path(raw)
         if not path.exists():
             errors.append(f"{path}: no such file or folder")
+        elif path.suffix == ".jsonl":
+            gold_paths.append(path)
         elif path.is_dir():
+            gold_paths += sorted(path.rglob("*.jsonl"))
             for f in sorted(path.rglob("*.yaml")):
                 (protocol_paths if _is_protocol_file(f) else persona_paths).append(f)
         else:
@@ -166,6 +172,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             load_protocol(target)
             protocols_checked += 1
+        except ConfigError as exc:
+            errors.append(str(exc))
+    gold_turns, gold_errors = 0, len(errors)
+    for gold_file in gold_paths:
+        try:
+            gold_turns += len(load_gold([gold_file]))
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if len(errors) == gold_errors and len(gold_paths) > 1:
+        try:  # ids must be unique across files too
+            load_gold(gold_paths)
         except ConfigError as exc:
             errors.append(str(exc))
     if not args.paths:
@@ -182,6 +199,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     pe = sum(1 for p in personas.values() if p.modality == "pe")
     cbt = len(personas) - pe
     summary = f"{len(personas)} personas ({pe} PE, {cbt} CBT), {protocols_checked} protocols"
+    if gold_paths:
+        summary += f", {gold_turns} gold turns"
     if errors:
         err_console.print(f"[red]{len(errors)} error(s)[/]; valid: {summary}")
         return 1
@@ -546,23 +565,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Rich tables per subject × modality × severity; frames as csv/parquet/json."""
     from pathlib import Path
 
+    from therasim.evaluation.calibration_card import print_calibration, stored_calibration
     from therasim.evaluation.frames import load_frames
+    from therasim.evaluation.pipeline import verdicts_of
     from therasim.evaluation.report import export_frames, print_report
     from therasim.simulations.store import Store
+    from therasim.simulations.study import Study
 
     store_path = _store_path(args.store)
     with Store(store_path) as store:
         frames = load_frames(store)
+        calibration = stored_calibration(store)
+        study_doc = store.get_meta("study")
     if args.format:
         out = Path(args.out) if args.out else store_path.parent / "frames"
         for path in export_frames(frames, out, args.format):
             console.print(f"wrote {path}")
         return 0
     print_report(frames, console)
+    try:  # the study the run was made from (its thresholds); an older store may not hold one
+        study = Study.model_validate(study_doc) if isinstance(study_doc, dict) else None
+    except ValueError:
+        study = None
+    verdicts = verdicts_of(frames, study, calibration) if not frames.sessions.empty else []
+    print_calibration(calibration, console)
+    if verdicts:
+        from therasim.evaluation.axes import print_verdicts
+
+        print_verdicts(verdicts, console)
     if args.html:
         from therasim.evaluation.html import write_html_report
 
-        path = write_html_report(frames, Path(args.html))
+        path = write_html_report(
+            frames, Path(args.html), study=study, verdicts=verdicts, calibration=calibration
+        )
         console.print(f"[bold]HTML report:[/] {path}")
     return 0
 
@@ -633,7 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="bypass the response cache")
     p.set_defaults(handler=cmd_ask)
 
-    p = sub.add_parser("validate", help="validate personas and protocols (everything by default)")
+    p = sub.add_parser(
+        "validate", help="validate personas, protocols and gold files (everything by default)"
+    )
     p.add_argument("paths", nargs="*", help="files or folders (default: the shipped library)")
     p.set_defaults(handler=cmd_validate)
 
@@ -684,8 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--appraiser",
-        default="scripted:lexical",
-        help="model spec of the appraiser (default: lexical)",
+        default="scripted:statistical",
+        help="model spec of the appraiser (default: the statistical coder, scripted:statistical)",
     )
     p.add_argument("--protocol", help="protocol id (default: the modality's default)")
     p.add_argument("--max-turns", type=int, default=20)

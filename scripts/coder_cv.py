@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Cross-validate the statistical coder on the gold DEV split: the figure to tune against.
+
+The test split is for measurement only (``benchmarks/bench_coder.py``); choices about the coder
+(features, model, thresholds, cues) are made on this script's out-of-fold figures. Each fold
+trains the whole coder (inner cross-validation for thresholds included) on the other folds.
+
+    .venv/bin/python scripts/coder_cv.py [--folds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from therasim.agents.gold import dev_turns
+from therasim.agents.statcoder import train_coder
+from therasim.evaluation.calibration import (
+    CODES,
+    FAILURES,
+    appropriate_from,
+    failures_from_codes,
+    gold_context,
+)
+from therasim.evaluation.calibration_scores import score_set
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--folds", type=int, default=5)
+    args = parser.parse_args()
+    from sklearn.model_selection import KFold
+
+    turns = dev_turns()
+    predicted: list[frozenset[str]] = [frozenset()] * len(turns)
+    for train_idx, test_idx in KFold(args.folds, shuffle=True, random_state=7).split(turns):
+        coder = train_coder([turns[i] for i in train_idx])
+        for i in test_idx:
+            appraisal = coder.appraise(turns[i].therapist, gold_context(turns[i]), turns[i].patient)
+            predicted[i] = frozenset(c.value for c in appraisal.codes)
+    gold = [frozenset(c.value for c in t.codes) for t in turns]
+    codes = score_set(CODES, gold, predicted, intervals=False)
+    rules = [failures_from_codes(p, t, t.therapist) for p, t in zip(predicted, turns, strict=True)]
+    failures = score_set(
+        FAILURES, [frozenset(f.value for f in t.failures) for t in turns], rules, intervals=False
+    )
+    appropriate = np.mean(
+        [appropriate_from(p, f) == t.appropriate for p, f, t in zip(predicted, rules, turns, strict=True)]
+    )
+    m = codes.micro
+    print(f"dev CV ({len(turns)} turns): code micro P/R/F1 {m.precision:.3f}/{m.recall:.3f}/{m.f1:.3f}")
+    for code, s in codes.per_label.items():
+        print(f"  {code:22s} n={s.support:3d} P={s.precision or 0:.2f} R={s.recall or 0:.2f} F1={s.f1 or 0:.2f}")
+    fm = failures.micro
+    print(f"failures (codes + rules) micro R/P {fm.recall:.3f}/{fm.precision:.3f}")
+    for name, s in failures.per_label.items():
+        print(f"  {name:26s} n={s.support:3d} R={s.recall or 0:.2f} P={s.precision or 0:.2f}")
+    print(f"appropriate accuracy {appropriate:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
