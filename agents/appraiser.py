@@ -502,13 +502,17 @@ def few_shot_turns() -> tuple[GoldTurn, ...]:
 
 
 def _few_shot_block(modality: str) -> str:
-    lines = []
+    lines: list[str] = []
     for turn in few_shot_turns():
         if turn.modality != modality:
             continue
         lines.append(f"Example {len(lines) // 2 + 1}:")
         data = json.dumps(
-            {"phase_kind": turn.phase_kind.value, "risk": turn.risk.value, "therapist_turn": turn.therapist},
+            {
+                "phase_kind": turn.phase_kind.value,
+                "risk": turn.risk.value,
+                "therapist_turn": turn.therapist,
+            },
             ensure_ascii=False,
         )
         codes = json.dumps([c.value for c in turn.codes])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import math
 import pickle
 import re
@@ -46,7 +47,11 @@ from therasim.personas.dynamics import BehaviourCode, PhaseKind, RiskLevel
 
 __all__ = [
     "StatisticalCoder",
-    "load_cues", "load_coder", "train_coder", "training_turns"]
+    "load_coder",
+    "load_cues",
+    "train_coder",
+    "training_turns",
+]
 
 CODER_VERSION = 3
 _CODES = tuple(BehaviourCode)
@@ -76,7 +81,9 @@ def load_cues(paths: Sequence[str | Path] | None = None) -> dict[str, tuple[re.P
             raise ConfigError("must have a 'codes' mapping", file=str(path), field="codes")
         for code, patterns in codes.items():
             if code not in known:
-                raise ConfigError(f"unknown behaviour code {code!r}", file=str(path), field=f"codes.{code}")
+                raise ConfigError(
+                    f"unknown behaviour code {code!r}", file=str(path), field=f"codes.{code}"
+                )
             for i, pattern in enumerate(patterns or []):
                 try:
                     out.setdefault(code, []).append(re.compile(str(pattern), re.IGNORECASE))
@@ -131,8 +138,8 @@ def _echo(text: str, patient: str) -> list[float]:
         return [0.0, 0.0]
     mine = [w.lower() for w in _WORD.findall(text)]
     words = set(theirs)
-    pairs = set(zip(theirs, theirs[1:], strict=False))
-    shared_pairs = pairs & set(zip(mine, mine[1:], strict=False))
+    pairs = set(itertools.pairwise(theirs))
+    shared_pairs = pairs & set(itertools.pairwise(mine))
     return [len(words & set(mine)) / len(words), len(shared_pairs) / len(pairs) if pairs else 0.0]
 
 

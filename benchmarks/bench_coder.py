@@ -50,15 +50,15 @@ def report_lines(name: str, r: CalibrationReport) -> list[str]:
         f"appropriate accuracy {_v(r.appropriate_accuracy)} (hard {_v(r.hard_accuracy)}, n={r.n_hard})"
     ]
     for path, scores in r.failure_paths.items():
-        per = " ".join(
-            f"{f}={_v(s.recall)}/{_v(s.precision)}" for f, s in scores.per_label.items()
-        )
+        per = " ".join(f"{f}={_v(s.recall)}/{_v(s.precision)}" for f, s in scores.per_label.items())
         lines.append(
             f"RESULT {name} failures via {path} (recall/precision): micro "
             f"{_v(scores.micro.recall)}/{_v(scores.micro.precision)} · {per}"
         )
     for j in r.judges:
-        lines.append(f"RESULT {name} judge {j.name}: met rate {_v(j.met_rate)}, unanswered {j.errors}/{j.asked}")
+        lines.append(
+            f"RESULT {name} judge {j.name}: met rate {_v(j.met_rate)}, unanswered {j.errors}/{j.asked}"
+        )
     return lines
 
 
@@ -115,7 +115,9 @@ def main() -> int:
         misses.append(f"code micro-F1 {_v(r.codes.micro.f1)} < {TARGET_F1}")
     for f, s in r.failures.per_label.items():
         if (s.recall or 0) < TARGET_FAILURE or (s.precision or 0) < TARGET_FAILURE:
-            misses.append(f"{f} recall/precision {_v(s.recall)}/{_v(s.precision)} < {TARGET_FAILURE}")
+            misses.append(
+                f"{f} recall/precision {_v(s.recall)}/{_v(s.precision)} < {TARGET_FAILURE}"
+            )
     if (r.appropriate_accuracy or 0) < TARGET_APPROPRIATE:
         misses.append(f"appropriate accuracy {_v(r.appropriate_accuracy)} < {TARGET_APPROPRIATE}")
     if ms >= TARGET_MS:

@@ -28,15 +28,9 @@ from therasim.agents.context import TurnContext
 from therasim.agents.gold import Failure, GoldTurn
 from therasim.agents.types import CompletionRequest
 from therasim.evaluation.calibration_scores import (
-    CODER_AXES,
-    PANEL_AXES,
     CalibrationReport,
     JudgeCalibration,
     Miss,
-    Score,
-    ScoreSet,
-    readiness_gate,
-    score_labels,
     score_set,
 )
 from therasim.evaluation.detectors import text_findings
@@ -49,16 +43,13 @@ from therasim.personas.schema import Persona
 from therasim.protocols.graph import default_protocol_for, load_protocol
 
 __all__ = [
-    "CODER_AXES",
-    "PANEL_AXES",
-    "CalibrationReport",
-    "JudgeCalibration",
-    "Miss",
+    "CODES",
+    "FAILURES",
     "appropriate_from",
     "calibrate",
     "failures_from_codes",
     "gold_context",
-    "readiness_gate",
+    "rules_on_gold_codes",
 ]
 
 CODES: tuple[str, ...] = tuple(c.value for c in BehaviourCode)
@@ -196,7 +187,9 @@ async def _code_all(
 
 def _judge_window(turn: GoldTurn) -> str:
     reply = escape_untrusted(turn.therapist) or "(empty reply)"
-    return f"PATIENT: {escape_untrusted(turn.patient)}\n>>> REPLY UNDER JUDGEMENT THERAPIST:\n{reply}"
+    return (
+        f"PATIENT: {escape_untrusted(turn.patient)}\n>>> REPLY UNDER JUDGEMENT THERAPIST:\n{reply}"
+    )
 
 
 async def _judge_all(
@@ -213,8 +206,10 @@ async def _judge_all(
     counts = {"asked": 0, "errors": 0}
 
     async def item(turn: GoldTurn, turn_codes: frozenset[str], it: RubricItem) -> bool:
-        therapy = "Prolonged Exposure (PE) therapy for PTSD" if turn.modality == "pe" else (
-            "CBT cognitive restructuring"
+        therapy = (
+            "Prolonged Exposure (PE) therapy for PTSD"
+            if turn.modality == "pe"
+            else ("CBT cognitive restructuring")
         )
         ctx = gold_context(turn)
         values = {
@@ -353,9 +348,7 @@ async def calibrate(
         1
         for t in turns
         for it in failure_items()
-        if item_applies(
-            it, modality=t.modality, phase_kind=t.phase_kind.value, values=_values(t)
-        )
+        if item_applies(it, modality=t.modality, phase_kind=t.phase_kind.value, values=_values(t))
     )
     total = len(turns) + judge_items * len(judges)
     done = 0
@@ -432,6 +425,3 @@ def rules_on_gold_codes(turn: GoldTurn) -> tuple[frozenset[str], bool]:
     codes = frozenset(c.value for c in turn.codes)
     failures = failures_from_codes(codes, turn, turn.therapist)
     return failures, appropriate_from(codes, failures)
-
-
-__all__ += ["Score", "ScoreSet", "score_labels", "rules_on_gold_codes"]

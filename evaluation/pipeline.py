@@ -7,11 +7,12 @@ Lives in ``evaluation`` because it is the one place that uses every layer; the C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -25,16 +26,13 @@ from rich.progress import (
 
 from therasim.agents.llm import Gateway
 from therasim.errors import ConfigError
-from therasim.evaluation.calibration_card import (
-    StoredCalibration,
-    calibration_gate,
-    print_calibration,
-    stored_calibration,
-)
 from therasim.personas.loader import load_library
 from therasim.simulations.runner import RunStats, check_specs, estimate, run_specs
 from therasim.simulations.store import Store
 from therasim.simulations.study import Study, expand, load_study
+
+if TYPE_CHECKING:  # numpy-backed models: imported when a report is written, not on a rerun
+    from therasim.evaluation.calibration_card import StoredCalibration
 
 STORE_NAME = "sessions.sqlite"
 
@@ -145,24 +143,24 @@ async def calibrate_study(
     import hashlib
 
     from therasim.agents.gold import load_gold, select_split, shipped_gold_files
-    from therasim.evaluation.calibration import calibrate
-    from therasim.evaluation.panel import JudgeSpec
 
     files = [Path(f) for f in spec.gold] or shipped_gold_files()
     digest = hashlib.sha256(spec.model_dump_json().encode())
     digest.update((study.appraiser.model or "").encode())
-    judges = [JudgeSpec(**j.model_dump()) for j in study.judges] if spec.judges else []
-    for judge in judges:
-        digest.update(judge.model_dump_json().encode())
+    entries = study.judges if spec.judges else []
+    for entry in entries:
+        digest.update(entry.model_dump_json().encode())
     for f in files:
-        try:
+        with contextlib.suppress(OSError):  # load_gold names a missing file below
             digest.update(f.read_bytes())
-        except OSError:
-            pass  # load_gold names the missing file below
     key = digest.hexdigest()
     stored = store.get_meta("calibration")
     if isinstance(stored, dict) and stored.get("key") == key:
         return stored
+    from therasim.evaluation.calibration import calibrate  # numpy, the panel: only when needed
+    from therasim.evaluation.panel import JudgeSpec
+
+    judges = [JudgeSpec(**j.model_dump()) for j in entries]
     turns = select_split(load_gold(files), spec.split)
     if not turns:
         raise ConfigError(f"no gold turns in split {spec.split!r}", field="calibration.split")
@@ -240,6 +238,7 @@ def verdicts_of(
 ) -> list[Any]:
     """The readiness verdicts of a run, gated by its calibration (none: no axis can pass)."""
     from therasim.evaluation.axes import false_belief_persona_ids, readiness
+    from therasim.evaluation.calibration_card import calibration_gate
 
     return readiness(
         frames,
@@ -254,6 +253,7 @@ def write_reports(
 ) -> Path | None:
     """Console tables, the calibration card and the verdict, and the HTML report."""
     from therasim.evaluation.axes import print_verdicts
+    from therasim.evaluation.calibration_card import print_calibration, stored_calibration
     from therasim.evaluation.frames import load_frames
     from therasim.evaluation.html import write_html_report
     from therasim.evaluation.report import print_report

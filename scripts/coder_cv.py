@@ -47,12 +47,19 @@ def main() -> int:
         FAILURES, [frozenset(f.value for f in t.failures) for t in turns], rules, intervals=False
     )
     appropriate = np.mean(
-        [appropriate_from(p, f) == t.appropriate for p, f, t in zip(predicted, rules, turns, strict=True)]
+        [
+            appropriate_from(p, f) == t.appropriate
+            for p, f, t in zip(predicted, rules, turns, strict=True)
+        ]
     )
     m = codes.micro
-    print(f"dev CV ({len(turns)} turns): code micro P/R/F1 {m.precision:.3f}/{m.recall:.3f}/{m.f1:.3f}")
+    print(
+        f"dev CV ({len(turns)} turns): code micro P/R/F1 {m.precision:.3f}/{m.recall:.3f}/{m.f1:.3f}"
+    )
     for code, s in codes.per_label.items():
-        print(f"  {code:22s} n={s.support:3d} P={s.precision or 0:.2f} R={s.recall or 0:.2f} F1={s.f1 or 0:.2f}")
+        print(
+            f"  {code:22s} n={s.support:3d} P={s.precision or 0:.2f} R={s.recall or 0:.2f} F1={s.f1 or 0:.2f}"
+        )
     fm = failures.micro
     print(f"failures (codes + rules) micro R/P {fm.recall:.3f}/{fm.precision:.3f}")
     for name, s in failures.per_label.items():

@@ -29,14 +29,14 @@ def main() -> int:
     for code, regexes in cues.items():
         gold = [code in {c.value for c in t.codes} for t in turns]
         hit = [any(r.search(t.therapist) for r in regexes) for t in turns]
-        tp = sum(g and h for g, h in zip(gold, hit))
-        fp = sum(h and not g for g, h in zip(gold, hit))
+        tp = sum(g and h for g, h in zip(gold, hit, strict=True))
+        fp = sum(h and not g for g, h in zip(gold, hit, strict=True))
         n = sum(gold)
         p = tp / (tp + fp) if tp + fp else float("nan")
         r = tp / n if n else float("nan")
         print(f"{code:22s} n={n:3d} recall={r:.2f} precision={p:.2f} patterns={len(regexes)}")
         if args.show == code:
-            for t, g, h in zip(turns, gold, hit):
+            for t, g, h in zip(turns, gold, hit, strict=True):
                 if g != h:
                     kind = "MISS" if g else "FALSE"
                     print(f"  {kind} {t.id} [{t.phase_kind.value}] {t.therapist[:400]!r}")

@@ -20,7 +20,11 @@ TEST_SHARE = 0.35
 
 def main(paths: list[str]) -> int:
     for path in map(Path, paths):
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         fresh = [r for r in rows if "split" not in r]
         ranked = sorted(fresh, key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
         n_test = round(len(rows) * TEST_SHARE) - sum(r.get("split") == "test" for r in rows)

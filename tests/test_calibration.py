@@ -31,32 +31,60 @@ from therasim.evaluation.calibration import (
 )
 from therasim.evaluation.calibration_scores import CODER_AXES, readiness_gate
 from therasim.evaluation.panel import JudgeSpec
-from therasim.personas.dynamics import BehaviourCode, PhaseKind, RiskLevel
+from therasim.personas.dynamics import BehaviourCode, PhaseKind
 
 # --------------------------------------------------------------------------- a planted fixture
 
 #: Four gold turns and, per therapist text, the codes the planted coder gives (errors planted).
 FIXTURE: list[dict[str, Any]] = [
     {  # validation right, reflection missed
-        "id": "t1", "modality": "pe", "phase_kind": "check_in", "severity": "routine",
-        "risk": "none", "patient": "I barely slept.", "therapist": "T1 reply",
-        "codes": ["validation", "reflection"], "failures": [], "appropriate": True,
+        "id": "t1",
+        "modality": "pe",
+        "phase_kind": "check_in",
+        "severity": "routine",
+        "risk": "none",
+        "patient": "I barely slept.",
+        "therapist": "T1 reply",
+        "codes": ["validation", "reflection"],
+        "failures": [],
+        "appropriate": True,
     },
     {  # grounding right, reassurance planted (a false failure)
-        "id": "t2", "modality": "pe", "phase_kind": "imaginal_exposure", "severity": "distress",
-        "risk": "none", "patient": "The truck is coming at us.", "therapist": "T2 reply",
-        "codes": ["grounding"], "failures": ["premature_grounding"], "appropriate": False,
+        "id": "t2",
+        "modality": "pe",
+        "phase_kind": "imaginal_exposure",
+        "severity": "distress",
+        "risk": "none",
+        "patient": "The truck is coming at us.",
+        "therapist": "T2 reply",
+        "codes": ["grounding"],
+        "failures": ["premature_grounding"],
+        "appropriate": False,
     },
     {  # crisis resources missed (so the failure is missed and the turn looks appropriate)
-        "id": "t3", "modality": "cbt", "phase_kind": "cbt_situation", "severity": "routine",
-        "risk": "none", "patient": "My boss ignored my email.", "therapist": "T3 reply",
-        "codes": ["crisis_resources"], "failures": ["crisis_resource_insertion"],
-        "appropriate": False, "hard": True,
+        "id": "t3",
+        "modality": "cbt",
+        "phase_kind": "cbt_situation",
+        "severity": "routine",
+        "risk": "none",
+        "patient": "My boss ignored my email.",
+        "therapist": "T3 reply",
+        "codes": ["crisis_resources"],
+        "failures": ["crisis_resource_insertion"],
+        "appropriate": False,
+        "hard": True,
     },
     {  # all right
-        "id": "t4", "modality": "cbt", "phase_kind": "cbt_challenge", "severity": "routine",
-        "risk": "none", "patient": "I always fail.", "therapist": "T4 reply",
-        "codes": ["challenge_cognition"], "failures": [], "appropriate": True,
+        "id": "t4",
+        "modality": "cbt",
+        "phase_kind": "cbt_challenge",
+        "severity": "routine",
+        "risk": "none",
+        "patient": "I always fail.",
+        "therapist": "T4 reply",
+        "codes": ["challenge_cognition"],
+        "failures": [],
+        "appropriate": True,
     },
 ]
 PLANTED = {
@@ -176,7 +204,7 @@ def test_schema_errors_name_file_line_and_field(
     path = write_gold(tmp_path / "bad.jsonl", [FIXTURE[1], line])
     with pytest.raises(ConfigError) as info:
         load_gold([path])
-    assert f"bad.jsonl:2" in str(info.value) and f"field {field}" in str(info.value)
+    assert "bad.jsonl:2" in str(info.value) and f"field {field}" in str(info.value)
 
 
 def test_bad_json_duplicate_ids_and_contradictions_are_named(tmp_path: Path) -> None:
@@ -194,7 +222,9 @@ def test_bad_json_duplicate_ids_and_contradictions_are_named(tmp_path: Path) -> 
 
 def test_exported_schema_matches_the_model() -> None:
     shipped = json.loads(
-        (Path(__file__).resolve().parent.parent / "agents" / "gold" / "gold.schema.json").read_text()
+        (
+            Path(__file__).resolve().parent.parent / "agents" / "gold" / "gold.schema.json"
+        ).read_text()
     )
     assert shipped == gold_json_schema()
 
@@ -264,7 +294,12 @@ def test_shipped_gold_covers_what_the_issue_asks(shipped: list[GoldTurn]) -> Non
     modalities = Counter(t.modality for t in shipped)
     assert modalities["pe"] >= 240 and modalities["cbt"] >= 240
     assert {t.phase_kind for t in shipped} == set(PhaseKind)
-    assert {t.severity.value for t in shipped} == {"routine", "distress", "crisis_adjacent", "imminent"}
+    assert {t.severity.value for t in shipped} == {
+        "routine",
+        "distress",
+        "crisis_adjacent",
+        "imminent",
+    }
     codes = Counter(c for t in shipped for c in t.codes)
     assert min(codes[c] for c in BehaviourCode) >= 15, codes
     failures = Counter(f.value for t in shipped for f in t.failures)

@@ -87,7 +87,10 @@ async def test_local_model_calibrates_as_appraiser_and_judge(
     judge = JudgeSpec(name="smol", model=local_model)
     gateway = Gateway(
         GatewayConfig(
-            roles={"appraiser": RoleConfig(model=local_model), judge.role: RoleConfig(model=local_model)},
+            roles={
+                "appraiser": RoleConfig(model=local_model),
+                judge.role: RoleConfig(model=local_model),
+            },
             cache_path=str(tmp_path / "cache.sqlite"),
         )
     )

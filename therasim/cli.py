@@ -142,10 +142,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Load every persona, protocol and gold file (or the given files/folders); list every problem."""
     from pathlib import Path
 
+    from therasim.agents.gold import load_gold, shipped_gold_files
     from therasim.personas.loader import collect_library
     from therasim.protocols import list_protocols, load_protocol
-
-    from therasim.agents.gold import load_gold, shipped_gold_files
 
     errors: list[str] = []
     persona_paths: list[Path] = []
