@@ -96,26 +96,82 @@ def load_cues(paths: Sequence[str | Path] | None = None) -> dict[str, tuple[re.P
     return {code: tuple(regexes) for code, regexes in out.items()}
 
 
-@functools.lru_cache(maxsize=1)
-def _cues() -> dict[str, tuple[re.Pattern[str], ...]]:
-    """The bundled cues, each code's patterns joined into one alternation (one search a code)."""
-    joined: dict[str, tuple[re.Pattern[str], ...]] = {}
-    for code, regexes in load_cues().items():
+def _openings(items: Any) -> set[str] | None:
+    """Lower-case literal openings one of which every match of a parsed pattern starts with
+    (zero-width assertions skipped), or None when the pattern has no such literal opening."""
+    from re import _constants as c  # the stdlib's own parse tree of a pattern
+
+    prefix = ""
+    for op, av in items:
+        if op in (c.AT, c.ASSERT, c.ASSERT_NOT):
+            if prefix:
+                return {prefix}
+            continue
+        if op is c.LITERAL:
+            prefix += chr(av).lower()
+            continue
+        if prefix:
+            return {prefix}
+        if op is c.SUBPATTERN:
+            return _openings(av[-1])
+        if op is c.BRANCH:
+            found: set[str] = set()
+            for alternative in av[1]:
+                sub = _openings(alternative)
+                if not sub:
+                    return None
+                found |= sub
+            return found
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
+            return _openings(av[2])
+        return None
+    return {prefix} if prefix else None
+
+
+@dataclass(frozen=True)
+class _Cue:
+    """A cue pattern and, when it has them, the first two or three characters of the literal
+    openings every match starts with: a pattern none of whose keys occurs in the lower-cased
+    reply cannot match and is skipped (cue matching is most of a turn's cost otherwise)."""
+
+    regex: re.Pattern[str]
+    keys: frozenset[str] | None
+
+    @classmethod
+    def of(cls, regex: re.Pattern[str]) -> _Cue:
+        from re import _parser
+
         try:
-            one = re.compile("|".join(f"(?:{r.pattern})" for r in regexes), re.IGNORECASE)
-        except re.error:  # e.g. a group name used twice: search pattern by pattern
-            joined[code] = regexes
-        else:
-            joined[code] = (one,)
-    return joined
+            found = _openings(_parser.parse(regex.pattern, regex.flags))
+        except Exception:  # an exotic pattern is simply never skipped
+            found = None
+        if not found or min(len(o) for o in found) < 2:
+            return cls(regex, None)
+        return cls(regex, frozenset(o[:3] if len(o) >= 3 else o for o in found))
+
+
+def _grams(lowered: str) -> set[str]:
+    """Every two- and three-character substring of a lower-cased reply."""
+    return {lowered[i : i + 2] for i in range(len(lowered) - 1)} | {
+        lowered[i : i + 3] for i in range(len(lowered) - 2)
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def _cues() -> dict[str, tuple[_Cue, ...]]:
+    """The bundled cues, with the keys of their literal openings for the prefilter."""
+    return {code: tuple(_Cue.of(r) for r in regexes) for code, regexes in load_cues().items()}
 
 
 def _cue_spans(text: str) -> dict[str, str]:
     """Code -> the first cue match in ``text`` (its words, for evidence)."""
+    grams = _grams(text.lower())
     spans: dict[str, str] = {}
-    for code, regexes in _cues().items():
-        for regex in regexes:
-            match = regex.search(text)
+    for code, cues in _cues().items():
+        for cue in cues:
+            if cue.keys is not None and cue.keys.isdisjoint(grams):
+                continue
+            match = cue.regex.search(text)
             if match and match.end() > match.start():
                 spans[code] = match.group(0)
                 break
@@ -213,6 +269,7 @@ class StatisticalCoder:
         score = self.scores([text], [row])[0]
         chosen = {c for i, c in enumerate(_CODES) if score[i] >= self.thresholds[i]}
         chosen |= set(lexical.codes) & self.trust_lexicon
+        chosen = codebook_rules(chosen, text, ctx.phase_kind if ctx is not None else None)
         codes = [c for c in _CODES if c in chosen]
         spans = {c.value: s for c, s in ((e.code, e.span) for e in lexical.evidence)}
         for code, span in cue_spans.items():
@@ -222,6 +279,28 @@ class StatisticalCoder:
             codes=codes,
             evidence=[Evidence(code=c, span=spans[c.value]) for c in codes if spans.get(c.value)],
         )
+
+
+#: Codes that do no task work: a reply with nothing else inside a task phase drops the task.
+_NO_TASK_WORK = frozenset({BehaviourCode.GENERIC_EMPATHY})
+_SHORT_REPLY_WORDS = 5
+
+
+def codebook_rules(
+    codes: set[BehaviourCode], text: str, kind: PhaseKind | None
+) -> set[BehaviourCode]:
+    """The codebook's coding rules that follow from what else a reply does (codebook.md §1):
+    a short reply (five words or fewer) that does no coded act, and a reply inside exposure,
+    processing or a CBT step that offers only stock sympathy, are task abandonments."""
+    out = set(codes)
+    in_task = kind is not None and (
+        kind.is_exposure or kind.is_cbt or kind is PhaseKind.PROCESSING
+    )
+    if not out and len(text.split()) <= _SHORT_REPLY_WORDS:
+        out.add(BehaviourCode.TASK_ABANDONMENT)
+    elif in_task and out and out <= _NO_TASK_WORK:
+        out.add(BehaviourCode.TASK_ABANDONMENT)
+    return out
 
 
 def _matrix(word: Any, char: Any, texts: Sequence[str], dense: np.ndarray) -> Any:
