@@ -406,3 +406,73 @@ def test_a_study_whose_coder_misses_its_threshold_cannot_pass(tmp_path: Path) ->
     )
     with Store(run.store_path) as store:
         assert calibration_gate(stored_calibration(store)) == {}
+
+
+# --------------------------------------------------------------------------- the statistical coder
+
+
+def test_codebook_rules_for_short_and_sympathy_only_replies() -> None:
+    from therasim.agents.statcoder import codebook_rules
+
+    gist, ta = BehaviourCode.GENERIC_EMPATHY, BehaviourCode.TASK_ABANDONMENT
+    exposure, check_in = PhaseKind.IMAGINAL_EXPOSURE, PhaseKind.CHECK_IN
+    assert codebook_rules(set(), "Okay.", exposure) == {ta}
+    assert codebook_rules(set(), "a reply of more than five words here", exposure) == set()
+    assert codebook_rules({gist}, "That sounds so hard, I'm sorry.", exposure) == {gist, ta}
+    assert codebook_rules({gist}, "That sounds so hard, I'm sorry.", check_in) == {gist}
+    challenge = BehaviourCode.CHALLENGE_COGNITION
+    assert codebook_rules({challenge}, "Never?", PhaseKind.CBT_CHALLENGE) == {challenge}
+
+
+def test_cue_prefilter_never_changes_a_match(shipped: list[GoldTurn]) -> None:
+    from therasim.agents.statcoder import _cue_spans, load_cues
+
+    cues = load_cues()
+    for turn in shipped[::12]:
+        brute: dict[str, str] = {}
+        for code, regexes in cues.items():
+            for regex in regexes:
+                match = regex.search(turn.therapist)
+                if match and match.end() > match.start():
+                    brute[code] = match.group(0)
+                    break
+        assert _cue_spans(turn.therapist) == brute, turn.id
+
+
+def test_bad_cue_files_name_the_file_and_field(tmp_path: Path) -> None:
+    from therasim.agents.statcoder import load_cues
+
+    bad = tmp_path / "cues_x.yaml"
+    bad.write_text("codes:\n  validation:\n    - '(unclosed'\n")
+    with pytest.raises(ConfigError, match=r"cues_x.yaml, field codes.validation.0: invalid"):
+        load_cues([bad])
+    bad.write_text("codes:\n  hugging:\n    - 'x'\n")
+    with pytest.raises(ConfigError, match="unknown behaviour code 'hugging'"):
+        load_cues([bad])
+
+
+async def test_statistical_coder_through_the_gateway_is_deterministic() -> None:
+    from therasim.agents.appraiser import appraise
+    from therasim.evaluation.calibration import gold_context
+
+    gateway = Gateway(
+        GatewayConfig(
+            roles={"appraiser": RoleConfig(model="scripted:statistical")}, cache_enabled=False
+        )
+    )
+    turn = _turn(phase_kind="imaginal_exposure")
+    text = "Stay with it. Where are you now, zero to a hundred? You're safe, nothing can hurt you."
+    try:
+        first, _ = await appraise(
+            gateway, gold_context(turn), text, previous_patient="He grabs me."
+        )
+        second, _ = await appraise(
+            gateway, gold_context(turn), text, previous_patient="He grabs me."
+        )
+        empty, _ = await appraise(gateway, gold_context(turn), "", previous_patient="He grabs me.")
+    finally:
+        await gateway.aclose()
+    assert first == second
+    assert {"encourage_continue", "suds_probe", "reassurance"} <= {c.value for c in first.codes}
+    assert all(ev.span in text for ev in first.evidence)
+    assert [c.value for c in empty.codes] == ["task_abandonment"]
