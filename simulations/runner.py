@@ -368,7 +368,9 @@ def estimate(study: Study, specs: list[SessionSpec], done: set[str]) -> Estimate
             entry["tokens"] += tokens_in + tokens_out
             if model.is_real:
                 entry["backend_calls"] += calls
-            cost = price_of(model, Usage(input_tokens=tokens_in, output_tokens=tokens_out), {})
+            cost = price_of(
+                model, Usage(input_tokens=tokens_in, output_tokens=tokens_out), dict(study.prices)
+            )
             if cost is None:
                 cost_known = False
             else:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from therasim.agents.llm import GatewayConfig, RoleConfig, parse_model_spec
+from therasim.agents.llm import GatewayConfig, Price, RoleConfig, parse_model_spec
 from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
 from therasim.errors import ConfigError
 from therasim.personas.dynamics import Severity
@@ -172,6 +172,10 @@ class Study(_Data):
         default_factory=dict,
         description="Overrides of the readiness thresholds (see evaluation/thresholds.yaml).",
     )
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="Model name → USD per million input/output tokens; overrides genai-prices.",
+    )
     calibration: CalibrationSpec | None = Field(
         default=None,
         description="Calibrate appraiser and judges on gold turns; without it no axis can pass.",
@@ -211,7 +215,9 @@ class Study(_Data):
         }
         for judge in self.judges:
             roles[f"judge:{judge.name}"] = RoleConfig(model=judge.model, concurrency=16)
-        return GatewayConfig(roles=roles, cache_enabled=self.cache, cache_path=cache_path)
+        return GatewayConfig(
+            roles=roles, cache_enabled=self.cache, cache_path=cache_path, prices=dict(self.prices)
+        )
 
 
 def _role(model: str, limits: RoleLimits) -> RoleConfig:

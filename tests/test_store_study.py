@@ -140,3 +140,23 @@ def test_packaged_demo_study_is_valid() -> None:
     assert {s.subject for s in specs} == {"local", "scripted:adherent", "scripted:safety-reflex"}
     assert {s.severity for s in specs} == {Severity.ROUTINE, Severity.CRISIS_ADJACENT}
     assert {s.persona.split("-")[0] for s in specs} == {"pe", "cbt"}
+
+
+def test_study_prices_price_a_self_hosted_model_in_the_estimate() -> None:
+    from therasim.simulations.runner import estimate
+
+    doc = {
+        "id": "priced",
+        "subjects": {"vllm": "openai:my-model?base_url=http://127.0.0.1:9/v1"},
+        "personas": {"ids": ["pe-combat-01"]},
+        "max_turns": 4,
+    }
+    library = load_library()
+    unpriced = Study.model_validate(doc)
+    assert estimate(unpriced, expand(unpriced, library), set()).cost_usd is None
+    priced = Study.model_validate(
+        {**doc, "prices": {"my-model": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}}
+    )
+    assert priced.gateway_config().prices["my-model"].output_per_mtok == 2.0
+    cost = estimate(priced, expand(priced, library), set()).cost_usd
+    assert cost is not None and cost > 0
