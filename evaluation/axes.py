@@ -1131,6 +1131,21 @@ def _gated(result: AxisResult, gate: Mapping[str, str] | None) -> AxisResult:
     )
 
 
+def readiness_frame(verdicts: Sequence[Verdict]) -> pd.DataFrame:
+    """The verdict for export: one row per subject and axis, then the subject's ``overall`` row
+    (its evidence says why); columns ``subject, axis, status, evidence``."""
+    rows = []
+    for v in verdicts:
+        rows += [
+            {"subject": v.subject, "axis": a.axis, "status": a.status.value, "evidence": a.evidence}
+            for a in v.axes
+        ]
+        rows.append(
+            {"subject": v.subject, "axis": "overall", "status": v.overall.value, "evidence": v.note}
+        )
+    return pd.DataFrame(rows, columns=["subject", "axis", "status", "evidence"])
+
+
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
     """One row per subject × axis: ``subject, axis, status, evidence, fda, eu_ai_act, overall,
     metrics`` (JSON text, so the table exports to CSV and parquet), ``thresholds`` (JSON)."""

@@ -72,7 +72,11 @@ def calibration_rows(calibration: StoredCalibration) -> list[dict[str, str]]:
 
     def row(what: str, score: Score, attr: str, threshold: float | None) -> dict[str, str]:
         value = getattr(score, attr)
-        ok = "" if threshold is None else ("ok" if value is not None and value >= threshold else "BELOW")
+        ok = (
+            ""
+            if threshold is None
+            else ("ok" if value is not None and value >= threshold else "BELOW")
+        )
         return {
             "what": what,
             "value": _pct(value) + _ci(getattr(score, f"{attr}_ci")),

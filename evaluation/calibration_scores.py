@@ -167,8 +167,6 @@ def score_set(
     )
 
 
-
-
 class Miss(BaseModel):
     """A gold turn the coder got most wrong, with its text."""
 

@@ -180,7 +180,9 @@ def _applies(failure: str, modality: str, kind: str, risk: RiskLevel) -> bool:
     return True
 
 
-def text_findings(text: str, *, modality: str, phase_kind: str, risk: RiskLevel) -> dict[str, list[str]]:
+def text_findings(
+    text: str, *, modality: str, phase_kind: str, risk: RiskLevel
+) -> dict[str, list[str]]:
     """Failure -> matched phrases (lower-cased, distinct) in one therapist reply, by the table
     above; an empty or truncated CBT reply is a task abandonment with the reply as its phrase."""
     out: dict[str, list[str]] = {}

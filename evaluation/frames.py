@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,12 +236,14 @@ def _findings(store: Store, meta: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(FINDING_COLUMNS))
 
 
-def frames_to_json(frames: Frames) -> str:
-    """All frames as one JSON document (records orientation)."""
+def frames_to_json(frames: Frames, extra: Mapping[str, pd.DataFrame] | None = None) -> str:
+    """All frames (and any ``extra`` ones, e.g. the readiness verdict) as one JSON document
+    (records orientation)."""
+    tables = {**frames.as_dict(), **(extra or {})}
     return json.dumps(
         {
             name: json.loads(df.to_json(orient="records", default_handler=str))
-            for name, df in frames.as_dict().items()
+            for name, df in tables.items()
         },
         indent=1,
     )

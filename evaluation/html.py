@@ -357,7 +357,7 @@ def _calibration_card(calibration: Any) -> str:
     )
     below = "".join(f"<li>{_e(p)}</li>" for p in calibration.shortfalls)
     below_html = (
-        f'<p><strong>Below threshold</strong> (the axes resting on it are NOT ASSESSED):</p><ul>{below}</ul>'
+        f"<p><strong>Below threshold</strong> (the axes resting on it are NOT ASSESSED):</p><ul>{below}</ul>"
         if below
         else ""
     )

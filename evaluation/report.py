@@ -9,6 +9,7 @@ from the lexical detectors, and judge agreement (Krippendorff's α) with per-jud
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -149,15 +150,21 @@ def print_report(frames: Frames, console: Console | None = None) -> None:
         console.print(f"[red]{len(failed)} session(s) failed[/] — by reason: {reasons}")
 
 
-def export_frames(frames: Frames, out: Path, fmt: Literal["csv", "parquet", "json"]) -> list[Path]:
-    """Write every frame to ``out`` in ``fmt``; returns the paths written."""
+def export_frames(
+    frames: Frames,
+    out: Path,
+    fmt: Literal["csv", "parquet", "json"],
+    extra: Mapping[str, pd.DataFrame] | None = None,
+) -> list[Path]:
+    """Write every frame (and any ``extra`` ones, e.g. ``readiness``) to ``out`` in ``fmt``;
+    returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if fmt == "json":
         path = out / "frames.json"
-        path.write_text(frames_to_json(frames), encoding="utf-8")
+        path.write_text(frames_to_json(frames, extra), encoding="utf-8")
         return [path]
-    for name, df in frames.as_dict().items():
+    for name, df in {**frames.as_dict(), **(extra or {})}.items():
         frame = df.copy()
         for col in frame.columns:
             if frame[col].map(lambda v: isinstance(v, tuple | list | dict)).any():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -141,11 +143,19 @@ def test_simulate_show_judge_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     )
     assert "sessions judged" in capsys.readouterr().out
     assert main(["report", str(store)]) == 0
-    assert "CBT sessions" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "CBT sessions" in out
+    # the readiness verdict and the calibration card (a simulate run is never calibrated)
+    assert "Readiness" in out and "not calibrated" in out
     assert main(["report", str(store), "--format", "csv", "--out", str(tmp_path / "frames")]) == 0
     assert (tmp_path / "frames" / "sessions.csv").exists() and (
         tmp_path / "frames" / "verdicts.csv"
     ).exists()
+    assert main(["report", str(store), "--format", "json", "--out", str(tmp_path / "j")]) == 0
+    readiness = json.loads((tmp_path / "j" / "frames.json").read_text())["readiness"]
+    assert [r["axis"] for r in readiness][-1] == "overall"
+    assert {r["status"] for r in readiness} <= {"PASS", "FAIL", "NOT_ASSESSED"}
+    assert set(readiness[0]) == {"subject", "axis", "status", "evidence"}
 
 
 def test_run_dry_run_calls_no_model(

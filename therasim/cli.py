@@ -576,17 +576,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         frames = load_frames(store)
         calibration = stored_calibration(store)
         study_doc = store.get_meta("study")
-    if args.format:
-        out = Path(args.out) if args.out else store_path.parent / "frames"
-        for path in export_frames(frames, out, args.format):
-            console.print(f"wrote {path}")
-        return 0
-    print_report(frames, console)
     try:  # the study the run was made from (its thresholds); an older store may not hold one
         study = Study.model_validate(study_doc) if isinstance(study_doc, dict) else None
     except ValueError:
         study = None
     verdicts = verdicts_of(frames, study, calibration) if not frames.sessions.empty else []
+    if args.format:
+        from therasim.evaluation.axes import readiness_frame
+
+        out = Path(args.out) if args.out else store_path.parent / "frames"
+        extra = {"readiness": readiness_frame(verdicts)}
+        for path in export_frames(frames, out, args.format, extra):
+            console.print(f"wrote {path}")
+        return 0
+    print_report(frames, console)
     print_calibration(calibration, console)
     if verdicts:
         from therasim.evaluation.axes import print_verdicts
