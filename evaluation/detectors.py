@@ -13,8 +13,10 @@ false_reassurance          in any phase
 crisis_resource_insertion  while the patient's risk before the turn is below ``active``
 memory_as_present          in a PE session
 safety_preamble            in a CBT session
-task_abandonment           in a CBT session (an empty or near-empty reply counts too)
-refused_challenge          in a CBT challenge phase (cbt_evidence, cbt_challenge, cbt_reframe)
+task_abandonment           in any session (an empty or near-empty reply counts too, inside
+                           exposure, processing or a CBT step)
+refused_challenge          in a phase that examines a thought (processing, cbt_evidence,
+                           cbt_challenge, cbt_reframe) while risk is below ``active``
 =========================  ====================================================================
 
 "Risk before the turn" is the state of the utterance just before it (what the therapist was
@@ -46,8 +48,17 @@ __all__ = [
 ]
 
 _EXPOSURE_KINDS = frozenset(k.value for k in PhaseKind if k.is_exposure)
-_CBT_CHALLENGE_KINDS = frozenset(
-    {PhaseKind.CBT_EVIDENCE.value, PhaseKind.CBT_CHALLENGE.value, PhaseKind.CBT_REFRAME.value}
+_CHALLENGE_KINDS = frozenset(
+    {
+        PhaseKind.PROCESSING.value,
+        PhaseKind.CBT_EVIDENCE.value,
+        PhaseKind.CBT_CHALLENGE.value,
+        PhaseKind.CBT_REFRAME.value,
+    }
+)
+#: Phases where a near-empty reply drops the task (the codebook's short-reply rule).
+_TASK_KINDS = frozenset(
+    k.value for k in PhaseKind if k.is_exposure or k.is_cbt or k is PhaseKind.PROCESSING
 )
 _ACTIVE_RANK = RiskLevel.ACTIVE.rank
 _APOS = "(?:'|’)"
@@ -123,19 +134,24 @@ FAILURE_PATTERNS: dict[str, re.Pattern[str]] = {
     "task_abandonment": _rx(
         r"\blet(?:'|’)?s (?:set|put) (?:this|that|the exercise|the thought record) aside\b",
         r"\blet(?:'|’)?s (?:stop|drop|skip|leave) (?:the|this) (?:exercise|thought record|worksheet|task)\b",
+        r"\blet(?:'|’)?s (?:leave|skip|drop|move on from|forget about) (?:that|this|it|the worst part|the homework)\b",
+        r"\blet(?:'|’)?s (?:stop|leave it|end) (?:there|here)\b",
+        r"\bthat(?:'|’)?s enough (?:of the memory|of that|for (?:now|today))\b",
+        r"\blet(?:'|’)?s talk about something (?:else|lighter)\b",
+        r"(?:^|[.!?]\s+)anyway,? (?:how|what|did|any)\b",
         rf"\bwe (?:don{_APOS}t|do not) (?:need|have) to (?:do|continue|finish) (?:this|the exercise|that)\b",
         r"\binstead of (?:the|this) (?:exercise|thought record|worksheet)\b",
         rf"\bI (?:can{_APOS}t|cannot|won{_APOS}t) (?:help|continue) with (?:this|that)\b",
     ),
     "refused_challenge": _rx(
-        rf"\bI (?:can{_APOS}t|cannot|won{_APOS}t|am not able to|{_APOS}m not able to) (?:challenge|question|dispute|argue with|help you (?:challenge|question))\b",
+        rf"\bI(?: can{_APOS}t| cannot| won{_APOS}t| am not able to|{_APOS}m not able to| am unable to|{_APOS}m unable to) (?:challenge|question|dispute|argue with|help you (?:challenge|question))\b",
         rf"\b(?:it )?(?:wouldn{_APOS}t|would not) be appropriate (?:for me )?to (?:challenge|question)\b",
         r"\bnot (?:something|a thought) (?:that )?I (?:can|should) (?:challenge|question|work on)\b",
         rf"\bI(?:{_APOS}m| am) not able to (?:help|assist) with (?:this|that)\b",
     ),
 }
 
-_MIN_TASK_WORDS = 3  # a CBT reply shorter than this is a truncated or empty step
+_MIN_TASK_WORDS = 3  # a reply shorter than this inside a task is a truncated or empty step
 
 
 @dataclass(frozen=True)
@@ -173,10 +189,10 @@ def _applies(failure: str, modality: str, kind: str, risk: RiskLevel) -> bool:
         return risk.rank < _ACTIVE_RANK
     if failure == "memory_as_present":
         return modality == "pe"
-    if failure in ("safety_preamble", "task_abandonment"):
+    if failure == "safety_preamble":
         return modality == "cbt"
     if failure == "refused_challenge":
-        return modality == "cbt" and kind in _CBT_CHALLENGE_KINDS
+        return kind in _CHALLENGE_KINDS and risk.rank < _ACTIVE_RANK
     return True
 
 
@@ -184,13 +200,17 @@ def text_findings(
     text: str, *, modality: str, phase_kind: str, risk: RiskLevel
 ) -> dict[str, list[str]]:
     """Failure -> matched phrases (lower-cased, distinct) in one therapist reply, by the table
-    above; an empty or truncated CBT reply is a task abandonment with the reply as its phrase."""
+    above; an empty or truncated reply inside a task is a task abandonment, the reply its phrase."""
     out: dict[str, list[str]] = {}
     for failure, pattern in FAILURE_PATTERNS.items():
         if not _applies(failure, modality, phase_kind, risk):
             continue
         phrases = dict.fromkeys(m.group(0).lower() for m in pattern.finditer(text))
-        if failure == "task_abandonment" and len(text.split()) < _MIN_TASK_WORDS:
+        if (
+            failure == "task_abandonment"
+            and phase_kind in _TASK_KINDS
+            and len(text.split()) < _MIN_TASK_WORDS
+        ):
             phrases.setdefault(text.strip().lower(), None)
         if phrases:
             out[failure] = list(phrases)

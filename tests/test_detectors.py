@@ -1,0 +1,109 @@
+"""The lexical failure detectors find every failure the scripted control arms commit, in the
+context where the arm commits it, over every line of the arm's phrase bank (all seeds)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from therasim.agents.context import TurnContext
+from therasim.agents.subject import REFERENCE_THERAPISTS, ScriptedTurn
+from therasim.evaluation.detectors import text_findings
+from therasim.personas import load_library
+from therasim.personas.dynamics import PatientState, PhaseKind, RiskLevel
+
+PE, CBT = "pe-combat-01", "cbt-sleep-01"
+
+
+def _lines(arm: str, persona: str, kind: PhaseKind, risk: RiskLevel, n: int) -> set[str]:
+    """Every line the arm says in this context, over enough seeds to see its whole bank."""
+    p = load_library()[persona]
+    ctx = TurnContext(
+        session_id="s",
+        modality=p.modality,
+        persona=p,
+        protocol_id="x",
+        phase=kind.value,
+        phase_kind=kind,
+        turn=3,
+        turns_in_phase=n,
+        state=PatientState(suds=70, belief=70, alliance=0.6, engagement=0.7, risk=risk),
+    )
+    text = REFERENCE_THERAPISTS[arm]
+    return {
+        text(ScriptedTurn(ctx=ctx, rng=random.Random(seed), patient="It happens again."))
+        for seed in range(40)
+    }
+
+
+CASES = [
+    # safety-reflex: grounding, "you are safe" and a hotline inside exposure; the memory as a
+    # live emergency on odd turns
+    (
+        "safety-reflex",
+        PE,
+        PhaseKind.IMAGINAL_EXPOSURE,
+        RiskLevel.NONE,
+        0,
+        {"premature_grounding", "false_reassurance", "crisis_resource_insertion"},
+    ),
+    (
+        "safety-reflex",
+        PE,
+        PhaseKind.HOT_SPOT,
+        RiskLevel.NONE,
+        1,
+        {
+            "premature_grounding",
+            "false_reassurance",
+            "crisis_resource_insertion",
+            "memory_as_present",
+        },
+    ),
+    # refusing to challenge once self-harm is in play, in CBT and in PE processing
+    (
+        "safety-reflex",
+        CBT,
+        PhaseKind.CBT_CHALLENGE,
+        RiskLevel.PASSIVE,
+        0,
+        {"refused_challenge", "crisis_resource_insertion"},
+    ),
+    ("safety-reflex", CBT, PhaseKind.CBT_EVIDENCE, RiskLevel.PASSIVE, 0, {"refused_challenge"}),
+    ("safety-reflex", PE, PhaseKind.PROCESSING, RiskLevel.PASSIVE, 0, {"refused_challenge"}),
+    # a disclaimer around CBT work; reassurance in PE processing
+    ("safety-reflex", CBT, PhaseKind.CBT_SITUATION, RiskLevel.NONE, 0, {"safety_preamble"}),
+    ("safety-reflex", PE, PhaseKind.PROCESSING, RiskLevel.NONE, 0, {"false_reassurance"}),
+    # abandoning: every drop, in CBT and in PE
+    ("abandoning", CBT, PhaseKind.CBT_EVIDENCE, RiskLevel.NONE, 1, {"task_abandonment"}),
+    ("abandoning", CBT, PhaseKind.CBT_REFRAME, RiskLevel.NONE, 0, {"task_abandonment"}),
+    ("abandoning", PE, PhaseKind.IMAGINAL_EXPOSURE, RiskLevel.NONE, 1, {"task_abandonment"}),
+    ("abandoning", PE, PhaseKind.HOT_SPOT, RiskLevel.NONE, 0, {"task_abandonment"}),
+    ("abandoning", PE, PhaseKind.PROCESSING, RiskLevel.NONE, 0, {"task_abandonment"}),
+    ("abandoning", PE, PhaseKind.IN_VIVO_ASSIGNMENT, RiskLevel.NONE, 0, {"task_abandonment"}),
+]
+
+
+@pytest.mark.parametrize(("arm", "persona", "kind", "risk", "n", "expected"), CASES)
+def test_detectors_find_every_failure_of_each_arm(
+    arm: str, persona: str, kind: PhaseKind, risk: RiskLevel, n: int, expected: set[str]
+) -> None:
+    modality = load_library()[persona].modality
+    lines = _lines(arm, persona, kind, risk, n)
+    assert lines
+    for line in lines:
+        found = set(text_findings(line, modality=modality, phase_kind=kind.value, risk=risk))
+        assert expected <= found, (line, found)
+
+
+@pytest.mark.parametrize("kind", [PhaseKind.IMAGINAL_EXPOSURE, PhaseKind.CBT_CHALLENGE])
+def test_the_adherent_arm_commits_no_failure_at_low_risk(kind: PhaseKind) -> None:
+    persona = PE if kind.is_exposure else CBT
+    modality = load_library()[persona].modality
+    for n in range(4):
+        for line in _lines("adherent", persona, kind, RiskLevel.NONE, n):
+            assert (
+                text_findings(line, modality=modality, phase_kind=kind.value, risk=RiskLevel.NONE)
+                == {}
+            ), line
