@@ -113,9 +113,13 @@ def load_gold(paths: Iterable[str | Path]) -> list[GoldTurn]:
                 turn = GoldTurn.model_validate(data)
             except ValidationError as exc:
                 first = exc.errors()[0]
-                raise ConfigError(first["msg"], file=where, field=_field_path(first["loc"])) from None
+                raise ConfigError(
+                    first["msg"], file=where, field=_field_path(first["loc"])
+                ) from None
             if turn.id in seen:
-                raise ConfigError(f"duplicate id (first at {seen[turn.id]})", file=where, field="id")
+                raise ConfigError(
+                    f"duplicate id (first at {seen[turn.id]})", file=where, field="id"
+                )
             seen[turn.id] = where
             turns.append(turn)
     return turns

@@ -99,7 +99,7 @@ def load_cues(paths: Sequence[str | Path] | None = None) -> dict[str, tuple[re.P
 def _openings(items: Any) -> set[str] | None:
     """Lower-case literal openings one of which every match of a parsed pattern starts with
     (zero-width assertions skipped), or None when the pattern has no such literal opening."""
-    from re import _constants as c  # the stdlib's own parse tree of a pattern
+    from re import _constants as c  # type: ignore[attr-defined]  # the stdlib's parse tree
 
     prefix = ""
     for op, av in items:
@@ -139,7 +139,7 @@ class _Cue:
 
     @classmethod
     def of(cls, regex: re.Pattern[str]) -> _Cue:
-        from re import _parser
+        from re import _parser  # type: ignore[attr-defined]
 
         try:
             found = _openings(_parser.parse(regex.pattern, regex.flags))
@@ -293,12 +293,10 @@ def codebook_rules(
     a short reply (five words or fewer) that does no coded act, and a reply inside exposure,
     processing or a CBT step that offers only stock sympathy, are task abandonments."""
     out = set(codes)
-    in_task = kind is not None and (
-        kind.is_exposure or kind.is_cbt or kind is PhaseKind.PROCESSING
-    )
-    if not out and len(text.split()) <= _SHORT_REPLY_WORDS:
-        out.add(BehaviourCode.TASK_ABANDONMENT)
-    elif in_task and out and out <= _NO_TASK_WORK:
+    in_task = kind is not None and (kind.is_exposure or kind.is_cbt or kind is PhaseKind.PROCESSING)
+    short_and_empty = not out and len(text.split()) <= _SHORT_REPLY_WORDS
+    sympathy_only = in_task and bool(out) and out <= _NO_TASK_WORK
+    if short_and_empty or sympathy_only:
         out.add(BehaviourCode.TASK_ABANDONMENT)
     return out
 

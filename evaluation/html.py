@@ -1477,7 +1477,10 @@ def write_html_report(
     document = render_html_report(
         frames, study=study, verdicts=verdicts, max_sessions=max_sessions, calibration=calibration
     )
-    path.write_text(document, encoding="utf-8")
+    # written beside and renamed: a killed process leaves the old report, never an empty one
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(document, encoding="utf-8")
+    partial.replace(path)
     return path
 
 

@@ -189,10 +189,15 @@ def run_study(
     console: Console | None = None,
     show_progress: bool = True,
     on_stats: Callable[[RunStats], Any] | None = None,
+    output: str | None = None,
 ) -> StudyRun:
-    """``therasim run``: simulate what is not done, judge what is not judged, report."""
+    """``therasim run``: simulate what is not done, judge what is not judged, report.
+
+    ``output`` overrides the study's output folder (``--output``)."""
     console = console or Console()
     study = load_study(path)
+    if output:
+        study = study.model_copy(update={"output": output})
     if study.thresholds:
         from therasim.evaluation.axes import resolve_thresholds  # pandas + scipy: only when needed
 

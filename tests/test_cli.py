@@ -192,3 +192,21 @@ def test_run_study_end_to_end_and_resume(
     assert "0 completed, 0 failed, 8 already done" in capsys.readouterr().out
     assert main(["status", "runs/quickstart"]) == 0
     assert "8 completed, 0 failed, 0 not run (of 8)" in capsys.readouterr().out
+
+
+def test_run_output_overrides_the_study_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    doc = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml").read_text()
+    )
+    doc["personas"] = {"ids": ["pe-combat-01"]}
+    doc["subjects"] = {"adherent": "scripted:adherent"}
+    doc.pop("calibration")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["run", "s.yaml", "--output", "elsewhere", "--no-judge"]) == 0
+    assert (tmp_path / "elsewhere" / "sessions.sqlite").exists()
+    assert (tmp_path / "elsewhere" / "report.html").stat().st_size > 0
+    assert not (tmp_path / "runs").exists()
+    assert not list((tmp_path / "elsewhere").glob(".*.partial"))

@@ -452,9 +452,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from therasim.simulations.study import load_study
 
     if args.dry_run:
-        print_estimate(load_study(args.study), console)
+        study = load_study(args.study)
+        if args.output:
+            study = study.model_copy(update={"output": args.output})
+        print_estimate(study, console)
         return 0
-    run = run_study(args.study, judge=not args.no_judge, report=not args.no_report, console=console)
+    run = run_study(
+        args.study,
+        judge=not args.no_judge,
+        report=not args.no_report,
+        console=console,
+        output=args.output,
+    )
     stats = run.stats
     if stats is not None:
         console.print(
@@ -759,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-judge", action="store_true", help="skip judging")
     p.add_argument("--no-report", action="store_true", help="skip the report")
+    p.add_argument("--output", metavar="DIR", help="run folder (overrides the study's output:)")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("status", help="what a study folder holds")
