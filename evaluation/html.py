@@ -940,6 +940,13 @@ def _judges_section(frames: Frames, charts: _Charts, polarity: dict[str, str]) -
     verdicts = frames.verdicts
     if verdicts.empty:
         return _note("No judge verdicts in this store yet (run `therasim judge`).")
+    from therasim.evaluation.report import panel_models
+
+    members = panel_models(verdicts)
+    composition = _note(
+        f"Panel of {len(members)} judge(s): "
+        + "; ".join(f"{name} ({model})" for name, model in members.items())
+    )
     agreement = metrics.agreement_table(verdicts)
     table = pd.DataFrame(
         {
@@ -994,7 +1001,8 @@ def _judges_section(frames: Frames, charts: _Charts, polarity: dict[str, str]) -
     bias_fmt = {"bias": lambda v: _e("–" if _isnan(v) else f"{v:+.2f}")}
     height = max(320, 16 * len(judges) * len(order) + 140)
     return (
-        '<p class="muted">Krippendorff\'s α (nominal, on met) over units rated by at least two judges; '
+        composition
+        + '<p class="muted">Krippendorff\'s α (nominal, on met) over units rated by at least two judges; '
         "– when undefined (no pairable units, or every judge always gave the same value — see the "
         "unanimous share, the share of units where all judges agreed). The paper's judges differed "
         "by up to 0.38 in mean; therasim always reports agreement and bias. † = failure item.</p>"

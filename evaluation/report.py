@@ -77,6 +77,16 @@ def cell_table(frames: Frames) -> pd.DataFrame:
     return out.sort_values(keys).reset_index(drop=True)
 
 
+def panel_models(verdicts: pd.DataFrame) -> dict[str, str]:
+    """Judge name -> the model(s) its stored verdicts came from: the panel's composition."""
+    if verdicts.empty:
+        return {}
+    return {
+        str(judge): ", ".join(sorted({str(m) for m in group["model"].dropna()})) or "?"
+        for judge, group in verdicts.groupby("judge", sort=True)
+    }
+
+
 def print_report(frames: Frames, console: Console | None = None) -> None:
     """The rich console report."""
     console = console or Console()
@@ -130,11 +140,18 @@ def print_report(frames: Frames, console: Console | None = None) -> None:
         agreement = metrics.agreement_table(frames.verdicts)
         overall = agreement[agreement["item_id"] == "overall"]
         bias = metrics.judge_bias(frames.verdicts)
-        t = Table(title="Judge panel", title_justify="left")
-        for col in ("judge", "mean met", "bias vs panel", "verdicts"):
+        models = panel_models(frames.verdicts)
+        t = Table(title=f"Judge panel: {len(models)} judge(s)", title_justify="left")
+        for col in ("judge", "model", "mean met", "bias vs panel", "verdicts"):
             t.add_column(col, justify="right")
         for _, row in bias.iterrows():
-            t.add_row(str(row["judge"]), _fmt(row["mean"]), f"{row['bias']:+.2f}", str(row["n"]))
+            t.add_row(
+                str(row["judge"]),
+                models.get(str(row["judge"]), "?"),
+                _fmt(row["mean"]),
+                f"{row['bias']:+.2f}",
+                str(row["n"]),
+            )
         console.print(t)
         if not overall.empty:
             o = overall.iloc[0]

@@ -195,6 +195,23 @@ class Store:
                 raise
         return len(rows)
 
+    def verdict_judges(self) -> set[str]:
+        """Names of the judges the store holds verdicts from."""
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT DISTINCT judge FROM verdicts")}
+
+    def delete_verdicts(self, judges: Iterable[str]) -> int:
+        """Drop every verdict of the named judges (a panel being replaced); returns rows dropped."""
+        names = list(judges)
+        if not names:
+            return 0
+        with self._lock:
+            cur = self._db.execute(
+                f"DELETE FROM verdicts WHERE judge IN ({','.join('?' * len(names))})", names
+            )
+            self._db.commit()
+            return cur.rowcount
+
     def set_meta(self, key: str, value: Any) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, json.dumps(value)))

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from therasim.cli import main
+from therasim.simulations.store import Store
 
 LIBRARY = Path(__file__).resolve().parent.parent / "personas" / "library"
 
@@ -121,8 +122,6 @@ def test_simulate_show_judge_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0
     out = capsys.readouterr().out
     assert "protocol_complete" in out and "SUDS" in out
-    from therasim.simulations.store import Store
-
     with Store(store) as s:
         (sid,) = s.session_ids()
     assert main(["show", sid[:6], "--store", str(store)]) == 0
@@ -141,9 +140,35 @@ def test_simulate_show_judge_report(tmp_path: Path, capsys: pytest.CaptureFixtur
         == 0
     )
     assert "sessions judged" in capsys.readouterr().out
+    # a different panel must say whether it replaces or joins the stored one
+    one = ["judge", str(store), "--judges", "c=scripted:lenient-judge", "--no-cache"]
+    assert main(one) == 1
+    assert "--replace" in capsys.readouterr().err
+    assert main([*one, "--add"]) == 0
+    with Store(store) as s:
+        assert s.verdict_judges() == {"a", "b", "c"}
+    assert main([*one, "--replace"]) == 0
+    with Store(store) as s:
+        assert s.verdict_judges() == {"c"}
+    assert (
+        main(
+            [
+                "judge",
+                str(store),
+                "--judges",
+                "a=scripted:lexical-judge",
+                "b=scripted:harsh-judge",
+                "--replace",
+                "--no-cache",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
     assert main(["report", str(store)]) == 0
     out = capsys.readouterr().out
-    assert "CBT sessions" in out
+    assert "CBT sessions" in out and "Judge panel: 2 judge(s)" in out
+    assert "scripted:harsh-judge" in out  # the panel's composition
     # the readiness verdict and the calibration card (a simulate run is never calibrated)
     assert "Readiness" in out and "not calibrated" in out
     assert main(["report", str(store), "--format", "csv", "--out", str(tmp_path / "frames")]) == 0

@@ -554,9 +554,23 @@ def cmd_judge(args: argparse.Namespace) -> int:
         )
     )
 
+    store_path = _store_path(args.store)
+    with Store(store_path) as store:
+        others = store.verdict_judges() - {j.name for j in judges}
+        if others and not (args.replace or args.add):
+            raise ConfigError(
+                f"the store holds verdicts from other judges ({', '.join(sorted(others))}); "
+                "pass --replace to drop them and keep only this panel, or --add to add these "
+                "judges to the panel",
+                file=str(store_path),
+            )
+        if others and args.replace:
+            dropped = store.delete_verdicts(others)
+            console.print(f"dropped {dropped} verdicts of {', '.join(sorted(others))}")
+
     async def go() -> int:
         try:
-            with Store(_store_path(args.store)) as store:
+            with Store(store_path) as store:
                 return await judge_store(store, gateway, rubrics, judges)
         finally:
             await gateway.aclose()
@@ -783,6 +797,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME=MODEL",
         help="the panel, e.g. a=local b=scripted:lexical-judge",
+    )
+    panel = p.add_mutually_exclusive_group()
+    panel.add_argument(
+        "--replace", action="store_true", help="drop stored verdicts of judges not named here"
+    )
+    panel.add_argument(
+        "--add", action="store_true", help="keep other judges' verdicts: these join the panel"
     )
     p.add_argument("--no-cache", action="store_true")
     p.set_defaults(handler=cmd_judge)
