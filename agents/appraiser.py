@@ -298,8 +298,10 @@ class Lexicon:
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<lexicon>") -> Lexicon:
         """Parse and compile a lexicon; ``ConfigError`` naming the file and field on any fault."""
+        from therasim.personas.loader import load_yaml  # duplicate keys refused
+
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"invalid YAML: {exc}", file=source) from None
         try:

@@ -101,6 +101,10 @@ def load_gold(paths: Iterable[str | Path]) -> list[GoldTurn]:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read gold file: {exc.strerror}", file=str(path)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"is not UTF-8 text (invalid byte at offset {exc.start})", file=str(path)
+            ) from None
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from therasim.agents.appraiser import (
     Appraisal,
@@ -44,6 +43,7 @@ from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError
 from therasim.personas.dynamics import BehaviourCode, PhaseKind, RiskLevel
+from therasim.personas.loader import read_data_file
 
 __all__ = [
     "StatisticalCoder",
@@ -72,10 +72,7 @@ def load_cues(paths: Sequence[str | Path] | None = None) -> dict[str, tuple[re.P
     out: dict[str, list[re.Pattern[str]]] = {}
     known = {c.value for c in BehaviourCode}
     for path in files:
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot be read: {exc}", file=str(path)) from None
+        doc = read_data_file(path) or {}
         codes = doc.get("codes") if isinstance(doc, dict) else None
         if not isinstance(codes, dict):
             raise ConfigError("must have a 'codes' mapping", file=str(path), field="codes")

@@ -59,7 +59,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from rich.console import Console
 from rich.table import Table
 from scipy import stats
@@ -205,10 +204,9 @@ class Verdict:
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot be read: {exc}", file=str(path)) from None
+    from therasim.personas.loader import read_data_file
+
+    return read_data_file(path)
 
 
 @cache

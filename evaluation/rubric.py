@@ -316,14 +316,18 @@ def _config_error(exc: ValidationError, source: str, doc: Mapping[str, Any]) -> 
 
 def parse_rubric(text: str, source: str = "<string>") -> Rubric:
     """Validate one rubric given as YAML text; ``source`` names it in error messages."""
+    from therasim.personas.loader import load_yaml  # duplicate keys refused, as in personas
+
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(
             f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=source
         ) from None
+    except RecursionError:
+        raise ConfigError("is nested too deeply to be a rubric", file=source) from None
     if not isinstance(doc, dict):
         raise ConfigError("a rubric file holds one mapping (id, version, items)", file=source)
     try:

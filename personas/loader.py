@@ -89,6 +89,40 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
+MAX_DATA_FILE_BYTES = 4_000_000  # far above any real data file; a bigger one is a mistake
+
+
+def read_data_file(path: str | Path) -> Any:
+    """A YAML data file (study, rubric, thresholds, lexicon, cues) as Python data.
+
+    Every fault is a ``ConfigError`` naming the file: unreadable, too large, binary or not UTF-8,
+    invalid YAML, a duplicate key, or nesting too deep for the parser.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror}", file=str(path)) from None
+    if len(raw) > MAX_DATA_FILE_BYTES:
+        raise ConfigError(
+            f"is {len(raw):,} bytes; data files are at most {MAX_DATA_FILE_BYTES:,}", file=str(path)
+        )
+    if b"\0" in raw:
+        raise ConfigError("is a binary file, not YAML text", file=str(path))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"is not UTF-8 text (invalid byte at offset {exc.start})", file=str(path)
+        ) from None
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_reason(exc), file=str(path)) from None
+    except RecursionError:
+        raise ConfigError("is nested too deeply to be a data file", file=str(path)) from None
+
+
 def _yaml_reason(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)

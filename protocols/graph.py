@@ -253,7 +253,14 @@ def load_protocol(path_or_id: str | os.PathLike[str]) -> ProtocolGraph:
                 f"no protocol file at {str(path)!r}",
                 file=str(path),
             )
-        return protocol_from_text(path.read_text(encoding="utf-8"), source=str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            raise ProtocolValidationError(
+                ValidationReason.INVALID_YAML, f"cannot be read: {reason}", file=str(path)
+            ) from None
+        return protocol_from_text(text, source=str(path))
     return _load_library(str(path_or_id))
 
 
@@ -281,6 +288,10 @@ def protocol_from_text(text: str, *, source: str = "<string>") -> ProtocolGraph:
     except yaml.YAMLError as exc:
         raise ProtocolValidationError(
             ValidationReason.INVALID_YAML, str(exc), file=source
+        ) from None
+    except RecursionError:
+        raise ProtocolValidationError(
+            ValidationReason.INVALID_YAML, "nested too deeply to be a protocol", file=source
         ) from None
     return protocol_from_data(data, source=source)
 

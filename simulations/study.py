@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from therasim.agents.llm import GatewayConfig, Price, RoleConfig, parse_model_spec
 from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
 from therasim.errors import ConfigError
 from therasim.personas.dynamics import Severity
-from therasim.personas.loader import select_personas
+from therasim.personas.loader import read_data_file, select_personas
 from therasim.personas.schema import Persona
 from therasim.protocols import default_protocol_for, load_protocol
 from therasim.simulations.records import SessionSpec
@@ -233,12 +232,7 @@ def _role(model: str, limits: RoleLimits) -> RoleConfig:
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file; errors name the file and field path."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot be read: {exc.strerror}", file=str(path)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"is not valid YAML: {exc}", file=str(path)) from None
+    doc = read_data_file(path)
     if not isinstance(doc, dict):
         raise ConfigError("a study file must be a mapping", file=str(path))
     try:

@@ -212,8 +212,8 @@ def _is_protocol_file(path: Any) -> bool:
 
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return False  # read as a persona file, whose loader names the problem
     return isinstance(doc, dict) and "phases" in doc and "transitions" in doc
 
 
