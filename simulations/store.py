@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from therasim.errors import redact_secrets
 from therasim.simulations.records import SessionResult
 
 SCHEMA = """
@@ -135,7 +136,7 @@ class Store:
                         spec.repeat,
                         result.status,
                         result.termination_reason.value,
-                        result.error,
+                        None if result.error is None else redact_secrets(result.error),
                         result.therapist_turns,
                         json.dumps([q.model_dump() for q in result.questionnaires]),
                         json.dumps(result.adherence),
@@ -177,8 +178,11 @@ class Store:
                 raise
 
     def save_verdicts(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Insert or replace verdict rows (dicts with the ``verdicts`` columns); one transaction."""
-        rows = list(rows)
+        """Insert or replace verdict rows (dicts with the ``verdicts`` columns); one transaction.
+
+        A reason is stored with secret-looking strings redacted (an error echoed by a backend
+        may carry its key)."""
+        rows = [{**r, "reason": redact_secrets(str(r.get("reason", "")))} for r in rows]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

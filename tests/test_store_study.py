@@ -160,3 +160,41 @@ def test_study_prices_price_a_self_hosted_model_in_the_estimate() -> None:
     assert priced.gateway_config().prices["my-model"].output_per_mtok == 2.0
     cost = estimate(priced, expand(priced, library), set()).cost_usd
     assert cost is not None and cost > 0
+
+
+def test_secrets_in_error_text_never_reach_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_PROVIDER_API_KEY", "envsecret-0123456789")
+    failed = result(spec(seed=7), status="failed").model_copy(
+        update={
+            "error": "401: Incorrect API key provided: sk-proj-abcdefghijklmnop "
+            "(key envsecret-0123456789)"
+        }
+    )
+    with Store(tmp_path / "s.sqlite") as store:
+        store.save_session(failed)
+        store.save_verdicts(
+            [
+                {
+                    "session_id": failed.session_id,
+                    "judge": "j",
+                    "item_id": "x",
+                    "turn": 1,
+                    "met": None,
+                    "score": None,
+                    "prompt_hash": "h",
+                    "rubric_version": "1",
+                    "model": "m",
+                    "input_tokens": 0,
+                    "output_tokens": 0,
+                    "reason": "error: ModelError: Authorization: Bearer abcdefgh12345678 refused",
+                }
+            ]
+        )
+    raw = (tmp_path / "s.sqlite").read_bytes()
+    for secret in (b"sk-proj-abcdefghijklmnop", b"envsecret-0123456789", b"abcdefgh12345678"):
+        assert secret not in raw
+    with Store(tmp_path / "s.sqlite") as store:
+        (row,) = store.session_rows()
+        assert "[redacted]" in row["error"] and "401: Incorrect API key provided" in row["error"]

@@ -831,7 +831,11 @@ def _print_error(label: str, exc: TherasimError) -> None:
     # escaped: a model error starts with "[role …, model …]", which rich would take for markup
     from rich.markup import escape
 
-    err_console.print(f"[red]{label}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    from therasim.errors import redact_secrets
+
+    err_console.print(
+        f"[red]{label}:[/] {escape(redact_secrets(str(exc)))}", highlight=False, soft_wrap=True
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -134,3 +134,35 @@ class GuardFailure(SessionError):
 
 class BudgetExhausted(TherasimError):
     """The study's budget (cost or tokens) is spent; no new sessions start."""
+
+
+_SECRET_PATTERNS = (
+    # provider-style keys and bearer tokens
+    (r"\bsk-[A-Za-z0-9_-]{12,}", "[redacted]"),
+    (r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}", r"\1[redacted]"),
+    # key=value / "key": "value" pairs whose name says secret: the name stays, the value goes
+    (
+        r"(?i)((?:api[_-]?key|access[_-]?token|auth[_-]?token|secret|password)[\"']?\s*[:=]\s*[\"']?)"
+        r"[^\s\"',;}]{6,}",
+        r"\1[redacted]",
+    ),
+)
+_SECRET_ENV = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with secret-looking strings and the values of secret environment variables
+    (names containing KEY, TOKEN, SECRET or PASSWORD) replaced by ``[redacted]``.
+
+    Applied where error text is stored or shown: a backend that echoes the request's key into
+    its error message must not put the key into the store, the report or the terminal.
+    """
+    import os
+    import re
+
+    for name, value in os.environ.items():
+        if len(value) >= 8 and any(part in name.upper() for part in _SECRET_ENV):
+            text = text.replace(value, "[redacted]")
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = re.sub(pattern, replacement, text)
+    return text
