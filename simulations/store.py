@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from therasim.errors import redact_secrets
+from therasim.errors import ConfigError, redact_secrets
 from therasim.simulations.records import SessionResult
 
 SCHEMA = """
@@ -82,16 +82,53 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_store_file(path: Path) -> None:
+    """Refuse an existing file that cannot be a store: empty (a truncated store would otherwise
+    read as "nothing done" and be re-simulated over) or not an SQLite database."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ConfigError("is a folder, not a store file", file=str(path))
+    with path.open("rb") as fh:
+        head = fh.read(len(_SQLITE_HEADER))
+    wal = path.with_name(path.name + "-wal")
+    if not head:
+        if wal.exists() and wal.stat().st_size > 0:
+            return  # a new store whose first pages are still in the write-ahead log
+        raise ConfigError(
+            "is an empty file, not a therasim store (was it truncated?); move it away to start "
+            "a new run",
+            file=str(path),
+        )
+    if head != _SQLITE_HEADER:
+        raise ConfigError("is not a therasim store (not an SQLite database)", file=str(path))
+
+
 class Store:
     """A study's SQLite file. Safe to share between the tasks of one process."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _check_store_file(self.path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=60.0
         )  # several worker processes may write at once
+        try:
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(f"is not a therasim store ({exc})", file=str(self.path)) from None
+        if tables and "sessions" not in tables:
+            self._db.close()
+            raise ConfigError(
+                "is an SQLite database but not a therasim store; refusing to write into it",
+                file=str(self.path),
+            )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")

@@ -198,3 +198,34 @@ def test_secrets_in_error_text_never_reach_the_store(
     with Store(tmp_path / "s.sqlite") as store:
         (row,) = store.session_rows()
         assert "[redacted]" in row["error"] and "401: Incorrect API key provided" in row["error"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty file"),
+        (b"this is a text file\n", "not an SQLite database"),
+    ],
+)
+def test_a_file_that_is_not_a_store_is_refused_untouched(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "sessions.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        Store(path)
+    assert path.read_bytes() == content
+
+
+def test_an_sqlite_file_of_another_program_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE accounts (id INTEGER)")
+    with pytest.raises(ConfigError, match="not a therasim store"):
+        Store(path)
+    with Store(tmp_path / "new.sqlite") as store:  # a new path is created as before
+        store.set_meta("k", 1)
+    with Store(tmp_path / "new.sqlite") as store:
+        assert store.get_meta("k") == 1
