@@ -81,6 +81,8 @@ def panel_models(verdicts: pd.DataFrame) -> dict[str, str]:
     """Judge name -> the model(s) its stored verdicts came from: the panel's composition."""
     if verdicts.empty:
         return {}
+    if "model" not in verdicts.columns:  # hand-built frames may leave it out
+        return {str(judge): "?" for judge in sorted(verdicts["judge"].unique())}
     return {
         str(judge): ", ".join(sorted({str(m) for m in group["model"].dropna()})) or "?"
         for judge, group in verdicts.groupby("judge", sort=True)
