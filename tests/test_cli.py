@@ -126,19 +126,8 @@ def test_simulate_show_judge_report(tmp_path: Path, capsys: pytest.CaptureFixtur
         (sid,) = s.session_ids()
     assert main(["show", sid[:6], "--store", str(store)]) == 0
     assert "therapist" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "judge",
-                str(store),
-                "--judges",
-                "a=scripted:lexical-judge",
-                "b=scripted:harsh-judge",
-                "--no-cache",
-            ]
-        )
-        == 0
-    )
+    pair = ["judge", str(store), "--judges", "a=scripted:lexical-judge", "b=scripted:harsh-judge"]
+    assert main([*pair, "--no-cache"]) == 0
     assert "sessions judged" in capsys.readouterr().out
     # a different panel must say whether it replaces or joins the stored one
     one = ["judge", str(store), "--judges", "c=scripted:lenient-judge", "--no-cache"]
@@ -150,20 +139,7 @@ def test_simulate_show_judge_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main([*one, "--replace"]) == 0
     with Store(store) as s:
         assert s.verdict_judges() == {"c"}
-    assert (
-        main(
-            [
-                "judge",
-                str(store),
-                "--judges",
-                "a=scripted:lexical-judge",
-                "b=scripted:harsh-judge",
-                "--replace",
-                "--no-cache",
-            ]
-        )
-        == 0
-    )
+    assert main([*pair, "--replace", "--no-cache"]) == 0
     capsys.readouterr()
     assert main(["report", str(store)]) == 0
     out = capsys.readouterr().out
