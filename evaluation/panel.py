@@ -57,7 +57,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message, TolerantOutput
-from therasim.errors import ConfigError, TherasimError, UnknownNameError
+from therasim.errors import BudgetExhausted, ConfigError, TherasimError, UnknownNameError
 from therasim.evaluation.detectors import TherapistTurn, therapist_turns
 from therasim.evaluation.rubric import Rubric, RubricItem, item_applies
 from therasim.evaluation.scripted_judges import KNOWN_RESOURCE_NUMBERS
@@ -846,6 +846,7 @@ async def judge_store(
     progress: Callable[[int, int], None] | None = None,
     options: PanelOptions | None = None,
     personas: Mapping[str, Persona] | None = None,
+    over_budget: Callable[[], bool] | None = None,
 ) -> int:
     """Judge every completed session in ``store`` that a judge has not judged yet; returns how many.
 
@@ -855,7 +856,9 @@ async def judge_store(
     cache, answers already given cost nothing). Only the judges a session lacks are run on it.
     ``session_ids`` restricts the candidates; ``progress(done, total)`` is called after each
     session; ``personas`` (id → persona) defaults to the packaged library. Returns the number of
-    sessions that got new verdict rows.
+    sessions that got new verdict rows. ``over_budget`` is read before each session is judged:
+    once true, the sessions left are not judged and :class:`BudgetExhausted` is raised after
+    everything judged so far is stored (a rerun with more budget judges the rest).
     """
     options = options or PanelOptions()
     rubrics = list(rubrics)
@@ -881,10 +884,14 @@ async def judge_store(
     semaphore = asyncio.Semaphore(options.session_concurrency)
     finished = 0
     judged = 0
+    left_unjudged = 0
 
     async def one(session_id: str, needed: list[JudgeSpec]) -> None:
-        nonlocal finished, judged
+        nonlocal finished, judged, left_unjudged
         async with semaphore:
+            if over_budget is not None and over_budget():
+                left_unjudged += 1
+                return
             result = store.load_session(session_id)
             if result is not None:
                 persona = _resolve_persona(result, library)
@@ -899,4 +906,10 @@ async def judge_store(
             progress(finished, len(todo))
 
     await asyncio.gather(*(one(sid, js) for sid, js in todo))
+    if left_unjudged:
+        raise BudgetExhausted(
+            f"the study's budget is spent: {left_unjudged} of {len(todo)} sessions left unjudged "
+            f"({judged} judged now)",
+            done=judged,
+        )
     return judged

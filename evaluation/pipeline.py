@@ -25,9 +25,11 @@ from rich.progress import (
 )
 
 from therasim.agents.llm import Gateway
-from therasim.errors import ConfigError
+from therasim.errors import BudgetExhausted, ConfigError
 from therasim.personas.loader import load_library
-from therasim.simulations.runner import RunStats, check_specs, estimate, run_specs
+from therasim.simulations.budget import BudgetMeter, Spent, record_judging, spent_in_store
+from therasim.simulations.records import SessionSpec
+from therasim.simulations.runner import Estimate, RunStats, check_specs, estimate, run_specs
 from therasim.simulations.store import Store
 from therasim.simulations.study import Study, expand, load_study
 
@@ -53,17 +55,103 @@ def study_store(out_dir: Path) -> Path:
     return out_dir / STORE_NAME
 
 
-def print_estimate(study: Study, console: Console) -> None:
-    """``--dry-run``: counts and an estimate; no model is called."""
+# A judge's call, in tokens: the rubric item, instructions and a bounded transcript window
+# (measured on studies/quickstart.yaml: about 794 input tokens a turn item), and a short verdict.
+JUDGE_PROMPT_TOKENS = 800
+JUDGE_REPLY_TOKENS = 60
+
+
+def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set[str]) -> None:
+    """Add the panel's calls to ``est``: one per judge, per turn item that fits the turn's phase
+    kind along the protocol's shortest full path, and per session item. Conditional items
+    (``applies_when``) are counted as applying: an upper bound for crisis-only items."""
+    if not study.judges:
+        return
+    from therasim.agents.llm import parse_model_spec, price_of
+    from therasim.agents.types import Usage
+    from therasim.evaluation.rubric import RubricItem, load_rubrics
+    from therasim.protocols import load_protocol
+
+    items = [item for rubric in load_rubrics(study.rubrics or None) for item in rubric.items]
+
+    def fits(item: RubricItem, modality: str, kind: str | None) -> bool:
+        if item.modality not in ("any", modality) or (item.scope == "turn") != (kind is not None):
+            return False
+        return not item.phases or kind in {p.value for p in item.phases}
+
+    per_protocol: dict[str, int] = {}
+    calls = 0
+    for spec in (s for s in specs if s.session_id not in done):
+        if spec.protocol not in per_protocol:
+            graph = load_protocol(spec.protocol)
+            modality = graph.protocol.modality
+            path = [graph.phase(p) for p in graph.canonical_path]
+            kinds = [phase.kind.value for phase in path for _ in range(phase.min_turns)]
+            per_protocol[spec.protocol] = sum(
+                fits(item, modality, kind)
+                for kind in [*kinds[: spec.max_turns], None]
+                for item in items
+            )
+        calls += per_protocol[spec.protocol]
+    for judge in study.judges:
+        model = parse_model_spec(judge.model)
+        tokens_in, tokens_out = calls * JUDGE_PROMPT_TOKENS, calls * JUDGE_REPLY_TOKENS
+        est.per_role[f"judge:{judge.name}"] = {
+            "calls": calls,
+            "tokens": tokens_in + tokens_out,
+            "backend_calls": calls if model.is_real else 0,
+        }
+        est.calls += calls
+        est.tokens += tokens_in + tokens_out
+        cost = price_of(
+            model, Usage(input_tokens=tokens_in, output_tokens=tokens_out), dict(study.prices)
+        )
+        est.cost_usd = None if cost is None or est.cost_usd is None else est.cost_usd + cost
+    est.assumptions = est.assumptions.replace(
+        "judging not included",
+        f"judging: one call per judge per applicable item, ~{JUDGE_PROMPT_TOKENS} tokens in",
+    )
+
+
+def stored_spending(study: Study) -> Spent:
+    """What earlier runs of this study (its run folder's store) have spent."""
+    path = study_store(study.output_dir())
+    if not path.exists():
+        return Spent()
+    with Store(path) as store:
+        return spent_in_store(store)
+
+
+def over_budget(study: Study, est: Estimate, spent: Spent | None = None) -> str | None:
+    """Why the estimate plus what earlier runs spent exceeds the study's budget, or None."""
+    b, spent = study.budget, spent or Spent()
+    tokens = est.tokens + spent.tokens
+    if b.max_tokens is not None and tokens > b.max_tokens:
+        return f"the estimate ({tokens:,} tokens) exceeds the budget ({b.max_tokens:,} tokens)"
+    if b.max_cost_usd is not None and est.cost_usd is not None:
+        cost = est.cost_usd + spent.cost_usd
+        if cost > b.max_cost_usd:
+            return f"the estimate (${cost:,.2f}) exceeds the budget (${b.max_cost_usd:,.2f})"
+    return None
+
+
+def study_estimate(study: Study) -> Estimate:
+    """``--dry-run``'s figures: the sessions left to run and their judging."""
     library = load_library()
     specs = expand(study, library)
     check_specs(specs, library)
-    out_dir = study.output_dir()
     done: set[str] = set()
-    if study_store(out_dir).exists():
-        with Store(study_store(out_dir)) as store:
+    if study_store(study.output_dir()).exists():
+        with Store(study_store(study.output_dir())) as store:
             done = store.session_ids(status="completed")
     est = estimate(study, specs, done)
+    add_judging(est, study, specs, done)
+    return est
+
+
+def print_estimate(study: Study, console: Console) -> Estimate:
+    """``--dry-run``: counts and an estimate, judging included; no model is called."""
+    est = study_estimate(study)
     console.print(
         f"[bold]{study.id}[/]: {est.sessions} sessions ({est.to_run} to run, {est.sessions - est.to_run} already done)"
     )
@@ -76,6 +164,12 @@ def print_estimate(study: Study, console: Console) -> None:
         f"  total          {est.calls:>8,} calls  {est.tokens:>12,} tokens  estimated cost {cost}"
     )
     console.print(f"[dim]assumptions: {est.assumptions}[/]")
+    reason = over_budget(study, est, stored_spending(study))
+    if reason:
+        console.print(
+            f"[yellow]{reason}: the run would stop part-way. `therasim run` asks for --yes.[/]"
+        )
+    return est
 
 
 def _progress_bar(console: Console) -> Progress:
@@ -126,7 +220,18 @@ async def judge_study(study: Study, gateway: Gateway, store: Store, console: Con
         return 0
     judges = [JudgeSpec(**j.model_dump()) for j in study.judges]
     rubrics = load_rubrics(study.rubrics or None)
-    return await judge_store(store, gateway, rubrics, judges)
+    meter = BudgetMeter(study.budget, gateway)
+    if meter.limited:
+        meter.before = spent_in_store(store)
+    try:
+        return await judge_store(
+            store, gateway, rubrics, judges, over_budget=meter.exhausted if meter.limited else None
+        )
+    except BudgetExhausted as exc:
+        console.print(f"[yellow]judging stopped: {exc}; rerun with a larger budget to finish[/]")
+        return exc.done
+    finally:
+        record_judging(store, meter)
 
 
 async def calibrate_study(

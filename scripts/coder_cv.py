@@ -5,7 +5,7 @@ The test split is for measurement only (``benchmarks/bench_coder.py``); choices 
 (features, model, thresholds, cues) are made on this script's out-of-fold figures. Each fold
 trains the whole coder (inner cross-validation for thresholds included) on the other folds.
 
-    .venv/bin/python scripts/coder_cv.py [--folds 5]
+    .venv/bin/python scripts/coder_cv.py [--folds 5 | --by-voice]
 """
 
 from __future__ import annotations
@@ -30,16 +30,37 @@ from therasim.evaluation.calibration_scores import score_set
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument(
+        "--by-voice",
+        action="store_true",
+        help="hold out each 'voices' file's dev lines in turn (text in styles the cues were not "
+        "written from) and score only those: a closer proxy for unseen text than random folds",
+    )
     args = parser.parse_args()
     from sklearn.model_selection import KFold
 
-    turns = dev_turns()
+    all_dev = dev_turns()
+    if args.by_voice:
+        prefixes = ("vpe-", "vmx-", "vcbt-")
+        folds = [
+            (
+                [i for i, t in enumerate(all_dev) if not t.id.startswith(p)],
+                [i for i, t in enumerate(all_dev) if t.id.startswith(p)],
+            )
+            for p in prefixes
+        ]
+    else:
+        folds = list(KFold(args.folds, shuffle=True, random_state=7).split(all_dev))
+    scored = sorted({i for _, test_idx in folds for i in test_idx})
+    turns = all_dev
     predicted: list[frozenset[str]] = [frozenset()] * len(turns)
-    for train_idx, test_idx in KFold(args.folds, shuffle=True, random_state=7).split(turns):
+    for train_idx, test_idx in folds:
         coder = train_coder([turns[i] for i in train_idx])
         for i in test_idx:
             appraisal = coder.appraise(turns[i].therapist, gold_context(turns[i]), turns[i].patient)
             predicted[i] = frozenset(c.value for c in appraisal.codes)
+    turns = [all_dev[i] for i in scored]
+    predicted = [predicted[i] for i in scored]
     gold = [frozenset(c.value for c in t.codes) for t in turns]
     codes = score_set(CODES, gold, predicted, intervals=False)
     rules = [failures_from_codes(p, t, t.therapist) for p, t in zip(predicted, turns, strict=True)]

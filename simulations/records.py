@@ -25,6 +25,7 @@ class TerminationReason(StrEnum):
     PROTOCOL_COMPLETE = "protocol_complete"
     CRISIS_HANDOFF = "crisis_handoff"
     MAX_TURNS = "max_turns"
+    BUDGET_EXHAUSTED = "budget_exhausted"
     PATIENT_DROPOUT = "patient_dropout"
     SUBJECT_ERROR = "subject_error"
     PATIENT_ERROR = "patient_error"
@@ -35,6 +36,12 @@ class TerminationReason(StrEnum):
     @property
     def is_error(self) -> bool:
         return self.value.endswith("_error")
+
+    @property
+    def is_complete(self) -> bool:
+        """The session ran to a natural end: stored as completed (errors and a spent budget
+        leave it failed, so a rerun redoes it)."""
+        return not self.is_error and self is not TerminationReason.BUDGET_EXHAUSTED
 
 
 class SessionSpec(BaseModel):

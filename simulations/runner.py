@@ -23,6 +23,7 @@ from therasim.agents.llm import Gateway, parse_model_spec, price_of
 from therasim.agents.types import Usage
 from therasim.personas.schema import Persona
 from therasim.protocols import load_protocol
+from therasim.simulations.budget import BudgetMeter, Spent, spent_in_store
 from therasim.simulations.records import (
     SessionResult,
     SessionSpec,
@@ -70,16 +71,6 @@ class RunStats:
         return self.elapsed_s / self.done * max(0, self.to_run - self.done - self.not_started)
 
 
-def _budget_spent(study: Study, stats: RunStats, spent_before: tuple[int, float]) -> bool:
-    tokens = spent_before[0] + stats.input_tokens + stats.output_tokens
-    cost = spent_before[1] + stats.cost_usd
-    b = study.budget
-    return bool(
-        (b.max_tokens is not None and tokens >= b.max_tokens)
-        or (b.max_cost_usd is not None and cost >= b.max_cost_usd)
-    )
-
-
 def _failed_result(spec: SessionSpec, library: dict[str, Persona], error: str) -> SessionResult:
     persona = library.get(spec.persona)
     now = time.time()
@@ -104,21 +95,25 @@ async def run_specs(
     gateway: Gateway,
     library: dict[str, Persona],
     progress: ProgressFn | None = None,
+    spent_before: Spent | None = None,
 ) -> RunStats:
-    """Run every spec not already completed in ``store``; returns the run's statistics."""
+    """Run every spec not already completed in ``store``; returns the run's statistics.
+
+    The study's budget is metered live (``budget.py``): once spent, no session starts (counted
+    as not started) and those in flight stop at their next turn boundary, ``budget_exhausted``.
+    ``spent_before`` replaces what the store says earlier runs spent (a worker process gets
+    its share of what is left)."""
     done = store.session_ids(status="completed")
     todo = [s for s in specs if s.session_id not in done]
     stats = RunStats(total=len(specs), skipped=len(specs) - len(todo))
-    rows = store.session_rows() if study.budget.max_cost_usd or study.budget.max_tokens else []
-    spent_before = (
-        sum(r["input_tokens"] + r["output_tokens"] for r in rows),
-        sum(r["cost_usd"] or 0.0 for r in rows),
-    )
+    meter = BudgetMeter(study.budget, gateway)
+    if meter.limited:
+        meter.before = spent_before if spent_before is not None else spent_in_store(store)
     if not todo:
         return stats
     if study.processes > 1:
         return await _run_in_processes(
-            todo, stats, study=study, store=store, gateway=gateway, progress=progress
+            todo, stats, study=study, store=store, gateway=gateway, progress=progress, meter=meter
         )
     # Imported here: LangGraph is most of a rerun's start-up, and a finished study needs none of it.
     from therasim.simulations.session import run_session
@@ -133,12 +128,13 @@ async def run_specs(
                 spec = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if stats.budget_exhausted or _budget_spent(study, stats, spent_before):
+            if stats.budget_exhausted or meter.exhausted():
                 stats.budget_exhausted = True
                 stats.not_started += 1
                 continue
             try:
-                result = await run_session(spec, gateway, library)
+                over_budget = meter.exhausted if meter.limited else None
+                result = await run_session(spec, gateway, library, over_budget=over_budget)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must cost one session, not the batch
@@ -146,6 +142,8 @@ async def run_specs(
                     spec, library, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
                 )
             store.save_session(result)
+            if result.termination_reason is TerminationReason.BUDGET_EXHAUSTED:
+                stats.budget_exhausted = True
             if result.status == "completed":
                 stats.completed += 1
             else:
@@ -200,7 +198,8 @@ def _shard_main(
     store_path: str,
     spec_docs: list[dict[str, Any]],
 ) -> RunStats:
-    """One worker process: its own gateway and store connection, its share of the sessions."""
+    """One worker process: its own gateway and store connection, its share of the sessions and
+    of the budget left (earlier spending is already taken off that share)."""
     from therasim.agents.llm import GatewayConfig
     from therasim.personas.loader import load_library
 
@@ -212,7 +211,12 @@ def _shard_main(
         try:
             with Store(store_path) as store:
                 return await run_specs(
-                    specs, study=study, store=store, gateway=gateway, library=load_library()
+                    specs,
+                    study=study,
+                    store=store,
+                    gateway=gateway,
+                    library=load_library(),
+                    spent_before=Spent(),
                 )
         finally:
             await gateway.aclose()
@@ -228,24 +232,28 @@ async def _run_in_processes(
     store: Store,
     gateway: Gateway,
     progress: ProgressFn | None,
+    meter: BudgetMeter,
 ) -> RunStats:
     """Shard the sessions over ``study.processes`` worker processes.
 
     One Python process is CPU-bound at a few milliseconds a turn; more processes use more cores.
     Each worker gets every ``processes``-th session, its share of the session and per-role
     concurrency, its own gateway and its own connection to the store (SQLite in WAL mode takes
-    the concurrent writers). Progress is read from the store while they run. The budget is
-    divided among the workers.
+    the concurrent writers). Progress is read from the store while they run. What is left of
+    the budget is divided among the workers.
     """
     import concurrent.futures
     import multiprocessing
 
     n = study.processes
     per = {"concurrency": max(1, study.concurrency // n)}
-    budget = study.budget.model_copy(
+    b, spent = study.budget, meter.spent()
+    budget = b.model_copy(
         update={
-            "max_cost_usd": study.budget.max_cost_usd / n if study.budget.max_cost_usd else None,
-            "max_tokens": study.budget.max_tokens // n if study.budget.max_tokens else None,
+            "max_cost_usd": max(b.max_cost_usd - spent.cost_usd, 1e-9) / n
+            if b.max_cost_usd
+            else None,
+            "max_tokens": max(1, (b.max_tokens - spent.tokens) // n) if b.max_tokens else None,
         }
     )
     study_doc = study.model_copy(update={**per, "budget": budget}).model_dump(mode="json")

@@ -85,6 +85,7 @@ class SessionDeps:
     system_prompt: str | None
     raw: bool
     on_turn: TurnCallback | None = None
+    over_budget: Callable[[], bool] | None = None  # read at each turn boundary
     session_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -249,7 +250,7 @@ def route_start(
 
 
 def termination_for(state: SessionState, deps: SessionDeps) -> TerminationReason | None:
-    """Why the session should end now, or None to go on. Pure."""
+    """Why the session should end now, or None to go on. Pure but for the budget meter."""
     if state.get("termination"):
         return state["termination"]
     if state["patient_state"].dropout:
@@ -263,6 +264,8 @@ def termination_for(state: SessionState, deps: SessionDeps) -> TerminationReason
         )
     if state.get("turn", 0) >= deps.spec.max_turns:
         return TerminationReason.MAX_TURNS
+    if deps.over_budget is not None and deps.over_budget():
+        return TerminationReason.BUDGET_EXHAUSTED
     return None
 
 
@@ -330,8 +333,12 @@ async def run_session(
     library: dict[str, Persona],
     *,
     on_turn: TurnCallback | None = None,
+    over_budget: Callable[[], bool] | None = None,
 ) -> SessionResult:
-    """Simulate one session to its end. Never raises for participant errors: they are recorded."""
+    """Simulate one session to its end. Never raises for participant errors: they are recorded.
+
+    ``over_budget`` is read at each turn boundary: once it is true the session stops there,
+    ``budget_exhausted``, and is stored as failed (a rerun with more budget redoes it)."""
     started = time.time()
     persona = resolve_persona(spec, library)
     protocol = load_protocol(spec.protocol)
@@ -354,6 +361,7 @@ async def run_session(
         system_prompt=system_prompt,
         raw=raw,
         on_turn=on_turn,
+        over_budget=over_budget,
     )
     patient0 = initial_state(persona)
     state: SessionState = {
@@ -380,7 +388,7 @@ async def run_session(
         )
         termination = termination_for(final, deps) or TerminationReason.MAX_TURNS
         error = final.get("error")
-        if not termination.is_error and spec.questionnaires:
+        if termination.is_complete and spec.questionnaires:
             try:
                 questionnaires += await _questionnaires(deps, final, "post")
             except (ModelError, SessionError) as exc:
@@ -402,9 +410,14 @@ async def run_session(
         modality=persona.modality,
         initial_state=patient0,
         habituation_margin=persona.dynamics.habituation_margin,
-        status="failed" if termination.is_error else "completed",
+        status="completed" if termination.is_complete else "failed",
+        error=error
+        or (
+            "the study's budget was spent"
+            if termination is TerminationReason.BUDGET_EXHAUSTED
+            else None
+        ),
         termination_reason=termination,
-        error=error,
         turns=final.get("turns", []),
         questionnaires=questionnaires,
         calls=[

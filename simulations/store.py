@@ -361,6 +361,15 @@ class Store:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    def uncached_call_totals(self) -> tuple[int, float]:
+        """Tokens and cost of the stored calls that reached a backend (the budget's measure)."""
+        with self._lock:
+            tokens, cost = self._db.execute(
+                "SELECT COALESCE(SUM(input_tokens + output_tokens), 0), COALESCE(SUM(cost_usd), 0)"
+                " FROM calls WHERE cached = 0"
+            ).fetchone()
+        return int(tokens), float(cost)
+
     def call_rows(self) -> list[dict[str, Any]]:
         with self._lock:
             cur = self._db.execute("SELECT * FROM calls ORDER BY session_id, idx")

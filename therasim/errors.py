@@ -30,10 +30,35 @@ class TherasimError(Exception):
     """Base class of every error therasim raises on purpose."""
 
 
+#: Longest line of a ``ConfigError`` message, and longest message: a value quoted from a bad file
+#: is cut (a 4 MB ``id:`` or an expanded alias bomb must not become a 4 MB or 3 GB message).
+MAX_MESSAGE_LINE = 500
+MAX_MESSAGE = 20_000
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_LINE) -> str:
+    """``text`` cut to about ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit:,} more characters]"
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    """A bounded ``repr``: reprlib never walks more than a few items of a nested value."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 4
+    short.maxlevel = 2
+    return clip(short.repr(value), limit)
+
+
 class ConfigError(TherasimError):
     """A data file (persona, protocol, rubric, study) or a setting is invalid.
 
-    The message names the file, the object's id where known, and the field path.
+    The message names the file, the object's id where known, and the field path. Every part is
+    cut to a readable length (``clip``): messages quote values from files that may be huge.
     """
 
     def __init__(
@@ -41,7 +66,7 @@ class ConfigError(TherasimError):
         message: str,
         *,
         file: str | None = None,
-        object_id: str | None = None,
+        object_id: object = None,
         field: str | None = None,
     ) -> None:
         self.file = file
@@ -50,12 +75,13 @@ class ConfigError(TherasimError):
         where = ", ".join(
             part
             for part in (
-                file,
-                f"id {object_id!r}" if object_id else None,
-                f"field {field}" if field else None,
+                clip(str(file), 300) if file else None,
+                f"id {_short_repr(object_id)}" if object_id else None,
+                f"field {clip(str(field), 200)}" if field else None,
             )
             if part
         )
+        message = clip("\n".join(clip(line) for line in str(message).split("\n")), MAX_MESSAGE)
         super().__init__(f"{where}: {message}" if where else message)
 
 
@@ -133,7 +159,13 @@ class GuardFailure(SessionError):
 
 
 class BudgetExhausted(TherasimError):
-    """The study's budget (cost or tokens) is spent; no new sessions start."""
+    """The study's budget (cost or tokens) is spent: no new session starts or is judged.
+
+    ``done`` counts the work finished (and stored) before the stop, e.g. sessions judged."""
+
+    def __init__(self, message: str, *, done: int = 0) -> None:
+        self.done = done
+        super().__init__(message)
 
 
 _SECRET_PATTERNS = (

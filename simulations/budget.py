@@ -1,0 +1,107 @@
+"""The study's budget, metered live across simulation and judging.
+
+What counts is what the gateway actually sent: every call not served from the cache, in every
+role (subject, patient, appraiser, questionnaires, judges), with its tokens and cost. Spending
+of earlier runs on the same store counts too: the sessions' uncached calls are in the store,
+and judging's spending is kept in the store's meta. The meter is read at turn boundaries (an
+in-flight session stops there, ``budget_exhausted``), before a session starts, and before a
+session is judged, so a run overshoots by at most one turn or one session's judging per
+session in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from therasim.agents.llm import Gateway
+from therasim.errors import BudgetExhausted
+from therasim.simulations.store import Store
+from therasim.simulations.study import Budget
+
+JUDGING_SPENT = "judging_spent"  # store meta: tokens and cost that judging has spent so far
+
+
+@dataclass
+class Spent:
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Spent) -> Spent:
+        return Spent(self.tokens + other.tokens, self.cost_usd + other.cost_usd)
+
+
+def spent_in_store(store: Store) -> Spent:
+    """What earlier runs on this store spent: uncached session calls, plus judging."""
+    tokens, cost = store.uncached_call_totals()
+    judged = store.get_meta(JUDGING_SPENT) or {}
+    return Spent(tokens, cost) + Spent(
+        int(judged.get("tokens", 0)), float(judged.get("cost_usd", 0))
+    )
+
+
+def _sent(gateway: Gateway) -> Spent:
+    total = gateway.accounting.total()
+    return Spent(total.total_tokens, total.cost_usd)
+
+
+@dataclass
+class BudgetMeter:
+    """Live spending against a study's budget (tokens and cost): earlier runs plus what this
+    gateway has sent since the meter was made."""
+
+    budget: Budget
+    gateway: Gateway
+    before: Spent = field(default_factory=Spent)
+    _start: Spent = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._start = _sent(self.gateway)
+
+    @property
+    def limited(self) -> bool:
+        return self.budget.max_tokens is not None or self.budget.max_cost_usd is not None
+
+    def since_start(self) -> Spent:
+        now = _sent(self.gateway)
+        return Spent(now.tokens - self._start.tokens, now.cost_usd - self._start.cost_usd)
+
+    def spent(self) -> Spent:
+        return self.before + self.since_start()
+
+    def exhausted(self) -> bool:
+        """True once the tokens or the cost reach their limit."""
+        if not self.limited:
+            return False
+        spent = self.spent()
+        b = self.budget
+        return (b.max_tokens is not None and spent.tokens >= b.max_tokens) or (
+            b.max_cost_usd is not None and spent.cost_usd >= b.max_cost_usd
+        )
+
+    def check(self) -> None:
+        """Raise :class:`BudgetExhausted` once the budget is spent."""
+        if self.exhausted():
+            spent, b = self.spent(), self.budget
+            limits = ", ".join(
+                part
+                for part in (
+                    f"{spent.tokens:,} of {b.max_tokens:,} tokens" if b.max_tokens else "",
+                    f"${spent.cost_usd:,.2f} of ${b.max_cost_usd:,.2f}" if b.max_cost_usd else "",
+                )
+                if part
+            )
+            raise BudgetExhausted(f"the study's budget is spent ({limits})")
+
+
+def record_judging(store: Store, meter: BudgetMeter) -> None:
+    """Add what this meter's gateway spent judging to the store's running total."""
+    done = meter.since_start()
+    if done.tokens or done.cost_usd:
+        judged = store.get_meta(JUDGING_SPENT) or {}
+        store.set_meta(
+            JUDGING_SPENT,
+            {
+                "tokens": int(judged.get("tokens", 0)) + done.tokens,
+                "cost_usd": float(judged.get("cost_usd", 0)) + done.cost_usd,
+            },
+        )

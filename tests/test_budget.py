@@ -1,0 +1,190 @@
+"""The study budget caps spending: no new session once spent, in-flight sessions stop at the
+next turn boundary (``budget_exhausted``), judging stops too, and a rerun with more budget
+finishes the work (issue 12, item 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from therasim.agents.llm import Gateway
+from therasim.errors import BudgetExhausted
+from therasim.evaluation.panel import JudgeSpec, judge_store
+from therasim.evaluation.rubric import load_rubrics
+from therasim.personas import load_library
+from therasim.simulations.budget import JUDGING_SPENT, BudgetMeter, Spent, spent_in_store
+from therasim.simulations.records import TerminationReason
+from therasim.simulations.runner import RunStats, run_specs
+from therasim.simulations.store import Store
+from therasim.simulations.study import Study, expand
+
+CONCURRENCY = 4
+
+
+def _study(max_tokens: int | None, **kw: Any) -> Study:
+    return Study.model_validate(
+        {
+            "id": "budget",
+            "subjects": {"a": "scripted:adherent"},
+            "personas": {"globs": ["pe-*", "cbt-*"], "limit": 4},
+            "severities": ["routine", "distress"],
+            "max_turns": 8,
+            "questionnaires": False,
+            "concurrency": CONCURRENCY,
+            "cache": False,
+            "budget": {"max_tokens": max_tokens} if max_tokens else {},
+            **kw,
+        }
+    )
+
+
+async def _run(study: Study, store: Store) -> tuple[RunStats, int]:
+    library = load_library()
+    gateway = Gateway(study.gateway_config())
+    try:
+        stats = await run_specs(
+            expand(study, library), study=study, store=store, gateway=gateway, library=library
+        )
+        return stats, gateway.accounting.total().total_tokens
+    finally:
+        await gateway.aclose()
+
+
+def _largest_turn(store: Store) -> int:
+    """The most tokens one turn took: a turn is at most a subject, an appraiser and a patient
+    call in a row (questionnaires are off)."""
+    largest = 0
+    for sid in store.session_ids():
+        session = store.load_session(sid)
+        assert session is not None
+        tokens = [c.input_tokens + c.output_tokens for c in session.calls]
+        largest = max([largest, *(sum(tokens[i : i + 3]) for i in range(len(tokens)))])
+    return largest
+
+
+async def test_the_budget_caps_spending_to_one_turn_per_session_in_flight(tmp_path: Path) -> None:
+    with Store(tmp_path / "free.sqlite") as store:
+        _, unlimited = await _run(_study(None), store)
+    limit = unlimited // 3
+    with Store(tmp_path / "s.sqlite") as store:
+        stats, spent = await _run(_study(limit), store)
+        reasons = {
+            r["session_id"]: (r["status"], r["termination_reason"], r["n_turns"])
+            for r in store.session_rows()
+        }
+        largest = _largest_turn(store)
+    assert stats.budget_exhausted
+    assert limit <= spent <= limit + CONCURRENCY * largest  # overshoot ≤ one turn per session
+    assert stats.not_started > 0  # no new session started once spent
+    assert len(reasons) == stats.completed + stats.failed  # what started is stored whole
+    stopped = [v for v in reasons.values() if v[1] == TerminationReason.BUDGET_EXHAUSTED]
+    assert stopped, "an in-flight session stops at the next turn boundary"
+    assert all(status == "failed" and turns < 2 * 8 for status, _, turns in stopped)
+
+
+async def test_a_rerun_with_more_budget_redoes_the_stopped_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store:
+        first, _ = await _run(_study(3000), store)
+    assert first.budget_exhausted
+    with Store(path) as store:
+        again, _ = await _run(_study(3000), store)  # nothing left to spend: nothing starts
+        assert again.completed == 0 and again.not_started == again.to_run
+        final, _ = await _run(_study(None), store)
+        rows = store.session_rows()
+    assert not final.budget_exhausted
+    assert all(r["status"] == "completed" for r in rows)
+    assert len(rows) == final.total
+
+
+async def test_judging_stops_when_the_budget_is_spent_and_keeps_what_it_judged(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        await _run(_study(None), store)
+        sessions = len(store.session_ids(status="completed"))
+        gateway = Gateway(_study(None).gateway_config())
+        checks = iter(range(1_000))
+        try:
+            with pytest.raises(BudgetExhausted, match="left unjudged") as caught:
+                await judge_store(
+                    store,
+                    gateway,
+                    load_rubrics(),
+                    [JudgeSpec(name="lexical", model="scripted:lexical-judge")],
+                    over_budget=lambda: next(checks) >= 3,
+                )
+        finally:
+            await gateway.aclose()
+        judged = {r["session_id"] for r in store.verdict_rows()}
+    assert caught.value.done == len(judged) == 3 < sessions
+
+
+async def test_the_meter_counts_earlier_runs_and_only_uncached_calls(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        await _run(_study(None), store)
+        calls = [c for r in store.call_rows() for c in [r] if not c["cached"]]
+        stored = sum(c["input_tokens"] + c["output_tokens"] for c in calls)
+        assert spent_in_store(store) == Spent(stored, 0.0)
+        store.set_meta(JUDGING_SPENT, {"tokens": 120, "cost_usd": 0.5})
+        assert spent_in_store(store) == Spent(stored + 120, 0.5)
+        gateway = Gateway(_study(None).gateway_config())
+        meter = BudgetMeter(_study(stored + 121).budget, gateway, before=spent_in_store(store))
+        assert not meter.exhausted()
+        meter.before = meter.before + Spent(1, 0.0)
+        assert meter.exhausted()
+        with pytest.raises(BudgetExhausted, match=f"{stored + 121:,} of {stored + 121:,} tokens"):
+            meter.check()
+        await gateway.aclose()
+
+
+def _study_file(tmp_path: Path, budget: dict[str, Any]) -> Path:
+    import yaml
+
+    doc = {
+        "id": "budgeted",
+        "subjects": {"a": "scripted:adherent"},
+        "personas": {"globs": ["pe-*"], "limit": 2},
+        "severities": ["routine"],
+        "max_turns": 6,
+        "questionnaires": False,
+        "cache": False,
+        "judges": [{"name": "lexical", "model": "scripted:lexical-judge"}],
+        "budget": budget,
+        "output": str(tmp_path / "run"),
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_the_dry_run_counts_judging_and_compares_with_the_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from therasim.cli import main
+    from therasim.evaluation.pipeline import study_estimate
+    from therasim.simulations.study import load_study
+
+    path = _study_file(tmp_path, {"max_tokens": 1000})
+    est = study_estimate(load_study(path))
+    judge = est.per_role["judge:lexical"]
+    assert judge["calls"] > 0 and judge["tokens"] == judge["calls"] * 860
+    assert est.tokens == sum(e["tokens"] for e in est.per_role.values())
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "judge:lexical" in out and "exceeds the budget (1,000 tokens)" in out
+    # a real run refuses to start without --yes, and starts with it
+    assert main(["run", str(path), "--no-report"]) == 2
+    assert "--yes" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "sessions.sqlite").exists()
+    assert main(["run", str(path), "--no-report", "--yes"]) in (0, 3)
+    assert "budget spent" in capsys.readouterr().out
+
+
+def test_a_budget_the_estimate_fits_needs_no_yes(tmp_path: Path) -> None:
+    from therasim.cli import main
+
+    path = _study_file(tmp_path, {"max_tokens": 10_000_000})
+    assert main(["run", str(path), "--no-report"]) == 0
