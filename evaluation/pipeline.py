@@ -31,7 +31,7 @@ from therasim.simulations.budget import BudgetMeter, Spent, record_judging, spen
 from therasim.simulations.records import SessionSpec
 from therasim.simulations.runner import Estimate, RunStats, check_specs, estimate, run_specs
 from therasim.simulations.store import Store
-from therasim.simulations.study import Study, expand, load_study
+from therasim.simulations.study import Study, expand, expand_study, load_study
 
 if TYPE_CHECKING:  # numpy-backed models: imported when a report is written, not on a rerun
     from therasim.evaluation.calibration_card import StoredCalibration
@@ -135,10 +135,54 @@ def over_budget(study: Study, est: Estimate, spent: Spent | None = None) -> str 
     return None
 
 
-def study_estimate(study: Study) -> Estimate:
+def preflight(study: Study, source: str | Path | None = None) -> None:
+    """Fail now, naming the study file and field, on what the run would fail on later: a model
+    spec that cannot be called (unknown ``scripted:`` name, ``python:`` module that does not
+    import, missing ``local`` model), an unknown judge prompt variant or rubric, a bad
+    threshold, unreadable gold files."""
+    from therasim.agents.preflight import check_model_spec
+    from therasim.evaluation.panel import JudgeSpec
+    from therasim.evaluation.rubric import load_rubrics
+
+    file = str(source) if source else None
+    roles = [(f"subjects.{name}.model", s.model) for name, s in study.subjects.items()]
+    roles += [
+        ("patient.model", study.patient.model or ""),
+        ("appraiser.model", study.appraiser.model or ""),
+    ]
+    roles += [(f"judges.{i}.model", j.model) for i, j in enumerate(study.judges)]
+    try:
+        for field, spec in roles:
+            check_model_spec(spec, field=field)
+        for i, judge in enumerate(study.judges):
+            try:
+                JudgeSpec(**judge.model_dump())
+            except (ValueError, ConfigError) as exc:  # pydantic's error, or the registry's
+                raise ConfigError(str(exc).splitlines()[-1].strip(), field=f"judges.{i}") from None
+        try:
+            load_rubrics(study.rubrics or None)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), field="rubrics") from None
+        if study.thresholds:
+            from therasim.evaluation.axes import resolve_thresholds  # pandas: only when needed
+
+            resolve_thresholds(study.thresholds)
+        if study.calibration is not None and study.calibration.gold:
+            from therasim.agents.gold import load_gold
+
+            load_gold(study.calibration.gold)
+    except ConfigError as exc:
+        if file is None or exc.file:
+            raise
+        raise ConfigError(str(exc), file=file) from None
+
+
+def study_estimate(study: Study, source: str | Path | None = None) -> Estimate:
     """``--dry-run``'s figures: the sessions left to run and their judging."""
+    preflight(study, source)
     library = load_library()
-    specs = expand(study, library)
+    expansion = expand_study(study, library)
+    specs = expansion.specs
     check_specs(specs, library)
     done: set[str] = set()
     if study_store(study.output_dir()).exists():
@@ -146,12 +190,14 @@ def study_estimate(study: Study) -> Estimate:
             done = store.session_ids(status="completed")
     est = estimate(study, specs, done)
     add_judging(est, study, specs, done)
+    if expansion.skipped:
+        est.assumptions = f"{expansion.summary()}; {est.assumptions}"
     return est
 
 
-def print_estimate(study: Study, console: Console) -> Estimate:
+def print_estimate(study: Study, console: Console, source: str | Path | None = None) -> Estimate:
     """``--dry-run``: counts and an estimate, judging included; no model is called."""
-    est = study_estimate(study)
+    est = study_estimate(study, source)
     console.print(
         f"[bold]{study.id}[/]: {est.sessions} sessions ({est.to_run} to run, {est.sessions - est.to_run} already done)"
     )
@@ -303,10 +349,7 @@ def run_study(
     study = load_study(path)
     if output:
         study = study.model_copy(update={"output": output})
-    if study.thresholds:
-        from therasim.evaluation.axes import resolve_thresholds  # pandas + scipy: only when needed
-
-        resolve_thresholds(study.thresholds)  # a typo in a threshold fails now, not after the run
+    preflight(study, path)  # a typo fails now, not after the sessions
     out_dir = study.output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     if Path(path).resolve() != (out_dir / "study.yaml").resolve():
@@ -350,11 +393,13 @@ def verdicts_of(
     from therasim.evaluation.axes import false_belief_persona_ids, readiness
     from therasim.evaluation.calibration_card import calibration_gate
 
+    library = load_library()
     return readiness(
         frames,
         study.thresholds if study else None,
-        false_belief_personas=false_belief_persona_ids(load_library().values()),
+        false_belief_personas=false_belief_persona_ids(library.values()),
         gate=calibration_gate(calibration),
+        noop_pairs=len(expand_study(study, library).skipped) if study else None,
     )
 
 

@@ -361,6 +361,16 @@ class Store:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    def verdict_error_counts(self) -> dict[str, tuple[int, int, str]]:
+        """Judge -> (error verdicts, all verdicts, the first error's reason)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT judge, SUM(reason LIKE 'error:%'), COUNT(*),"
+                " MIN(CASE WHEN reason LIKE 'error:%' THEN reason END)"
+                " FROM verdicts GROUP BY judge"
+            ).fetchall()
+        return {judge: (int(errors), int(total), first or "") for judge, errors, total, first in rows}
+
     def uncached_call_totals(self) -> tuple[int, float]:
         """Tokens and cost of the stored calls that reached a backend (the budget's measure)."""
         with self._lock:

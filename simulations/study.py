@@ -1,7 +1,8 @@
 """Study files: a YAML description of a batch of sessions, expanded into session specs.
 
 A study crosses personas × severities × (base + demographic counterfactuals) × subjects ×
-repeats. Every cell becomes a :class:`SessionSpec` whose id is a hash of the spec, so expanding
+repeats; a counterfactual that changes nothing for a persona is skipped and counted
+(:class:`Expansion`). Every cell becomes a :class:`SessionSpec` whose id is a hash of the spec, so expanding
 the same study twice gives the same ids and a rerun skips what is done. ``study.schema.json``
 beside this file is the JSON Schema editors validate study files against.
 """
@@ -9,6 +10,8 @@ beside this file is the JSON Schema editors validate study files against.
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -269,16 +272,66 @@ def study_personas(study: Study, library: dict[str, Persona]) -> list[Persona]:
     return chosen
 
 
-def expand(study: Study, library: dict[str, Persona]) -> list[SessionSpec]:
-    """Every session of the study, in a stable order (ids are hashes of the specs)."""
+@dataclass(frozen=True)
+class SkippedVariant:
+    """A counterfactual that would change nothing for one persona (it already has the values)."""
+
+    persona: str
+    variant: dict[str, Any]
+    sessions: int  # sessions the variant would have added (severities × subjects × repeats)
+
+    @property
+    def label(self) -> str:
+        """``gender=woman``: the variant as the frames name it."""
+        return ",".join(f"{k}={v}" for k, v in sorted(self.variant.items()))
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """A study's sessions, and the no-op counterfactual pairs (persona × variant) left out.
+
+    A variant that changes nothing (``gender: woman`` on a woman) would pair a session with a
+    copy of itself and make demographic robustness look better than it is, so it is skipped
+    and counted here; the demographic axis reports the count
+    (``readiness(..., noop_pairs=len(expansion.skipped))``).
+    """
+
+    specs: list[SessionSpec]
+    skipped: list[SkippedVariant] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the dry run: sessions, and the no-op pairs skipped by variant."""
+        line = f"{len(self.specs)} sessions"
+        if not self.skipped:
+            return line
+        by_label = Counter(s.label for s in self.skipped)
+        detail = ", ".join(f"{label} ×{n}" for label, n in sorted(by_label.items()))
+        sessions = sum(s.sessions for s in self.skipped)
+        return (
+            f"{line}; {len(self.skipped)} no-op counterfactual pairs skipped, the persona "
+            f"already has that value ({detail}; {sessions} sessions not run)"
+        )
+
+
+def expand_study(study: Study, library: dict[str, Persona]) -> Expansion:
+    """Every session of the study in a stable order, and the no-op variants it skipped.
+
+    Session ids are hashes of the specs, so skipping a no-op variant leaves every other id as
+    it was. Variants are validated for every persona before anything runs.
+    """
     specs: list[SessionSpec] = []
+    skipped: list[SkippedVariant] = []
     variants: list[dict[str, Any]] = [{}, *study.counterfactuals]
+    per_variant = len(study.severities) * len(study.subjects) * study.repeats
     for persona in study_personas(study, library):
         protocol = study.protocols.get(persona.modality) or default_protocol_for(persona.modality)
         load_protocol(protocol)  # fail before the run, not in the middle of it
         for variant in variants:
+            if variant and not persona.counterfactual_changes(**variant):
+                skipped.append(SkippedVariant(persona.id, dict(variant), per_variant))
+                continue
             if variant:
-                persona.counterfactual(**variant)  # validates the attributes now
+                persona.counterfactual(**variant)  # the rewritten variant validates now
             for severity in study.severities:
                 for name, subject in study.subjects.items():
                     for repeat in range(study.repeats):
@@ -301,7 +354,12 @@ def expand(study: Study, library: dict[str, Persona]) -> list[SessionSpec]:
                                 questionnaire_wording=study.questionnaire_wording,
                             )
                         )
-    return specs
+    return Expansion(specs, skipped)
+
+
+def expand(study: Study, library: dict[str, Persona]) -> list[SessionSpec]:
+    """Every session of the study, in a stable order (see :func:`expand_study`)."""
+    return expand_study(study, library).specs
 
 
 def study_json_schema() -> dict[str, Any]:

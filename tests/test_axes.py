@@ -334,11 +334,14 @@ def test_consistency_not_assessed_without_repeats() -> None:
 # --------------------------------------------------------------------------- demographic parity
 
 
-def parity_frames(variant_fails: int, suds_shift: float) -> Frames:
-    """Five personas, base and one variant each; the variant fails on the first personas."""
+def parity_frames(variant_fails: int, suds_shift: float, n: int = 40) -> Frames:
+    """``n`` personas, base and one variant each; the variant fails on the first personas.
+
+    40 pairs: fewer give a pass-rate interval wider than the ±0.10 margin (not assessed).
+    """
     sessions, found = [], []
-    for i in range(5):
-        sessions.append(session(f"b{i}", "s", parent_id=f"p{i}", final_suds=40.0 + i))
+    for i in range(n):
+        sessions.append(session(f"b{i}", "s", parent_id=f"p{i}", final_suds=40.0 + i % 5))
         sessions.append(
             session(
                 f"v{i}",
@@ -346,7 +349,7 @@ def parity_frames(variant_fails: int, suds_shift: float) -> Frames:
                 parent_id=f"p{i}",
                 persona_id=f"p{i}~age=70",
                 variant="age=70",
-                final_suds=40.0 + i + suds_shift,
+                final_suds=40.0 + i % 5 + suds_shift,
             )
         )
         if i < variant_fails:
@@ -358,15 +361,15 @@ def test_demographic_parity_passes_a_small_difference() -> None:
     result = ax.demographic_robustness(parity_frames(0, 2.0), "s")
     assert result.status is ax.Status.PASS
     suds = next(r for r in result.metrics["variants"] if r["outcome"] == "suds")
-    assert suds["variant"] == "age=70" and suds["n_pairs"] == 5
+    assert suds["variant"] == "age=70" and suds["n_pairs"] == 40
     assert suds["difference"] == pytest.approx(2.0)
     assert result.metrics["max_abs_pass_gap"] == 0.0
 
 
 def test_demographic_parity_flags_a_large_difference() -> None:
-    result = ax.demographic_robustness(parity_frames(3, 0.0), "s")
+    result = ax.demographic_robustness(parity_frames(24, 0.0), "s")
     assert result.status is ax.Status.FAIL
-    assert result.metrics["max_abs_pass_gap"] == pytest.approx(0.6)  # 2/5 vs 5/5
+    assert result.metrics["max_abs_pass_gap"] == pytest.approx(0.6)  # 16/40 vs 40/40
     assert "age=70" in result.evidence
     suds = ax.demographic_robustness(parity_frames(0, 20.0), "s")
     assert suds.status is ax.Status.FAIL
@@ -435,9 +438,10 @@ def test_hallucination_judge_majority_codes_numbers_and_probes() -> None:
 
 
 def all_good() -> Frames:
-    """Two personas x base/variant x routine/imminent x two repeats, all handled well."""
+    """Ten personas x base/variant x routine/imminent x two repeats, all handled well (40 pairs:
+    enough for the pass-rate interval to fit the demographic margin)."""
     sessions, turns = [], []
-    for persona in ("p1", "p2"):
+    for persona in [f"p{i}" for i in range(1, 11)]:
         for variant in ("", "age=70"):
             for severity in ("routine", "imminent"):
                 for r in (0, 1):
