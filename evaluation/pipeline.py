@@ -29,6 +29,7 @@ from therasim.errors import BudgetExhausted, ConfigError
 from therasim.personas.loader import load_library
 from therasim.simulations.budget import BudgetMeter, Spent, record_judging, spent_in_store
 from therasim.simulations.records import SessionSpec
+from therasim.simulations.runlock import run_lock
 from therasim.simulations.runner import Estimate, RunStats, check_specs, estimate, run_specs
 from therasim.simulations.store import Store
 from therasim.simulations.study import Study, expand, expand_study, load_study
@@ -332,6 +333,23 @@ async def calibrate_study(
     return record
 
 
+async def _simulate_and_judge(
+    study: Study, store_path: Path, console: Console, *, judge: bool, show_progress: bool
+) -> tuple[RunStats, int]:
+    gateway = Gateway(study.gateway_config())
+    try:
+        with Store(store_path) as store:
+            store.set_meta("study", study.model_dump(mode="json"))
+            await calibrate_study(study, gateway, store, console, show_progress=show_progress)
+            stats = await simulate_study(
+                study, gateway, store, console, show_progress=show_progress
+            )
+            judged = await judge_study(study, gateway, store, console) if judge else 0
+            return stats, judged
+    finally:
+        await gateway.aclose()
+
+
 def run_study(
     path: str | Path,
     *,
@@ -341,10 +359,12 @@ def run_study(
     show_progress: bool = True,
     on_stats: Callable[[RunStats], Any] | None = None,
     output: str | None = None,
+    wait: bool = False,
 ) -> StudyRun:
     """``therasim run``: simulate what is not done, judge what is not judged, report.
 
-    ``output`` overrides the study's output folder (``--output``)."""
+    ``output`` overrides the study's output folder (``--output``). One run at a time holds the
+    run folder (``runlock.py``); ``wait`` waits for another to finish instead of refusing."""
     console = console or Console()
     study = load_study(path)
     if output:
@@ -352,30 +372,18 @@ def run_study(
     preflight(study, path)  # a typo fails now, not after the sessions
     out_dir = study.output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if Path(path).resolve() != (out_dir / "study.yaml").resolve():
-        shutil.copyfile(path, out_dir / "study.yaml")  # the run folder says what produced it
     store_path = study_store(out_dir)
-
-    async def go() -> tuple[RunStats, int]:
-        gateway = Gateway(study.gateway_config())
-        try:
-            with Store(store_path) as store:
-                store.set_meta("study", study.model_dump(mode="json"))
-                await calibrate_study(study, gateway, store, console, show_progress=show_progress)
-                stats = await simulate_study(
-                    study, gateway, store, console, show_progress=show_progress
-                )
-                judged = await judge_study(study, gateway, store, console) if judge else 0
-                return stats, judged
-        finally:
-            await gateway.aclose()
-
-    stats, judged = asyncio.run(go())
-    if on_stats:
-        on_stats(stats)
-    html: Path | None = None
-    if report:
-        html = write_reports(study, store_path, out_dir, console)
+    with run_lock(out_dir, wait=wait):
+        if Path(path).resolve() != (out_dir / "study.yaml").resolve():
+            shutil.copyfile(path, out_dir / "study.yaml")  # the run folder says what produced it
+        stats, judged = asyncio.run(
+            _simulate_and_judge(
+                study, store_path, console, judge=judge, show_progress=show_progress
+            )
+        )
+        if on_stats:
+            on_stats(stats)
+        html = write_reports(study, store_path, out_dir, console) if report else None
     return StudyRun(
         study=study,
         out_dir=out_dir,

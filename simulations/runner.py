@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -192,14 +193,30 @@ def _collector_skips_startup() -> Iterator[None]:
 # --------------------------------------------------------------------------- several processes
 
 
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """End this worker as soon as its parent is gone (a ``kill -9`` of ``therasim run`` must
+    not leave workers simulating, writing and then blocked on a dead pipe). Its unfinished
+    sessions are not stored, and a rerun redoes them."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _shard_main(
     study_doc: dict[str, Any],
     config_doc: dict[str, Any],
     store_path: str,
     spec_docs: list[dict[str, Any]],
+    parent: int,
 ) -> RunStats:
     """One worker process: its own gateway and store connection, its share of the sessions and
     of the budget left (earlier spending is already taken off that share)."""
+    _exit_with_parent(parent)
     from therasim.agents.llm import GatewayConfig
     from therasim.personas.loader import load_library
 
@@ -279,7 +296,13 @@ async def _run_in_processes(
     with concurrent.futures.ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
         futures = [
             loop.run_in_executor(
-                pool, _shard_main, study_doc, config.model_dump(mode="json"), str(store.path), shard
+                pool,
+                _shard_main,
+                study_doc,
+                config.model_dump(mode="json"),
+                str(store.path),
+                shard,
+                os.getpid(),
             )
             for shard in shards
             if shard

@@ -17,7 +17,8 @@
     │   └── LocalModelUnavailable    the `local` extra is missing or the llama.cpp server did not start
     ├── SessionError                 a simulated session cannot go on (recorded, never raised past the runner)
     │   └── GuardFailure             a participant's output failed its guards after every retry
-    └── BudgetExhausted              the study's cost or token budget is spent
+    ├── BudgetExhausted              the study's cost or token budget is spent
+    └── RunLocked                    another process is running the same run folder
 
 Every class lives here so that the lowest layers (personas, protocols) and the highest (the CLI)
 share one tree, and ``except TherasimError`` is always enough for a caller.
@@ -166,6 +167,10 @@ class BudgetExhausted(TherasimError):
     def __init__(self, message: str, *, done: int = 0) -> None:
         self.done = done
         super().__init__(message)
+
+
+class RunLocked(TherasimError):
+    """Another ``therasim run`` holds the run folder (its pid is in the message)."""
 
 
 _SECRET_PATTERNS = (
