@@ -369,7 +369,9 @@ class Store:
                 " MIN(CASE WHEN reason LIKE 'error:%' THEN reason END)"
                 " FROM verdicts GROUP BY judge"
             ).fetchall()
-        return {judge: (int(errors), int(total), first or "") for judge, errors, total, first in rows}
+        return {
+            judge: (int(errors), int(total), first or "") for judge, errors, total, first in rows
+        }
 
     def uncached_call_totals(self) -> tuple[int, float]:
         """Tokens and cost of the stored calls that reached a backend (the budget's measure)."""
