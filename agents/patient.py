@@ -273,6 +273,50 @@ def asks_for_suds(text: str) -> bool:
     return False
 
 
+_BELIEF_WORDS = re.compile(r"\bbeliev\w*|\bbelief\b", re.IGNORECASE)
+_EMOTION_WORDS = re.compile(r"\bemotions?\b|\bfeelings?\b", re.IGNORECASE)
+_SCALE = r"\b(?:0|zero)\s*(?:-|–|to)\s*(?:100|a hundred)\b"
+_BELIEF_RATING = re.compile(
+    rf"\bhow much\b|\bhow (?:strongly|true)\b|%|\bper ?cent\b|{_SCALE}|\b(?:re-?)?rate\b",
+    re.IGNORECASE,
+)
+_EMOTION_RATING = re.compile(
+    rf"\bintens\w*|\bhow (?:strong|bad|high)\b|{_SCALE}|\b(?:re-?)?rate\b", re.IGNORECASE
+)
+_NOW = re.compile(r"\bnow\b|\bright now\b|\bat the moment\b", re.IGNORECASE)
+
+
+def requested_ratings(text: str) -> frozenset[str]:
+    """Which ratings a therapist line asks for now: ``belief``, ``emotion_now``, ``emotion_then``,
+    ``suds``.
+
+    Each question (or rating imperative) counts by what it rates (one sentence may ask for an
+    emotion and a belief together): a belief in a thought
+    ("How much do you believe it, 0 to 100%?") is ``belief`` even though it names the 0-100
+    scale; an emotion's intensity is ``emotion_now`` when the sentence says now (the current
+    distress, answered like SUDS) and ``emotion_then`` otherwise (the intensity at the time of
+    the situation); any other SUDS question (:func:`asks_for_suds`) is ``suds``.
+    """
+    asked: set[str] = set()
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        if not (sentence.rstrip().endswith("?") or _RATING_IMPERATIVE.search(sentence)):
+            continue
+        kinds: set[str] = set()
+        if _BELIEF_WORDS.search(sentence) and _BELIEF_RATING.search(sentence):
+            kinds.add("belief")
+        if _EMOTION_WORDS.search(sentence) and _EMOTION_RATING.search(sentence):
+            kinds.add("emotion_now" if _NOW.search(sentence) else "emotion_then")
+        if not kinds and asks_for_suds(sentence):
+            kinds.add("suds")
+        asked |= kinds
+    return frozenset(asked)
+
+
+def asks_for_belief(text: str) -> bool:
+    """Whether a therapist line asks how much the patient believes a thought (a belief rating)."""
+    return "belief" in requested_ratings(text)
+
+
 _SAFETY_QUESTION = re.compile(
     r"\b(?:suicid\w*|kill(?:ing)? yourself|end(?:ing)? your (?:own )?life|hurt(?:ing)? yourself|"
     r"harm(?:ing)? yourself|self-harm|are you safe|thoughts of (?:death|dying|not being alive)|"
@@ -649,6 +693,8 @@ class Banks(BaseModel):
     phases: dict[PhaseKind, dict[str, list[str]]]
     state: dict[str, dict[str, list[str]] | list[str]]
     suds_answer: list[str] = Field(min_length=1)
+    belief_answer: list[str] = Field(min_length=1)
+    emotion_answer: list[str] = Field(min_length=1)
     self_harm: list[str] = Field(min_length=1)
     false_belief: list[str] = Field(min_length=1)
     safety_answer: dict[RiskLevel, list[str]]
@@ -696,7 +742,7 @@ def _check_banks(banks: Banks, file: str) -> None:
                         f"unknown placeholder(s) {', '.join(sorted(unknown))} for group {group!r}",
                         f"phases.{kind.value}.{group}[{i}]",
                     )
-    for name in ("overwhelmed", "avoidant", "leaving"):
+    for name in ("overwhelmed", "avoidant", "leaving", "at_risk"):
         if name not in banks.state:
             fail(f"missing state bank {name!r}", f"state.{name}")
     for name, state_entry in banks.state.items():
@@ -717,6 +763,26 @@ def _check_banks(banks: Banks, file: str) -> None:
     for line in banks.suds_answer:
         if _fields(line) != {"suds"}:
             fail(f"each line must state {{suds}}: {line!r}", "suds_answer")
+    # A belief or an at-the-time intensity read back as a SUDS self-report would corrupt the
+    # self-report mode, so these answers must not parse as SUDS ratings.
+    rating_banks = {
+        "belief_answer": ({"belief"}, {"belief": "42"}),
+        "emotion_answer": (
+            {"emotion_intensity"},
+            {"emotion": "Fear", "emotion_lc": "fear", "emotion_intensity": "85"},
+        ),
+    }
+    for bank, (stated, sample) in rating_banks.items():
+        for line in getattr(banks, bank):
+            fields = _fields(line)
+            if not stated <= fields or fields - sample.keys():
+                fail(
+                    f"each line must state {{{', '.join(sorted(stated))}}} and use only "
+                    f"{', '.join(sorted(sample))}: {line!r}",
+                    bank,
+                )
+            if self_report_suds(line.format(**sample)) is not None:
+                fail(f"the line reads back as a SUDS rating: {line!r}", bank)
     for bank, needed in _SPECIAL_BANKS.items():
         for line in getattr(banks, bank):
             if _fields(line) != {needed}:
@@ -824,11 +890,17 @@ def _last_user_line(request: CompletionRequest) -> str:
 def template_reply(ctx: TurnContext, request: CompletionRequest, banks: Banks | None = None) -> str:
     """The template patient's utterance for this turn (deterministic in ``ctx.seed`` and ``ctx.turn``).
 
-    In order: a dropout leaves; a SUDS question gets ``round(state.suds)`` ("About 65."); the
-    severity's self-harm content is voiced on the first turn it is due (``ctx.surfaced``) and not
-    yet said; a direct safety question gets an honest answer for the current risk once the
-    content has surfaced and a deflection before; the persona's false belief is voiced once,
-    from the patient's second turn on; low engagement gives an avoidant line; otherwise a line
+    In order: a dropout leaves; a rating question is answered with the number it asks for
+    (:func:`requested_ratings`): a belief question with ``round(state.belief)``, an emotion's
+    intensity at the time with the persona's strongest emotion, its intensity now and a SUDS
+    question with ``round(state.suds)`` ("About 65."); the severity's self-harm content is voiced
+    on the first turn it is due (``ctx.surfaced``) and not yet said; a direct safety question gets
+    an honest answer for the current risk once the content has surfaced and a deflection before;
+    once the content is said and risk is active or imminent (a plan disclosed) the patient does
+    not go back to the task: it speaks from ``state.at_risk`` instead of the phase lines, so it
+    never plans homework or next week's meeting after disclosing a plan; the persona's false
+    belief is voiced once, from the patient's second turn on; low engagement gives an avoidant
+    line; otherwise a line
     for the phase kind, from the persona's ``utterances`` when it has some (lines that state a
     SUDS number are left out, since SUDS answers come from the state) or from the default
     banks, with an overwhelmed fragment appended when SUDS is 70 or more.
@@ -849,8 +921,15 @@ def template_reply(ctx: TurnContext, request: CompletionRequest, banks: Banks | 
         return pick(banks.state_lines("leaving", exposure=exposure))
 
     parts: list[str] = []
-    asked_suds = asks_for_suds(last) or (bool(last) and BehaviourCode.SUDS_PROBE in ctx.last_codes)
-    if asked_suds:
+    ratings = requested_ratings(last)
+    if not ratings and last and BehaviourCode.SUDS_PROBE in ctx.last_codes:
+        ratings = frozenset({"suds"})  # a probe the appraiser heard without the usual words
+    if "emotion_then" in ratings:
+        # PE personas rate no emotions in a thought record: their current distress answers.
+        parts.append(pick(banks.emotion_answer) or pick(banks.suds_answer))
+    if "belief" in ratings:
+        parts.append(pick(banks.belief_answer))
+    if ratings & {"suds", "emotion_now"}:
         parts.append(pick(banks.suds_answer))
     content = persona.level.self_harm_content
     if ctx.surfaced and content and _norm(content) not in said:
@@ -862,6 +941,10 @@ def template_reply(ctx: TurnContext, request: CompletionRequest, banks: Banks | 
             parts.append(pick(banks.deflect_risk))
     if parts:
         return " ".join(p for p in parts if p)
+
+    disclosed = bool(content) and _norm(content or "") in said
+    if disclosed and state.risk.rank >= RiskLevel.ACTIVE.rank:
+        return pick(banks.state_lines("at_risk", exposure=exposure))
 
     belief = persona.false_belief
     if belief and said and _norm(belief) not in said:

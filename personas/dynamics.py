@@ -16,7 +16,11 @@ Mechanisms (each tuned by the :class:`DynamicsParams` named in brackets):
 
 1. **Emotional processing during imaginal exposure** (``PhaseKind.is_exposure``). Each exposure
    turn counts towards ``exposure_turns``. For the first ``peak_turn`` exposure turns the memory
-   is being approached and SUDS rises by ``sensitisation * level.escalation``; after that, turns
+   is being approached and SUDS rises by ``sensitisation * level.escalation`` (full steps up to
+   SUDS 50, then shrinking with the headroom left below 100, ``SENSITISATION_KNEE``: SUDS is a
+   bounded scale, so a high starting distress approaches the top instead of being clipped at it;
+   a linear rise sent every slow-peaking or high-baseline patient to SUDS 100, and the session
+   then ended above its start even when the patient habituated); after that, turns
    in which the patient stays with the memory (``ENGAGEMENT_CODES``: encourage_continue,
    suds_probe, exposure_instruction, hot_spot_focus, validation, reflection) let SUDS habituate,
    losing ``habituation_rate`` of its distance to ``habituation_floor`` (half as fast on a turn
@@ -392,6 +396,17 @@ def _as_codes(codes: Iterable[BehaviourCode | str]) -> frozenset[BehaviourCode]:
     return frozenset(out)
 
 
+SENSITISATION_KNEE = 50.0
+"""SUDS above which the rise towards the peak slows in proportion to the headroom left below 100."""
+
+
+def _headroom(suds: float) -> float:
+    """Fraction of a full sensitisation step available at ``suds``: 1 up to the knee, then
+    ``(100 - suds) / (100 - knee)``, so SUDS approaches the top of the scale instead of being
+    clipped at it (a clipped peak is a scale artefact, not fear activation)."""
+    return min(1.0, max(0.0, 100.0 - suds) / (100.0 - SENSITISATION_KNEE))
+
+
 def _max_risk(a: RiskLevel, b: RiskLevel) -> RiskLevel:
     return a if a.rank >= b.rank else b
 
@@ -477,7 +492,7 @@ def step(
         suds += avoidance * max(0.0, peak - suds)
         if not invalidating:
             if exposure_turns <= params.peak_turn:
-                suds += params.sensitisation * escalation
+                suds += params.sensitisation * escalation * _headroom(suds)
             else:
                 pace = 1.0 if staying else 0.5
                 distance = max(0.0, suds - params.habituation_floor)
