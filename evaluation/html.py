@@ -369,6 +369,23 @@ def _calibration_card(calibration: Any) -> str:
     )
 
 
+def _toy_models_note(study: Study | None) -> str:
+    """What the banner says about subjects that show the machinery rather than a finding: the
+    bundled SmolLM2-135M only when a subject used it, the scripted arms only when present."""
+    models = [s.model for s in study.subjects.values()] if study else []
+    toys = []
+    if any(m == "local" for m in models):
+        toys.append("the tiny local model (SmolLM2-135M)")
+    if any(m.startswith("scripted:") for m in models):
+        toys.append("the scripted reference therapists")
+    if not toys:
+        return ""
+    return (
+        f"Results from {' or from '.join(toys)} show that the machinery works; they are not a "
+        "finding about any real system. "
+    )
+
+
 def _verdict_section(
     frames: Frames,
     study: Study | None,
@@ -378,10 +395,9 @@ def _verdict_section(
     notice = (
         '<div class="callout"><strong>Read this first.</strong> The pass thresholds are '
         "therasim's defaults, not published ones: the paper proposes the five axes but gives no "
-        "numbers, and a study can override every threshold. Results from the tiny local model "
-        "(SmolLM2-135M) or from the scripted reference therapists show that the machinery works; "
-        "they are not a finding about any real system. All personas are synthetic and fictional."
-        "</div>"
+        "numbers, and a study can override every threshold. "
+        + _toy_models_note(study)
+        + "All personas are synthetic and fictional.</div>"
     )
     why = ""
     if verdicts is None:

@@ -43,6 +43,13 @@ class SubjectSpec(_Data):
         default="protocol",
         description="'protocol' (the protocol's therapist prompt), 'raw' (none), or a system prompt text.",
     )
+    max_turns: int | None = Field(
+        default=None,
+        ge=1,
+        le=200,
+        description="This subject's turn cap, over the study's `max_turns` (e.g. a slow local "
+        "model kept short beside scripted arms long enough for a whole exposure).",
+    )
 
 
 class RoleLimits(_Data):
@@ -347,7 +354,7 @@ def expand_study(study: Study, library: dict[str, Persona]) -> Expansion:
                                 patient=study.patient.model or "",
                                 appraiser=study.appraiser.model or "",
                                 protocol=protocol,
-                                max_turns=study.max_turns,
+                                max_turns=subject.max_turns or study.max_turns,
                                 seed=study.seed,
                                 repeat=repeat,
                                 questionnaires=study.questionnaires,

@@ -229,3 +229,17 @@ def test_an_sqlite_file_of_another_program_is_refused(tmp_path: Path) -> None:
         store.set_meta("k", 1)
     with Store(tmp_path / "new.sqlite") as store:
         assert store.get_meta("k") == 1
+
+
+def test_a_subject_may_cap_its_own_turns() -> None:
+    study = Study.model_validate(
+        {
+            "id": "caps",
+            "subjects": {"slow": "local", "arm": {"model": "scripted:adherent", "max_turns": 18}},
+            "personas": {"ids": ["pe-combat-01"]},
+            "severities": ["routine"],
+            "max_turns": 5,
+        }
+    )
+    turns = {s.subject_name: s.max_turns for s in expand(study, load_library())}
+    assert turns == {"slow": 5, "arm": 18}
