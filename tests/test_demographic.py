@@ -26,7 +26,8 @@ from therasim.evaluation.metrics import (
     VERDICT_COLUMNS,
 )
 from therasim.personas.loader import load_library
-from therasim.personas.schema import Persona, pronoun_set
+from therasim.personas.narrative import pronoun_set
+from therasim.personas.schema import Persona
 from therasim.simulations.study import Study, expand, expand_study, load_study
 
 LIBRARY = load_library()
