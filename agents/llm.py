@@ -23,6 +23,13 @@ accounting per role; structured output with fallbacks (``json_schema`` response 
 round, remembering per model which mode worked; timeouts. Errors come from the one tree in
 :mod:`therasim.errors` and always name the role and model.
 
+The ``local`` backend is sized to a small model on a few cores (:mod:`therasim.agents.local`):
+its server is started and warmed before the first timed call; calls go to it one at a time (it
+serves one anyway), so a call's timeout counts its own generation, not the queue; the timeout is
+``local_timeout_s`` (600 s) unless the config sets one; a local timeout is not retried, because
+the server finishes the abandoned generation first and a retry would wait behind it; a call that
+sets no ``max_tokens`` gets ``local_max_tokens`` (structured calls at least 512).
+
 Real backends (``openai``, LangChain providers, ``local``) refuse to run while
 :func:`allow_model_requests` is off — the test suite turns it off so nothing reaches a real
 endpoint by accident.
@@ -50,6 +57,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from therasim.agents.local import LOCAL_MAX_TOKENS, LOCAL_STRUCTURED_MAX_TOKENS, LOCAL_TIMEOUT_S
 from therasim.agents.scripted import run_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message, Usage
 from therasim.errors import (
@@ -232,10 +240,32 @@ class GatewayConfig(BaseModel):
     )
     backoff_max_s: float = Field(default=8.0, ge=0, description="Longest delay between retries.")
     timeout_s: float = Field(default=120.0, gt=0, description="Timeout of one backend call.")
+    local_timeout_s: float = Field(
+        default=LOCAL_TIMEOUT_S,
+        gt=0,
+        description="Timeout of one call to a `local` model once its server is up and warm. "
+        "When only timeout_s is set, timeout_s applies to local calls too.",
+    )
+    local_max_tokens: int = Field(
+        default=LOCAL_MAX_TOKENS,
+        ge=1,
+        description="max_tokens of a local call whose caller and role set none "
+        f"(structured calls: at least {LOCAL_STRUCTURED_MAX_TOKENS}, so JSON is not cut short).",
+    )
     prices: dict[str, Price] = Field(
         default_factory=dict,
         description="Model name → price; overrides the genai-prices table (local and scripted cost 0).",
     )
+
+    def timeout_for(self, model: ModelSpec) -> float:
+        """The timeout of one call to ``model``: ``local_timeout_s`` for the local backend (or
+        ``timeout_s`` when only that was set), ``timeout_s`` for every other backend."""
+        if model.backend != "local":
+            return self.timeout_s
+        explicit = self.model_fields_set
+        if "timeout_s" in explicit and "local_timeout_s" not in explicit:
+            return self.timeout_s
+        return self.local_timeout_s
 
     def role(self, role: str) -> RoleConfig:
         """The configuration for ``role`` (exact, then 'judge' for 'judge:*', then 'default')."""
@@ -486,6 +516,8 @@ class Gateway:
         self._modes: dict[str, StructuredMode] = {}
         self._endpoints: dict[str, _Endpoint] = {}
         self._http: Any = None  # aiohttp.ClientSession, made on first use
+        self._local_start = asyncio.Lock()
+        self._local_slots: dict[str, asyncio.Lock] = {}  # one call at a time per local server
 
     # ---- plumbing
 
@@ -540,6 +572,8 @@ class Gateway:
             self._http = None
         self._endpoints.clear()
         self._clients.clear()
+        self._local_slots.clear()  # asyncio locks bind to the loop that used them
+        self._local_start = asyncio.Lock()
         if self._cache is not None:
             self._cache.close()
             self._cache = None
@@ -675,6 +709,8 @@ class Gateway:
                     if v is not None
                 }
             )
+        if model.backend == "local":
+            request = self._with_local_max_tokens(request, rc, structured=schema is not None)
         usage = self.accounting.for_role(role)
         usage.calls += 1
         cache = self.cache if model.backend != "scripted" else None
@@ -699,6 +735,13 @@ class Gateway:
                 role=role,
                 model=model.raw,
             )
+        if model.backend == "local" and model.raw not in self._endpoints:
+            try:
+                await self._start_local(model, role)
+            except ModelError:
+                usage.errors += 1
+                raise
+        timeout = self.config.timeout_for(model)
         started = time.perf_counter()
         attempt = 0
         while True:
@@ -708,15 +751,16 @@ class Gateway:
                     limiter = self._limiter(role)
                     if limiter is not None:
                         await limiter.acquire()
-                    usage.backend_calls += 1
-                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the call in a
-                    # task of its own, a cost paid on every call
-                    async with asyncio.timeout(self.config.timeout_s):
-                        raw = await self._call_backend(model, request, mode, schema)
+                    async with self._local_slot(model):
+                        usage.backend_calls += 1
+                        # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the call in
+                        # a task of its own, a cost paid on every call
+                        async with asyncio.timeout(timeout):
+                            raw = await self._call_backend(model, request, mode, schema)
                 break
             except TimeoutError as exc:
                 error: ModelError = ModelTimeout(
-                    f"no answer within {self.config.timeout_s:g} s", role=role, model=model.raw
+                    f"no answer within {timeout:g} s", role=role, model=model.raw
                 )
                 error.__cause__ = exc
             except ModelError as exc:
@@ -736,6 +780,16 @@ class Gateway:
             if mode in ("json_schema", "json_object") and _looks_like_unsupported_format(error):
                 # llama.cpp answers 500 to a response format it does not take: not worth a retry
                 raise PermanentModelError(error.detail, role=role, model=model.raw) from error
+            if model.backend == "local" and isinstance(error, ModelTimeout):
+                # the server keeps generating for the abandoned request: a retry would queue
+                # behind it and silently double the latency
+                usage.errors += 1
+                error.detail += (
+                    f" (after {attempt} attempt{'s' if attempt > 1 else ''}; a local timeout is"
+                    " not retried: raise local_timeout_s or lower max_tokens)"
+                )
+                error.args = (f"[role {role}, model {model.raw}] {error.detail}",)
+                raise error
             if not isinstance(error, TransientModelError) or attempt >= self.config.max_attempts:
                 usage.errors += 1
                 if isinstance(error, TransientModelError):
@@ -762,6 +816,42 @@ class Gateway:
             latency_s=latency,
             attempts=attempt,
         )
+
+    def _with_local_max_tokens(
+        self, request: CompletionRequest, rc: RoleConfig | None, *, structured: bool
+    ) -> CompletionRequest:
+        """The request with the local default ``max_tokens`` when neither its caller nor its
+        role set one (a caller's or role's value is never changed)."""
+        if "max_tokens" in request.model_fields_set or (rc is not None and rc.max_tokens):
+            return request
+        cap = self.config.local_max_tokens
+        if structured:
+            cap = max(cap, LOCAL_STRUCTURED_MAX_TOKENS)
+        return request.model_copy(update={"max_tokens": cap})
+
+    async def _start_local(self, model: ModelSpec, role: str) -> None:
+        """Start and warm ``model``'s server in a worker thread, before any timed call.
+
+        ``ensure_local_server`` blocks (start-up and warm-up take seconds); run inside the
+        call's timeout it froze the event loop and counted toward the first call's time.
+        """
+        async with self._local_start:
+            if model.raw in self._endpoints:
+                return
+            try:
+                await asyncio.to_thread(self._endpoint, model, role)
+            except ModelError as exc:
+                raise type(exc)(exc.detail, role=role, model=model.raw) from exc
+
+    def _local_slot(self, model: ModelSpec) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One call at a time to a local server (no-op for other backends), so that a call's
+        timeout starts when the server starts on it, not when it joins the server's queue."""
+        if model.backend != "local":
+            return contextlib.nullcontext()
+        lock = self._local_slots.get(model.raw)
+        if lock is None:
+            lock = self._local_slots[model.raw] = asyncio.Lock()
+        return lock
 
     async def _call_backend(
         self,

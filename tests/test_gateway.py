@@ -386,3 +386,122 @@ async def test_tokens_and_cost_per_role(tmp_path: Path, real_requests: None) -> 
         totals = g.accounting.for_role("subject")
         assert totals.input_tokens == resp.usage.input_tokens
         assert totals.cost_usd == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------ the local backend's sizing
+
+
+def fake_local(
+    monkeypatch: pytest.MonkeyPatch, server: FakeOpenAIServer, start_s: float = 0.0
+) -> list[str | None]:
+    """Point ``local`` at ``server``; the stand-in start blocks for ``start_s`` like the real one.
+
+    Returns the list of start-ups (one entry per ``ensure_local_server`` call).
+    """
+    from therasim.agents import local
+
+    starts: list[str | None] = []
+
+    def ensure(gguf: str | None = None, **_: object) -> object:
+        starts.append(gguf)
+        time.sleep(start_s)  # blocking, as the real start and warm-up are
+        return local.LocalServer(
+            model_path=Path("model.gguf"),
+            port=int(server.base_url.rsplit(":", 1)[1].split("/")[0]),
+            process=None,  # type: ignore[arg-type]
+            log_path=Path("log"),
+        )
+
+    monkeypatch.setattr(local, "ensure_local_server", ensure)
+    return starts
+
+
+def test_local_timeout_is_sized_per_backend() -> None:
+    local, remote = parse_model_spec("local"), parse_model_spec("openai:gpt-4o-mini")
+    config = GatewayConfig()
+    assert config.timeout_for(local) == 600.0 and config.timeout_for(remote) == 120.0
+    only_timeout = GatewayConfig(timeout_s=5)  # as today: one timeout for every backend
+    assert only_timeout.timeout_for(local) == 5 and only_timeout.timeout_for(remote) == 5
+    both = GatewayConfig(timeout_s=5, local_timeout_s=50)
+    assert both.timeout_for(local) == 50 and both.timeout_for(remote) == 5
+
+
+async def test_local_default_max_tokens_never_overrides_the_caller(
+    tmp_path: Path, real_requests: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOpenAIServer() as server:
+        fake_local(monkeypatch, server)
+        g = gateway(tmp_path, "local", local_max_tokens=64, cache_enabled=False)
+        await g.complete(req("unset"))
+        await g.complete(req("set by the caller", max_tokens=300))
+        await g.structured(req("structured, unset", role="judge:a"), Verdict)
+        await g.structured(req("structured, set", role="judge:a", max_tokens=90), Verdict)
+        assert [r["max_tokens"] for r in server.requests] == [64, 300, 512, 90]
+        capped = gateway(tmp_path, "local", max_tokens=77, cache_enabled=False)  # the role's cap
+        await capped.complete(req("role cap"))
+        assert server.requests[-1]["max_tokens"] == 77
+        remote = gateway(
+            tmp_path,
+            f"openai:fake?base_url={server.base_url}",
+            local_max_tokens=64,
+            cache_enabled=False,
+        )
+        await remote.complete(req("remote, unset"))
+        assert server.requests[-1]["max_tokens"] == 256  # the request's own default, not local's
+
+
+async def test_local_server_starts_once_outside_the_timed_call(
+    tmp_path: Path, real_requests: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOpenAIServer() as server:
+        starts = fake_local(monkeypatch, server, start_s=0.6)
+        g = gateway(tmp_path, "local", local_timeout_s=0.3, cache_enabled=False)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        clock = asyncio.create_task(ticker())
+        replies = await asyncio.gather(*(g.complete(req(f"first {i}")) for i in range(4)))
+        clock.cancel()
+        assert starts == [None], "one start-up for concurrent first calls"
+        assert all(r.attempts == 1 and r.latency_s < 0.3 for r in replies)  # start not timed
+        assert ticks >= 10, "the blocking start-up ran off the event loop"
+        await g.complete(req("later"))
+        assert starts == [None]
+
+
+async def test_local_calls_queue_in_the_gateway_not_in_the_timeout(
+    tmp_path: Path, real_requests: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # llama.cpp's server answers one completion at a time; four calls of 0.2 s each under a 0.5 s
+    # timeout all succeed, because each call's clock starts when the server starts on it
+    with FakeOpenAIServer(latency_s=0.2) as server:
+        fake_local(monkeypatch, server)
+        g = gateway(tmp_path, "local", local_timeout_s=0.5, concurrency=8, cache_enabled=False)
+        began = time.perf_counter()
+        replies = await asyncio.gather(*(g.complete(req(f"q{i}")) for i in range(4)))
+        assert time.perf_counter() - began >= 0.8  # one at a time
+        assert all(r.attempts == 1 for r in replies) and server.calls == 4
+
+
+async def test_local_timeout_is_not_retried(
+    tmp_path: Path, real_requests: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the server keeps generating for an abandoned request: a retry would wait behind it
+    with FakeOpenAIServer(plan=["timeout", "ok"], hang_s=2) as server:
+        fake_local(monkeypatch, server)
+        g = gateway(tmp_path, "local", local_timeout_s=0.3, max_attempts=4)
+        with pytest.raises(ModelTimeout, match=r"within 0.3 s.*not retried") as info:
+            await g.complete(req())
+        assert server.calls == 1
+        assert info.value.role == "subject" and info.value.model == "local"
+        usage = g.accounting.for_role("subject")
+        assert (usage.retries, usage.errors) == (0, 1)
+    with FakeOpenAIServer(plan=["500", "ok"]) as server:  # other transient errors still retry
+        fake_local(monkeypatch, server)
+        g = gateway(tmp_path, "local", cache_enabled=False)
+        assert (await g.complete(req("five hundred"))).attempts == 2
