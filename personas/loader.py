@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import reprlib
 import types
@@ -24,11 +25,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from therasim.errors import ConfigError, UnknownNameError
+from therasim.errors import ConfigError, UnknownNameError, clip
 from therasim.personas.schema import Persona
 
 __all__ = [
+    "MAX_DATA_FILE_BYTES",
     "SCHEMA_COMMENT",
+    "YAMLLimitError",
+    "check_yaml_limits",
     "collect_library",
     "export_json_schema",
     "library_files",
@@ -37,6 +41,8 @@ __all__ = [
     "load_yaml",
     "parse_persona",
     "persona_json_schema",
+    "read_data_file",
+    "read_data_text",
     "render_json_schema",
     "select_personas",
 ]
@@ -58,12 +64,106 @@ _repr.maxlevel = 2
 # YAML
 
 
+#: Limits on every YAML document therasim reads. The shipped files stay far below them (the
+#: largest is 75 kB, 720 values, 6 levels deep); beyond them a file is a mistake or an attack
+#: (a "billion laughs" alias bomb expands a 1 kB file into 10**9 strings), refused before any
+#: value is built.
+MAX_DATA_FILE_BYTES = 4_000_000
+MAX_YAML_VALUES = 100_000  # nodes after alias expansion
+MAX_YAML_CHARS = 2 * MAX_DATA_FILE_BYTES  # scalar characters after alias expansion
+MAX_YAML_DEPTH = 50  # nested mappings/lists
+
+
+class YAMLLimitError(yaml.YAMLError):
+    """A YAML document is over one of the limits above; ``problem`` says which, in plain words.
+
+    A ``yaml.YAMLError`` so that every caller that already turns YAML errors into a
+    ``ConfigError`` naming its file handles it too.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return self.problem
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def check_yaml_limits(root: yaml.Node) -> None:
+    """Raise ``YAMLLimitError`` if the composed document ``root`` is too big or too deep once
+    its aliases are expanded, or refers to itself.
+
+    Walks each distinct node once (iteratively: deep documents cannot exhaust the stack) and
+    sums the expanded sizes bottom-up, so a bomb is measured, never expanded.
+    """
+    values: dict[int, int] = {}
+    chars: dict[int, int] = {}
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            kids = _children(node)
+            values[key] = 1 + sum(values[id(k)] for k in kids)
+            chars[key] = (len(node.value) if isinstance(node, yaml.ScalarNode) else 0) + sum(
+                chars[id(k)] for k in kids
+            )
+            height[key] = 1 + max((height[id(k)] for k in kids), default=0)
+            line = node.start_mark.line + 1
+            if height[key] > MAX_YAML_DEPTH:
+                raise YAMLLimitError(
+                    f"nested more than {MAX_YAML_DEPTH} levels deep (from line {line}); data "
+                    "files are much flatter"
+                )
+            if values[key] > MAX_YAML_VALUES:
+                raise YAMLLimitError(
+                    f"expands to more than {MAX_YAML_VALUES:,} values (from line {line}; YAML "
+                    "aliases such as *name repeat what they point to): refused as an alias bomb "
+                    "or a mistake"
+                )
+            if chars[key] > MAX_YAML_CHARS:
+                raise YAMLLimitError(
+                    f"expands to more than {MAX_YAML_CHARS:,} characters of text (from line "
+                    f"{line}, counting what YAML aliases repeat)"
+                )
+            continue
+        if key in values:  # a node seen before: an alias, already measured
+            continue
+        if key in on_path:
+            raise YAMLLimitError(
+                f"a YAML alias refers to a value that contains it (line {node.start_mark.line + 1})"
+            )
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((kid, False) for kid in _children(node))
+
+
 class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """``SafeLoader`` that refuses duplicate keys (plain YAML keeps the last one silently).
+    """``SafeLoader`` that refuses duplicate keys (plain YAML keeps the last one silently) and
+    documents over the size, alias-expansion and depth limits (``check_yaml_limits``).
 
     On libyaml's parser where PyYAML has it: the pure-Python one took most of a finished
     study's rerun (the persona library is read on every command).
     """
+
+    def get_single_data(self) -> Any:
+        """The document's data, checked against the limits between composing and building."""
+        node = self.get_single_node()
+        if node is None:
+            return None
+        check_yaml_limits(node)
+        return self.construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[tuple[str, str], yaml.Node] = {}
@@ -76,7 +176,7 @@ class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ign
                     raise yaml.constructor.ConstructorError(
                         "while reading a mapping",
                         node.start_mark,
-                        f"the key {key_node.value!r} appears twice (first on line "
+                        f"the key {clip(key_node.value, 80)!r} appears twice (first on line "
                         f"{seen[key].start_mark.line + 1})",
                         key_node.start_mark,
                     )
@@ -85,36 +185,53 @@ class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ign
 
 
 def load_yaml(text: str) -> Any:
-    """One YAML document, read safely, with duplicate keys refused (``yaml.YAMLError`` else)."""
+    """One YAML document, read safely: duplicate keys refused, and ``YAMLLimitError`` (a
+    ``yaml.YAMLError``) for text over ``MAX_DATA_FILE_BYTES`` or a document over the
+    alias-expansion and depth limits."""
+    if len(text) > MAX_DATA_FILE_BYTES:
+        raise YAMLLimitError(
+            f"is {len(text):,} characters long; data files are at most {MAX_DATA_FILE_BYTES:,}"
+        )
     return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
-MAX_DATA_FILE_BYTES = 4_000_000  # far above any real data file; a bigger one is a mistake
+def read_data_text(path: str | Path) -> str:
+    """A data file's text; ``ConfigError`` naming the file if it is unreadable, over
+    ``MAX_DATA_FILE_BYTES``, binary or not UTF-8 (size checked before the file is read whole)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            raw = fh.read(MAX_DATA_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, not a data file", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
+    if len(raw) > MAX_DATA_FILE_BYTES:
+        raise ConfigError(
+            f"is {max(size, len(raw)):,} bytes; data files are at most {MAX_DATA_FILE_BYTES:,}",
+            file=str(path),
+        )
+    if b"\0" in raw:
+        raise ConfigError("is a binary file, not YAML text", file=str(path))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"is not UTF-8 text (invalid byte at offset {exc.start})", file=str(path)
+        ) from None
 
 
 def read_data_file(path: str | Path) -> Any:
     """A YAML data file (study, rubric, thresholds, lexicon, cues) as Python data.
 
     Every fault is a ``ConfigError`` naming the file: unreadable, too large, binary or not UTF-8,
-    invalid YAML, a duplicate key, or nesting too deep for the parser.
+    invalid YAML, a duplicate key, or a document over the alias-expansion or depth limits.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot be read: {exc.strerror}", file=str(path)) from None
-    if len(raw) > MAX_DATA_FILE_BYTES:
-        raise ConfigError(
-            f"is {len(raw):,} bytes; data files are at most {MAX_DATA_FILE_BYTES:,}", file=str(path)
-        )
-    if b"\0" in raw:
-        raise ConfigError("is a binary file, not YAML text", file=str(path))
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"is not UTF-8 text (invalid byte at offset {exc.start})", file=str(path)
-        ) from None
+    text = read_data_text(path)
     try:
         return load_yaml(text)
     except yaml.YAMLError as exc:
@@ -124,9 +241,15 @@ def read_data_file(path: str | Path) -> Any:
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, YAMLLimitError):
+        return exc.problem
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if "nesting depth" in problem:  # libyaml's own cap, at 1,000 levels
+        return f"nested too deeply{where}: data files allow at most {MAX_YAML_DEPTH} levels"
+    if isinstance(exc, yaml.constructor.ConstructorError) and mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"  # e.g. a duplicate key
     return (
         f"not valid YAML{where}: {problem}. Check the indentation, and put text containing "
         f"': ' or starting with a special character in quotes"
@@ -276,20 +399,13 @@ def load_persona(path: str | Path) -> Persona:
     including a missing or unreadable file.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such persona file", file=str(path)) from None
-    except IsADirectoryError:
+    if path.is_dir():
         raise ConfigError(
             "is a folder, not a persona file (use load_library for folders)", file=str(path)
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"is not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
+        )
+    if not path.exists():
+        raise ConfigError("no such persona file", file=str(path))
+    text = read_data_text(path)  # size, binary and encoding checked before parsing
     return parse_persona(text, source=str(path))
 
 

@@ -59,3 +59,101 @@ def test_gold_files_and_the_cli_end_in_one_line(
     assert main(["validate", str(study)]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and study.name in err
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 12, item 15: YAML limits (alias expansion, size, depth) and bounded messages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bomb(levels: int = 9) -> str:
+    """A billion-laughs value (10**9 strings once expanded) written in about 400 characters."""
+    parts = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    parts += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"id: x\nlaughs: {_bomb()}\n")
+    with pytest.raises(ConfigError, match=r"expands to more than 100,000 values") as info:
+        read_data_file(path)
+    assert path.name in str(info.value)
+
+
+def test_a_bomb_in_a_personas_free_form_field_fails_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`changes:` takes any mapping, so only the loader can stop the bomb (it used to pass
+    `validate` and then take 6 GB in `personas show`)."""
+    source = (ROOT / "personas" / "library" / "pe" / "pe-combat-01.yaml").read_text()
+    path = tmp_path / "pe-bomb-01.yaml"
+    path.write_text(source + f"changes: {{laughs: {_bomb()}}}\n")
+    with pytest.raises(ConfigError, match="alias"):
+        load_persona(path)
+    assert main(["validate", str(path)]) == 1
+    assert "pe-bomb-01.yaml" in capsys.readouterr().err
+
+
+def test_aliases_within_the_limits_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "shared.yaml"
+    path.write_text("base: &b {concurrency: 2, rpm: 60}\npatient: *b\nappraiser: *b\n")
+    doc = read_data_file(path)
+    assert doc["patient"] == doc["appraiser"] == {"concurrency": 2, "rpm": 60}
+
+
+def test_an_alias_to_its_own_container_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text("a: &x [1, *x]\n")
+    with pytest.raises(ConfigError, match="refers to a value that contains it"):
+        read_data_file(path)
+
+
+def test_nesting_past_the_depth_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("a:" + "".join(f"\n{' ' * (i + 1)}k{i}:" for i in range(60)) + " 1\n")
+    with pytest.raises(ConfigError, match="nested more than 50 levels"):
+        read_data_file(path)
+
+
+@pytest.mark.parametrize("kind", ["persona", "protocol", "rubric"])
+def test_every_loader_refuses_a_file_over_the_size_limit(tmp_path: Path, kind: str) -> None:
+    """Persona, protocol and rubric files are parsed from text, not via read_data_file: the
+    size limit holds for them too (a 5 MB file used to load)."""
+    source = {
+        "persona": ROOT / "personas" / "library" / "pe" / "pe-combat-01.yaml",
+        "protocol": ROOT / "protocols" / "library" / "pe-three-phase.yaml",
+        "rubric": ROOT / "evaluation" / "rubrics" / "pe.yaml",
+    }[kind]
+    text = source.read_text() + "# " + "x" * 5_000_000 + "\n"  # a comment: valid YAML
+    path = tmp_path / source.name
+    path.write_text(text)
+    assert path.stat().st_size > 5_000_000
+    with pytest.raises(ConfigError) as info:
+        LOADERS[kind](path)
+    assert source.name in str(info.value) and "4,000,000" in str(info.value)
+
+
+def test_messages_quote_huge_values_cut_short(tmp_path: Path) -> None:
+    """A 3 MB `id:` is under the size limit, and the error naming the study must not repeat it."""
+    study = (ROOT / "studies" / "quickstart.yaml").read_text()
+    path = tmp_path / "long-id.yaml"
+    path.write_text(study.replace("id: quickstart", f"id: {'Q' * 3_000_000}"))
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    message = str(info.value)
+    assert path.name in message and "field id" in message
+    assert len(message) < 1_000
+
+
+def test_config_error_bounds_every_part() -> None:
+    error = ConfigError(
+        "bad value " + "v" * 10_000,
+        file="f.yaml",
+        object_id=[["lol"] * 10] * 10,  # not a string: shown through reprlib
+        field="a." + "k" * 10_000,
+    )
+    text = str(error)
+    assert len(text) < 1_200 and text.startswith("f.yaml, id [[")
+    assert error.object_id == [["lol"] * 10] * 10  # the attribute keeps the value itself

@@ -211,3 +211,178 @@ def test_run_output_overrides_the_study_folder(
     assert (tmp_path / "elsewhere" / "report.html").stat().st_size > 0
     assert not (tmp_path / "runs").exists()
     assert not list((tmp_path / "elsewhere").glob(".*.partial"))
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 12, item 16: `validate` checks each file by its kind
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
+
+
+def test_validate_checks_the_shipped_studies_as_studies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert len(STUDIES) >= 4
+    assert main(["validate", *map(str, STUDIES)]) == 0
+    assert f"all valid: {len(STUDIES)} studies" in capsys.readouterr().out
+    assert main(["validate", str(ROOT / "studies")]) == 0  # a folder too
+
+
+def test_validate_tells_every_kind_apart_in_one_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Files moved out of their folders are told by their content."""
+    for source in (
+        ROOT / "studies" / "quickstart.yaml",
+        ROOT / "protocols" / "library" / "pe-three-phase.yaml",
+        ROOT / "evaluation" / "rubrics" / "pe.yaml",
+        LIBRARY / "cbt" / "cbt-sleep-01.yaml",
+        ROOT / "agents" / "prompts" / "cues_task.yaml",
+        ROOT / "agents" / "gold" / "risk.jsonl",
+    ):
+        shutil.copy(source, tmp_path / source.name)
+    (tmp_path / "notes.yaml").write_text("anything: else\n")  # no known kind: skipped
+    assert main(["validate", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 personas (0 PE, 1 CBT), 1 protocol, 1 study, 1 rubric, 1 cue file, 90 gold" in out
+    assert "skipped 1 file(s) of no known kind" in out and "notes.yaml" in out
+
+
+def test_validate_kind_override_and_unknown_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    persona = LIBRARY / "pe" / "pe-combat-01.yaml"
+    assert main(["validate", "--kind", "study", str(persona)]) == 1
+    assert "pe-combat-01.yaml" in capsys.readouterr().err
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("anything: else\n")
+    assert main(["validate", str(odd)]) == 1
+    assert "cannot tell which kind of data file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("repeats: 5\n", "the key 'repeats' appears twice"),  # a duplicate key
+        ('personas: {ids: ["pe-nobody-01"]}\n', "unknown persona 'pe-nobody-01'"),
+    ],
+)
+def test_validate_refuses_a_bad_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str, expected: str
+) -> None:
+    text = (ROOT / "studies" / "quickstart.yaml").read_text()
+    if change.startswith("personas"):
+        text = text.replace('personas:\n  globs: ["pe-*", "cbt-*"]\n  limit: 3\n', "")
+    study = tmp_path / "studies" / "bad.yaml"
+    study.parent.mkdir()
+    study.write_text(text + change)
+    assert main(["validate", str(study)]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "bad.yaml" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 12, item 22: file-system faults end in one line and a non-zero exit code
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def _small_study(tmp_path: Path) -> Path:
+    doc = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
+    doc["personas"] = {"ids": ["pe-combat-01"]}
+    doc["subjects"] = {"adherent": "scripted:adherent"}
+    doc.pop("calibration")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_output_under_a_regular_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = _small_study(tmp_path)
+    (tmp_path / "plain").write_text("a file, not a folder")
+    Store(tmp_path / "store.sqlite").close()
+    commands = {
+        ("run", str(study), "--output", "plain/run"): "plain/run: Not a directory [ENOTDIR]",
+        ("report", "store.sqlite", "--html", "plain/r.html"): "plain: File exists [EEXIST]",
+        ("report", "store.sqlite", "--format", "csv", "--out", "plain/f"): "plain/f: Not a dir",
+    }
+    for argv, expected in commands.items():
+        capsys.readouterr()
+        assert main(list(argv)) == 1, argv
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.startswith("error: ") and expected in line, line
+
+
+def test_read_only_folder_disk_full_and_store_faults_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faults this suite cannot cause for real (it runs as root, on a roomy disk) are injected
+    where the system raises them: a folder that refuses writes, a write that finds the disk
+    full (no file name in the error), an SQLite store that cannot be written."""
+    import errno
+    import os
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    study = _small_study(tmp_path)
+    Store(tmp_path / "store.sqlite").close()
+
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "mkdir", read_only)
+        assert main(["run", str(study), "--output", "ro/run"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "ro/run: Permission denied [EACCES]; choose a folder you can write to" in line
+
+    def disk_full(self: Path, *args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_text", disk_full)
+        assert main(["report", "store.sqlite", "--format", "json", "--out", "frames"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "frames" in line and "No space left on device [ENOSPC]" in line
+
+    def store_full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite3, "connect", store_full)
+        assert main(["report", "store.sqlite"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "store.sqlite" in line and "database or disk is full" in line
+
+
+def test_a_write_past_the_file_size_limit_is_one_line_in_a_real_process(tmp_path: Path) -> None:
+    """A real failing write, without root or a full disk: RLIMIT_FSIZE makes the kernel refuse
+    writes past 64 kB (EFBIG), as a full disk refuses them."""
+    import resource
+    import subprocess
+    import sys
+
+    Store(tmp_path / "store.sqlite").close()
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65_536, 65_536))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "therasim", "report", "store.sqlite", "--html", "r.html"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_files,
+    )
+    assert done.returncode == 1, done.stderr
+    line = _one_error_line(done.stderr)
+    assert line.startswith("error: ") and "File too large [EFBIG]" in line, line

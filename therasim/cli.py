@@ -1,13 +1,14 @@
 """The ``therasim`` command line: one function per verb.
 
-Every verb returns an exit code; errors from the therasim exception tree are printed as one
-line (no traceback) and exit 1 (configuration) or 2 (model errors).
+Every verb returns an exit code; errors from the therasim exception tree and file-system faults
+are printed as one line (no traceback) and exit 1 (configuration, files) or 2 (model errors).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -138,50 +139,169 @@ def cmd_ask(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- data: validate, personas, protocols
 
 
+#: The data-file kinds ``therasim validate`` knows, each checked by its own loader.
+DATA_KINDS = ("persona", "protocol", "study", "rubric", "cues", "lexicon", "gold")
+# A file's kind from the folder it sits in (nearest folder first) ...
+_KIND_FOLDERS = {
+    "personas": "persona",
+    "protocols": "protocol",
+    "studies": "study",
+    "rubrics": "rubric",
+    "gold": "gold",
+}
+# ... or from a top-level key only that kind has (checked first: it survives a move).
+_KIND_KEYS = (
+    ("subjects", "study"),
+    ("transitions", "protocol"),
+    ("items", "rubric"),
+    ("demographics", "persona"),
+    ("fictional", "persona"),
+    ("patient_cues", "lexicon"),
+    ("codes", "cues"),
+)
+_PERSONA_KEYS = {"id", "modality", "summary", "communication", "severity"}
+
+
+def _kind_of(path: Any) -> tuple[str | None, ConfigError | None]:
+    """The kind of data file ``path`` holds, or None; with the error if the file did not parse.
+
+    A ``.jsonl`` file is gold; a YAML mapping is told by a top-level key only one kind has;
+    otherwise (also when the file does not parse) by its folder (``studies/``, ``rubrics/``,
+    ``protocols/``, ``personas/``) or a ``cues_`` name; last, a mapping with persona fields is a
+    persona (a persona file missing most of its fields still reads as one).
+    """
+    from therasim.personas.loader import read_data_file
+
+    if path.suffix == ".jsonl":
+        return "gold", None
+    try:
+        doc, problem = read_data_file(path), None
+    except ConfigError as exc:
+        doc, problem = None, exc
+    if isinstance(doc, dict):
+        for key, kind in _KIND_KEYS:
+            if key in doc:
+                return kind, None
+    if path.name.startswith("cues_"):
+        return "cues", problem
+    for folder in reversed(path.resolve().parent.parts):
+        if folder in _KIND_FOLDERS:
+            return _KIND_FOLDERS[folder], problem
+    if isinstance(doc, dict) and len(_PERSONA_KEYS.intersection(map(str, doc))) >= 2:
+        return "persona", None
+    return None, problem
+
+
+def _validate_study(path: Any) -> str:
+    """Check a study file as ``therasim run`` would before simulating: the schema, the persona
+    selection, the protocols, rubrics and thresholds it names. Returns its id."""
+    from therasim.evaluation.rubric import load_rubrics
+    from therasim.personas.loader import load_library
+    from therasim.protocols import load_protocol
+    from therasim.simulations.study import load_study, study_personas
+
+    study = load_study(path)
+    try:
+        study_personas(study, load_library())
+        for protocol in study.protocols.values():
+            load_protocol(protocol)
+        if study.rubrics:
+            load_rubrics(study.rubrics)
+        if study.thresholds:
+            from therasim.evaluation.axes import resolve_thresholds
+
+            resolve_thresholds(study.thresholds)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), file=str(path), object_id=study.id) from None
+    return study.id
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Load every persona, protocol and gold file (or the given files/folders); list every problem."""
+    """Validate data files, each by its kind (``DATA_KINDS``); list every problem.
+
+    With no paths: the shipped personas, protocols, rubrics, cue files, gold files and the demo
+    study. Each file is checked by its own kind's loader: its kind comes from ``--kind``, else
+    from its content or folder (``_kind_of``); a folder's files of no known kind are skipped
+    and counted, a named file of no known kind is an error.
+    """
+    from importlib.resources import files
     from pathlib import Path
 
+    from rich.markup import escape
+
+    from therasim.agents.appraiser import Lexicon
     from therasim.agents.gold import load_gold, shipped_gold_files
-    from therasim.personas.loader import collect_library
+    from therasim.agents.statcoder import load_cues
+    from therasim.evaluation.rubric import load_rubric, rubric_files
+    from therasim.personas.loader import collect_library, read_data_text
     from therasim.protocols import list_protocols, load_protocol
 
     errors: list[str] = []
-    persona_paths: list[Path] = []
-    protocol_paths: list[Path] = []
-    gold_paths: list[Path] = [] if args.paths else shipped_gold_files()
+    by_kind: dict[str, list[Any]] = {kind: [] for kind in DATA_KINDS}
+    skipped: list[Path] = []
+    if not args.paths:
+        by_kind["protocol"] = list(list_protocols())
+        by_kind["rubric"] = [Path(str(f)) for f in rubric_files().values()]
+        prompts = Path(str(files("therasim.agents"))) / "prompts"
+        by_kind["cues"] = sorted(prompts.glob("cues_*.yaml"))
+        by_kind["lexicon"] = [prompts / "lexicon.yaml"]
+        by_kind["gold"] = shipped_gold_files()
+        by_kind["study"] = [Path(str(files("therasim") / "demo.yaml"))]
     for raw in args.paths:
         path = Path(raw)
         if not path.exists():
             errors.append(f"{path}: no such file or folder")
-        elif path.suffix == ".jsonl":
-            gold_paths.append(path)
-        elif path.is_dir():
-            gold_paths += sorted(path.rglob("*.jsonl"))
-            for f in sorted(path.rglob("*.yaml")):
-                (protocol_paths if _is_protocol_file(f) else persona_paths).append(f)
-        else:
-            (protocol_paths if _is_protocol_file(path) else persona_paths).append(path)
+            continue
+        in_folder = path.is_dir()
+        candidates = (
+            sorted(p for ext in ("*.yaml", "*.yml", "*.jsonl") for p in path.rglob(ext))
+            if in_folder
+            else [path]
+        )
+        for file in candidates:
+            kind, problem = (args.kind, None) if args.kind else _kind_of(file)
+            if kind is not None:
+                if file not in by_kind[kind]:  # a file named twice (or in two given folders)
+                    by_kind[kind].append(file)
+            elif in_folder:
+                skipped.append(file)
+            else:
+                errors.append(
+                    str(problem)
+                    if problem
+                    else f"{file}: cannot tell which kind of data file this is (one of "
+                    f"{', '.join(DATA_KINDS)}); pass --kind"
+                )
+
     personas: dict[str, Any] = {}
-    if persona_paths or not args.paths:
-        personas, persona_errors = collect_library(persona_paths or None)
+    if by_kind["persona"] or not args.paths:
+        personas, persona_errors = collect_library(by_kind["persona"] or None)
         errors += [str(e) for e in persona_errors]
-    protocols_checked = 0
-    for target in protocol_paths or ([] if args.paths else list_protocols()):
-        try:
-            load_protocol(target)
-            protocols_checked += 1
-        except ConfigError as exc:
-            errors.append(str(exc))
-    gold_turns, gold_errors = 0, len(errors)
-    for gold_file in gold_paths:
-        try:
-            gold_turns += len(load_gold([gold_file]))
-        except ConfigError as exc:
-            errors.append(str(exc))
-    if len(errors) == gold_errors and len(gold_paths) > 1:
+    counts = dict.fromkeys(DATA_KINDS, 0)
+    checks: dict[str, Callable[[Any], object]] = {
+        "protocol": load_protocol,
+        "study": _validate_study,
+        "rubric": load_rubric,
+        "cues": lambda f: load_cues([f]),
+        "lexicon": lambda f: Lexicon.from_yaml(read_data_text(f), source=str(f)),
+        "gold": lambda f: load_gold([f]),
+    }
+    gold_turns = 0
+    for kind, check in checks.items():
+        for target in by_kind[kind]:
+            try:
+                result = check(target)
+            except ConfigError as exc:
+                errors.append(str(exc))
+            except RecursionError:  # e.g. a JSON line nested a thousand levels deep
+                errors.append(f"{target}: nested too deeply to be a data file")
+            else:
+                counts[kind] += 1
+                if kind == "gold" and isinstance(result, list):
+                    gold_turns += len(result)
+    if counts["gold"] == len(by_kind["gold"]) > 1:
         try:  # ids must be unique across files too
-            load_gold(gold_paths)
+            load_gold(by_kind["gold"])
         except ConfigError as exc:
             errors.append(str(exc))
     if not args.paths:
@@ -194,27 +314,37 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 except TherasimError as exc:
                     errors.append(f"{persona.id} at {level}: {exc}")
     for message in errors:
-        err_console.print(f"[red]✗[/] {message}", highlight=False, soft_wrap=True)
-    pe = sum(1 for p in personas.values() if p.modality == "pe")
-    cbt = len(personas) - pe
-    summary = f"{len(personas)} personas ({pe} PE, {cbt} CBT), {protocols_checked} protocols"
-    if gold_paths:
-        summary += f", {gold_turns} gold turns"
+        err_console.print(f"[red]✗[/] {escape(message)}", highlight=False, soft_wrap=True)
+    parts = []
+    if by_kind["persona"] or not args.paths:
+        pe = sum(1 for p in personas.values() if p.modality == "pe")
+        parts.append(f"{len(personas)} personas ({pe} PE, {len(personas) - pe} CBT)")
+    labels = {
+        "protocol": ("protocol", "protocols"),
+        "study": ("study", "studies"),
+        "rubric": ("rubric", "rubrics"),
+        "cues": ("cue file", "cue files"),
+        "lexicon": ("lexicon", "lexicons"),
+    }
+    for kind, (one, many) in labels.items():
+        if by_kind[kind]:
+            parts.append(f"{counts[kind]} {one if counts[kind] == 1 else many}")
+    if by_kind["gold"]:
+        parts.append(f"{gold_turns} gold turns")
+    summary = ", ".join(parts) or "no data files found"
+    if skipped:
+        console.print(
+            f"skipped {len(skipped)} file(s) of no known kind: "
+            + ", ".join(str(p) for p in skipped[:5])
+            + (" …" if len(skipped) > 5 else ""),
+            markup=False,
+            highlight=False,
+        )
     if errors:
         err_console.print(f"[red]{len(errors)} error(s)[/]; valid: {summary}")
         return 1
     console.print(f"[green]✓[/] all valid: {summary}")
     return 0
-
-
-def _is_protocol_file(path: Any) -> bool:
-    import yaml
-
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
-        return False  # read as a persona file, whose loader names the problem
-    return isinstance(doc, dict) and "phases" in doc and "transitions" in doc
 
 
 def cmd_personas_list(args: argparse.Namespace) -> int:
@@ -448,21 +578,37 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Simulate, judge and report a study (resumable)."""
-    from therasim.evaluation.pipeline import print_estimate, run_study
+    from therasim.evaluation.pipeline import (
+        over_budget,
+        print_estimate,
+        run_study,
+        stored_spending,
+        study_estimate,
+    )
+    from therasim.simulations.store import Store
     from therasim.simulations.study import load_study
 
+    study = load_study(args.study)
+    if args.output:
+        study = study.model_copy(update={"output": args.output})
     if args.dry_run:
-        study = load_study(args.study)
-        if args.output:
-            study = study.model_copy(update={"output": args.output})
-        print_estimate(study, console)
+        print_estimate(study, console, args.study)
         return 0
+    if study.budget.max_tokens or study.budget.max_cost_usd:
+        reason = over_budget(study, study_estimate(study, args.study), stored_spending(study))
+        if reason and not args.yes:
+            console.print(
+                f"[red]{reason}: the run would stop part-way. Raise the budget, or pass --yes "
+                "to run until it is spent (a rerun with more budget finishes the rest).[/]"
+            )
+            return 2
     run = run_study(
         args.study,
         judge=not args.no_judge,
         report=not args.no_report,
         console=console,
         output=args.output,
+        wait=args.wait,
     )
     stats = run.stats
     if stats is not None:
@@ -475,7 +621,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             + f" · {run.judged} sessions judged · store {run.store_path}"
         )
-    return 0 if stats is None or stats.failed == 0 else 3
+    with Store(run.store_path) as store:
+        broken = {j: c for j, c in store.verdict_error_counts().items() if c[0] and c[0] == c[1]}
+    for judge, (errors, _, first) in sorted(broken.items()):
+        console.print(f"[red]judge {judge}: all {errors:,} verdicts are errors, e.g. {first}[/]")
+    return 0 if (stats is None or stats.failed == 0) and not broken else 3
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -695,9 +845,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_ask)
 
     p = sub.add_parser(
-        "validate", help="validate personas, protocols and gold files (everything by default)"
+        "validate",
+        help="validate personas, protocols, studies, rubrics, cue and gold files (all shipped "
+        "ones by default)",
     )
     p.add_argument("paths", nargs="*", help="files or folders (default: the shipped library)")
+    p.add_argument(
+        "--kind",
+        choices=DATA_KINDS,
+        help="read every given file as this kind (default: told by its content or folder)",
+    )
     p.set_defaults(handler=cmd_validate)
 
     personas = sub.add_parser("personas", help="the persona library").add_subparsers(
@@ -780,6 +937,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="print counts and an estimate; call no model"
     )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="start even when the estimate exceeds the study's budget (it stops once spent)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another run holds the run folder, wait for it instead of stopping",
+    )
     p.add_argument("--no-judge", action="store_true", help="skip judging")
     p.add_argument("--no-report", action="store_true", help="skip the report")
     p.add_argument("--output", metavar="DIR", help="run folder (overrides the study's output:)")
@@ -838,8 +1005,45 @@ def _print_error(label: str, exc: TherasimError) -> None:
     )
 
 
+#: Command-line arguments that name files a verb reads or writes, to name them when the system
+#: reports a failed write without a path (a full disk fails ``write()``, not ``open()``).
+_PATH_ARGS = ("output", "out", "html", "store", "study", "study_dir", "paths")
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space and run it again",
+    errno.EDQUOT: "free some disk space and run it again",
+    errno.EACCES: "choose a folder you can write to",
+    errno.EPERM: "choose a folder you can write to",
+    errno.EROFS: "choose a folder on a writable disk",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a file is in the way of a folder of that name",
+    errno.EFBIG: "the file grew past what this system allows",
+}
+
+
+def _os_error_line(exc: OSError, args: argparse.Namespace) -> str:
+    """One line for a file-system failure: the path, the system's reason and what to do."""
+    if exc.filename is not None:
+        where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    else:
+        given = [getattr(args, name, None) for name in _PATH_ARGS]
+        named = [str(v) for v in given if isinstance(v, str)]
+        named += [str(p) for v in given if isinstance(v, list) for p in v]
+        where = f"while using {', '.join(named)}" if named else "a file operation"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno or 0)
+    hint = _OS_HINTS.get(exc.errno or 0)
+    return f"{where}: {reason}" + (f" [{code}]" if code else "") + (f"; {hint}" if hint else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``therasim`` console script."""
+    """Entry point of the ``therasim`` console script.
+
+    Errors end in one line, never a traceback: exit 1 for a configuration or file-system problem
+    (a read-only folder, a full disk, a path through a regular file, an unusable store: the line
+    names the path and the system's reason), 2 for a model error, 130 when interrupted.
+    """
+    import sqlite3
+
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
@@ -856,6 +1060,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except TherasimError as exc:
         _print_error("error", exc)
+        return 1
+    except OSError as exc:
+        _print_error("error", TherasimError(_os_error_line(exc, args)))
+        return 1
+    except sqlite3.Error as exc:  # a store on a read-only or full disk
+        store = getattr(args, "store", None)
+        _print_error(
+            "error",
+            TherasimError(
+                f"the SQLite store{f' {store}' if store else ''} failed: {exc}; check that its "
+                "folder is writable and the disk has space"
+            ),
+        )
         return 1
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

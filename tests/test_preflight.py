@@ -1,0 +1,89 @@
+"""``--dry-run`` fails, naming the file and field, on what the real run would fail on, and a
+run whose verdicts are all errors does not exit 0 (issue 12, item 17)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from therasim.cli import main
+
+
+def _study(tmp_path: Path, **kw: Any) -> Path:
+    doc: dict[str, Any] = {
+        "id": "preflight",
+        "subjects": {"a": "scripted:adherent"},
+        "personas": {"globs": ["pe-*"], "limit": 1},
+        "severities": ["routine"],
+        "max_turns": 4,
+        "questionnaires": False,
+        "cache": False,
+        "output": str(tmp_path / "run"),
+        **kw,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"subjects": {"a": "scripted:adherant"}}, "subjects.a.model", "did you mean 'adherent'"),
+        (
+            {"subjects": {"a": "python:no_such_module_x:reply"}},
+            "subjects.a.model",
+            "does not import",
+        ),
+        ({"subjects": {"a": "python:json:no_such_function"}}, "subjects.a.model", "no function"),
+        ({"subjects": {"a": "local:/nowhere/model.gguf"}}, "subjects.a.model", "no GGUF file"),
+        ({"patient": {"model": "scripted:template-patent"}}, "patient.model", "did you mean"),
+        (
+            {"judges": [{"name": "x", "model": "scripted:lexical-jugde"}]},
+            "judges.0.model",
+            "did you mean 'lexical-judge'",
+        ),
+        (
+            {
+                "judges": [
+                    {"name": "x", "model": "scripted:lexical-judge", "prompt_variant": "strikt"}
+                ]
+            },
+            "judges.0",
+            "strict",
+        ),
+        ({"rubrics": ["pee"]}, "rubrics", "unknown rubric"),
+    ],
+)
+def test_dry_run_fails_fast_naming_file_and_field(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    path = _study(tmp_path, **change)
+    assert main(["run", str(path), "--dry-run"]) == 1
+    err = capsys.readouterr()
+    text = " ".join((err.out + err.err).split())
+    assert str(path) in text and f"field {field}" in text and message in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "run").exists()  # nothing was simulated
+
+
+def test_a_run_whose_verdicts_are_all_errors_does_not_exit_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from therasim.agents.scripted import register_scripted
+    from therasim.agents.types import CompletionRequest
+
+    @register_scripted("test-broken-judge")
+    def broken(request: CompletionRequest) -> str:
+        return "not json at all"
+
+    path = _study(tmp_path, judges=[{"name": "broken", "model": "scripted:test-broken-judge"}])
+    assert main(["run", str(path), "--no-report"]) == 3
+    assert "judge broken: all" in " ".join(capsys.readouterr().out.split())
