@@ -16,12 +16,13 @@ import json
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from therasim.errors import ConfigError
 from therasim.personas.dynamics import BehaviourCode, PhaseKind, RiskLevel, Severity
+from therasim.personas.loader import read_data_text
 
 GOLD_DIR = Path(__file__).parent / "gold"
 GOLD_SCHEMA_FILE = GOLD_DIR / "gold.schema.json"
@@ -88,6 +89,21 @@ def _field_path(loc: Sequence[int | str]) -> str:
     return ".".join(str(p) for p in loc) or "(line)"
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (json keeps the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def load_gold(paths: Iterable[str | Path]) -> list[GoldTurn]:
     """Every turn of the given JSONL files; ``ConfigError`` naming file, line and field.
 
@@ -97,22 +113,19 @@ def load_gold(paths: Iterable[str | Path]) -> list[GoldTurn]:
     seen: dict[str, str] = {}
     for path in paths:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read gold file: {exc.strerror}", file=str(path)) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                f"is not UTF-8 text (invalid byte at offset {exc.start})", file=str(path)
-            ) from None
+        text = read_data_text(path)  # size, binary and UTF-8 checks
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                data = json.loads(line)
+                data = json.loads(line, object_pairs_hook=_refuse_duplicate_keys)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"invalid JSON: {exc.msg}", file=where) from None
+            except _DuplicateKey as exc:
+                raise ConfigError(f"the key {exc.key!r} appears twice", file=where) from None
+            except RecursionError:
+                raise ConfigError("is nested too deeply to be a gold turn", file=where) from None
             try:
                 turn = GoldTurn.model_validate(data)
             except ValidationError as exc:

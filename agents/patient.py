@@ -796,7 +796,9 @@ def load_banks(path: str | Path | None = None) -> Banks:
     """Load and check the template patient's banks (default: the packaged YAML)."""
     if path is None:
         return _packaged_banks()
-    return _parse_banks(Path(path).read_text(encoding="utf-8"), str(path))
+    from therasim.personas.loader import read_data_text
+
+    return _parse_banks(read_data_text(path), str(path))
 
 
 @functools.cache
@@ -805,8 +807,10 @@ def _packaged_banks() -> Banks:
 
 
 def _parse_banks(text: str, file: str) -> Banks:
+    from therasim.personas.loader import load_yaml  # size, alias and depth limits
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
         banks = Banks.model_validate(data)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", file=file) from None

@@ -153,8 +153,10 @@ _FILE = "agents/prompts/questionnaires.yaml"
 @functools.cache
 def load_questionnaires() -> QuestionnaireData:
     """The packaged questionnaire data, validated (``ConfigError`` naming the file otherwise)."""
+    from therasim.personas.loader import load_yaml  # size, alias and depth limits
+
     try:
-        return QuestionnaireData.model_validate(yaml.safe_load(read_prompt("questionnaires.yaml")))
+        return QuestionnaireData.model_validate(load_yaml(read_prompt("questionnaires.yaml")))
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", file=_FILE) from None
     except ValueError as exc:

@@ -82,7 +82,17 @@ def load_cues(paths: Sequence[str | Path] | None = None) -> dict[str, tuple[re.P
                 raise ConfigError(
                     f"unknown behaviour code {code!r}", file=str(path), field=f"codes.{code}"
                 )
+            if patterns is not None and not isinstance(patterns, list):
+                raise ConfigError(
+                    "must be a list of regular expressions", file=str(path), field=f"codes.{code}"
+                )
             for i, pattern in enumerate(patterns or []):
+                if not isinstance(pattern, str):
+                    raise ConfigError(
+                        "must be a regular expression (a string)",
+                        file=str(path),
+                        field=f"codes.{code}.{i}",
+                    )
                 try:
                     out.setdefault(code, []).append(re.compile(str(pattern), re.IGNORECASE))
                 except re.error as exc:

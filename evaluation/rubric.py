@@ -338,12 +338,10 @@ def parse_rubric(text: str, source: str = "<string>") -> Rubric:
 
 def load_rubric(path: str | Path) -> Rubric:
     """Read and validate one rubric YAML file."""
+    from therasim.personas.loader import read_data_text  # size, binary and UTF-8 checks
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot be read: {exc}", file=str(path)) from None
-    rubric = parse_rubric(text, source=str(path))
+    rubric = parse_rubric(read_data_text(path), source=str(path))
     if path.stem != rubric.id:
         raise ConfigError(
             f"the rubric id {rubric.id!r} must match the file name ({path.stem}.yaml)",

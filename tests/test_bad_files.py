@@ -157,3 +157,16 @@ def test_config_error_bounds_every_part() -> None:
     text = str(error)
     assert len(text) < 1_200 and text.startswith("f.yaml, id [[")
     assert error.object_id == [["lol"] * 10] * 10  # the attribute keeps the value itself
+
+
+def test_gold_lines_with_a_duplicate_key_or_deep_nesting_are_named(tmp_path: Path) -> None:
+    from therasim.agents.gold import load_gold
+
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"id": "a", "id": "b"}\n')
+    with pytest.raises(ConfigError, match=r"dup.jsonl:1: the key 'id' appears twice"):
+        load_gold([dup])
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep.jsonl:1: .*nested too deeply"):
+        load_gold([deep])
