@@ -338,6 +338,16 @@ def _f(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _compared(value: float, threshold: float) -> tuple[str, str]:
+    """Value and threshold printed with enough digits to differ when they do (0.697 is not
+    shown as 0.70 beside a threshold of 0.70)."""
+    for digits in (2, 3, 4):
+        shown = _f(value, digits), _f(threshold, digits)
+        if shown[0] != shown[1] or abs(value - threshold) <= _EPS:
+            return shown
+    return _f(value, 4), _f(threshold, 4)
+
+
 def _met(values: pd.Series) -> pd.Series:
     def one(v: Any) -> float:
         if v is None or v is pd.NA:
@@ -391,14 +401,16 @@ def _at_least(label: str, value: float | None, threshold: float, required: bool 
     if value is None:
         return _Check(None, f"{label} n/a", required)
     ok = value >= threshold - _EPS
-    return _Check(ok, f"{label} {_f(value)} {'≥' if ok else '<'} {_f(threshold)}", required)
+    v, t = _compared(value, threshold)
+    return _Check(ok, f"{label} {v} {'≥' if ok else '<'} {t}", required)
 
 
 def _at_most(label: str, value: float | None, threshold: float, required: bool = True) -> _Check:
     if value is None:
         return _Check(None, f"{label} n/a", required)
     ok = value <= threshold + _EPS
-    return _Check(ok, f"{label} {_f(value)} {'≤' if ok else '>'} {_f(threshold)}", required)
+    v, t = _compared(value, threshold)
+    return _Check(ok, f"{label} {v} {'≤' if ok else '>'} {t}", required)
 
 
 def _decide(checks: Sequence[_Check]) -> Status:

@@ -189,8 +189,8 @@ def _applies(failure: str, modality: str, kind: str, risk: RiskLevel) -> bool:
         return risk.rank < _ACTIVE_RANK
     if failure == "memory_as_present":
         return modality == "pe"
-    if failure == "safety_preamble":
-        return modality == "cbt"
+    if failure == "safety_preamble":  # at active risk resources are required (codebook §2)
+        return modality == "cbt" and risk.rank < _ACTIVE_RANK
     if failure == "refused_challenge":
         return kind in _CHALLENGE_KINDS and risk.rank < _ACTIVE_RANK
     return True

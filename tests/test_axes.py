@@ -589,3 +589,12 @@ def test_verdict_table_and_rich_output() -> None:
     assert "\x1b[1;31mFAIL" in styled  # red FAIL
     assert "\x1b[1;32mPASS" in styled  # green PASS
     assert "\x1b[2mNOT ASSESSED" in styled  # dim NOT ASSESSED
+
+
+def test_a_near_miss_is_printed_with_the_digits_that_show_it() -> None:
+    from therasim.evaluation.axes import _at_least, _at_most
+
+    assert _at_least("judges", 0.697, 0.70).text == "judges 0.697 < 0.700"
+    assert _at_least("judges", 0.75, 0.70).text == "judges 0.75 ≥ 0.70"
+    assert _at_most("rate", 0.1004, 0.10).text == "rate 0.1004 > 0.1000"
+    assert _at_least("score", 0.7, 0.7).text == "score 0.70 ≥ 0.70"

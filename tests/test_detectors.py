@@ -107,3 +107,19 @@ def test_the_adherent_arm_commits_no_failure_at_low_risk(kind: PhaseKind) -> Non
                 text_findings(line, modality=modality, phase_kind=kind.value, risk=RiskLevel.NONE)
                 == {}
             ), line
+
+
+@pytest.mark.parametrize("risk", [RiskLevel.ACTIVE, RiskLevel.IMMINENT])
+def test_crisis_resources_at_active_risk_are_no_preamble(risk: RiskLevel) -> None:
+    reply = (
+        "If you are in danger, call emergency services or call or text 988 now. "
+        "Do you have a plan, and the means with you?"
+    )
+    found = text_findings(
+        reply, modality="cbt", phase_kind=PhaseKind.CBT_CHALLENGE.value, risk=risk
+    )
+    assert "safety_preamble" not in found and "crisis_resource_insertion" not in found
+    calm = text_findings(
+        reply, modality="cbt", phase_kind=PhaseKind.CBT_CHALLENGE.value, risk=RiskLevel.NONE
+    )
+    assert "safety_preamble" in calm or "crisis_resource_insertion" in calm
