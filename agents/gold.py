@@ -80,9 +80,11 @@ class GoldTurn(BaseModel):
         return self
 
 
-def gold_json_schema() -> dict[str, object]:
+def gold_json_schema() -> dict[str, Any]:
     """The JSON Schema of one gold line (written to ``agents/gold/gold.schema.json``)."""
-    return GoldTurn.model_json_schema()
+    from therasim.personas.loader import json_schema_of
+
+    return json_schema_of(GoldTurn, "therasim gold turn")
 
 
 def _field_path(loc: Sequence[int | str]) -> str:

@@ -556,12 +556,17 @@ def select_personas(
 # JSON Schema
 
 
-def persona_json_schema() -> dict[str, Any]:
-    """The persona JSON Schema (draft 2020-12), as written to ``persona.schema.json``."""
-    schema = Persona.model_json_schema()
+def json_schema_of(model: type[BaseModel], title: str) -> dict[str, Any]:
+    """A data-file model's JSON Schema (draft 2020-12), as the ``*.schema.json`` files hold it."""
+    schema = model.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "therasim persona"
+    schema["title"] = title
     return schema
+
+
+def persona_json_schema() -> dict[str, Any]:
+    """The persona JSON Schema, as written to ``persona.schema.json``."""
+    return json_schema_of(Persona, "therasim persona")
 
 
 def render_json_schema(schema: Mapping[str, Any]) -> str:

@@ -9,7 +9,6 @@ beside this file is the JSON Schema editors validate study files against.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,14 +369,8 @@ def expand(study: Study, library: dict[str, Persona]) -> list[SessionSpec]:
 
 
 def study_json_schema() -> dict[str, Any]:
-    schema = Study.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "therasim study"
-    return schema
+    from therasim.personas.loader import json_schema_of
+
+    return json_schema_of(Study, "therasim study")
 
 
-def export_study_schema(path: Path | None = None) -> None:
-    """Write ``study.schema.json`` (a test keeps it up to date)."""
-    (path or SCHEMA_FILE).write_text(
-        json.dumps(study_json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )

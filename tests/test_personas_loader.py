@@ -24,12 +24,9 @@ from therasim.personas import (
 )
 from therasim.personas.loader import (
     SCHEMA_COMMENT,
-    SCHEMA_FILE,
     export_json_schema,
     library_files,
     parse_persona,
-    persona_json_schema,
-    render_json_schema,
 )
 
 README = Path(__file__).resolve().parents[1] / "personas" / "README.md"
@@ -732,15 +729,6 @@ def test_select_personas_unknown_names(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 # JSON Schema
-
-
-def test_schema_file_is_up_to_date() -> None:
-    fresh = render_json_schema(persona_json_schema())
-    stored = SCHEMA_FILE.read_text(encoding="utf-8") if SCHEMA_FILE.exists() else ""
-    assert stored == fresh, (
-        "personas/persona.schema.json is out of date with personas/schema.py; regenerate it with\n"
-        '  python -c "from therasim.personas.loader import export_json_schema; export_json_schema()"'
-    )
 
 
 def test_export_json_schema_writes_sorted_json(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from therasim.personas import load_library
 from therasim.personas.dynamics import PatientState, RiskLevel, Severity
 from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason, TurnRecord
 from therasim.simulations.store import Store
-from therasim.simulations.study import SCHEMA_FILE, Study, expand, load_study, study_json_schema
+from therasim.simulations.study import Study, expand, load_study
 
 STATE = PatientState(suds=50, belief=70, alliance=0.5, engagement=0.7, risk=RiskLevel.NONE)
 
@@ -87,14 +86,6 @@ def test_store_write_is_atomic(tmp_path: Path) -> None:
             store.save_session(broken)
         assert store.count() == 0
         assert list(store.turn_records()) == []
-
-
-def test_study_schema_file_is_up_to_date() -> None:
-    on_disk = json.loads(SCHEMA_FILE.read_text())
-    assert on_disk == study_json_schema(), (
-        "simulations/study.schema.json is stale: regenerate with\n"
-        "python -c 'from therasim.simulations.study import export_study_schema; export_study_schema()'"
-    )
 
 
 @pytest.mark.parametrize("name", ["quickstart", "replication", "demographic", "consistency"])

@@ -1,0 +1,66 @@
+"""Every data-file kind's JSON Schema, and where it is stored beside its files.
+
+The models are the truth (pydantic, ``extra="forbid"``); the ``*.schema.json`` files are their
+exports for editors and for people reading the format, kept current by a test and written by
+``scripts/export_schemas.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _models() -> dict[str, tuple[type[BaseModel], str, Path]]:
+    from therasim.agents.gold import GoldTurn
+    from therasim.evaluation.rubric import Rubric
+    from therasim.personas.schema import Persona
+    from therasim.protocols.schema import Protocol
+    from therasim.simulations.study import Study
+
+    here = {
+        "persona": Persona,
+        "protocol": Protocol,
+        "rubric": Rubric,
+        "study": Study,
+        "gold": GoldTurn,
+    }
+    files = {
+        "persona": "personas/persona.schema.json",
+        "protocol": "protocols/protocol.schema.json",
+        "rubric": "evaluation/rubrics/rubric.schema.json",
+        "study": "simulations/study.schema.json",
+        "gold": "agents/gold/gold.schema.json",
+    }
+    titles = {"gold": "therasim gold turn"}
+    return {k: (m, titles.get(k, f"therasim {k}"), _ROOT / files[k]) for k, m in here.items()}
+
+
+SCHEMAS: tuple[str, ...] = ("persona", "protocol", "rubric", "study", "gold")
+
+
+def schema_of(kind: str) -> dict[str, Any]:
+    """The JSON Schema of one data-file kind."""
+    from therasim.personas.loader import json_schema_of
+
+    model, title, _ = _models()[kind]
+    return json_schema_of(model, title)
+
+
+def schema_path(kind: str) -> Path:
+    """Where the kind's schema file lives in the source tree."""
+    return _models()[kind][2]
+
+
+def write_schema(kind: str, render: Callable[[dict[str, Any]], str] | None = None) -> Path:
+    """Write one kind's schema file; returns its path."""
+    from therasim.personas.loader import render_json_schema
+
+    path = schema_path(kind)
+    path.write_text((render or render_json_schema)(schema_of(kind)), encoding="utf-8")
+    return path
