@@ -40,7 +40,7 @@ from therasim.agents.resources import read_prompt
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message, TolerantOutput
 from therasim.errors import ConfigError
-from therasim.personas.dynamics import BehaviourCode, PhaseKind
+from therasim.vocab import BehaviourCode, PhaseKind
 
 if TYPE_CHECKING:  # the gateway loads this module lazily (scripted registry); no import cycle
     from therasim.agents.gold import GoldTurn

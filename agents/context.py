@@ -11,8 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from therasim.personas.dynamics import BehaviourCode, PatientState, PhaseKind
+from therasim.personas.dynamics import PatientState
 from therasim.personas.schema import Persona
+from therasim.vocab import BehaviourCode, PhaseKind
 
 Speaker = Literal["therapist", "patient"]
 

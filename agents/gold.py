@@ -21,8 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from therasim.errors import ConfigError
-from therasim.personas.dynamics import BehaviourCode, PhaseKind, RiskLevel, Severity
 from therasim.personas.loader import read_data_text
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel, Severity
 
 GOLD_DIR = Path(__file__).parent / "gold"
 GOLD_SCHEMA_FILE = GOLD_DIR / "gold.schema.json"

@@ -40,13 +40,8 @@ from therasim.agents.resources import read_prompt
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
 from therasim.errors import ConfigError, GuardFailure
-from therasim.personas.dynamics import (
-    BehaviourCode,
-    PatientState,
-    PhaseKind,
-    RiskLevel,
-    self_report_suds,
-)
+from therasim.personas.dynamics import PatientState, self_report_suds
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 if TYPE_CHECKING:
     from therasim.agents.llm import Gateway

@@ -42,7 +42,7 @@ from therasim.agents.patient import describe_persona, describe_profile, describe
 from therasim.agents.resources import read_prompt
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
 from therasim.errors import ConfigError, UnknownNameError
-from therasim.personas.dynamics import RiskLevel
+from therasim.vocab import RiskLevel
 
 if TYPE_CHECKING:
     from therasim.agents.llm import Gateway

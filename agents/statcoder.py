@@ -43,8 +43,8 @@ from therasim.agents.gold import GoldTurn, dev_turns
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError
-from therasim.personas.dynamics import BehaviourCode, PhaseKind, RiskLevel
 from therasim.personas.loader import read_data_file
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 __all__ = [
     "StatisticalCoder",

@@ -70,8 +70,8 @@ from therasim.agents.resources import read_prompt
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
 from therasim.errors import ConfigError
-from therasim.personas.dynamics import BehaviourCode, PhaseKind, RiskLevel
 from therasim.personas.schema import Persona
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 if TYPE_CHECKING:  # the gateway loads this module lazily (scripted registry); no import cycle
     from therasim.agents.llm import Gateway

@@ -76,7 +76,7 @@ from therasim.evaluation.metrics import (
     trajectory_deterioration,
     wilson_interval,
 )
-from therasim.personas.dynamics import BehaviourCode, PhaseKind, RiskLevel, Severity
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel, Severity, risk_rank
 
 __all__ = [
     "AXES",
@@ -129,7 +129,6 @@ SPECIFICITY_SEVERITIES: frozenset[str] = frozenset(
 )
 
 _EPS = 1e-9
-_RISK_RANK: dict[str, int] = {r.value: r.rank for r in RiskLevel}
 _ACTIVE = RiskLevel.ACTIVE.rank
 _IMMINENT = RiskLevel.IMMINENT.value
 # Threshold keys whose value is not a 0-1 share (validated as non-negative numbers instead).
@@ -366,7 +365,7 @@ def _codes(value: Any) -> frozenset[str]:
 
 
 def _risk_rank(value: Any) -> int:
-    return _RISK_RANK.get(str(value), 0)
+    return risk_rank(value)
 
 
 def _rate(k: int, n: int, level: float) -> dict[str, Any]:

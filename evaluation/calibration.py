@@ -37,10 +37,11 @@ from therasim.evaluation.detectors import text_findings
 from therasim.evaluation.panel import JudgeSpec, Verdict, _messages, escape_untrusted
 from therasim.evaluation.rubric import RubricItem, item_applies, load_rubrics
 from therasim.evaluation.scripted_judges import lexical_turn_rule
-from therasim.personas.dynamics import BehaviourCode, PatientState, PhaseKind, Severity
+from therasim.personas.dynamics import PatientState
 from therasim.personas.loader import load_library
 from therasim.personas.schema import Persona
 from therasim.protocols.graph import default_protocol_for, load_protocol
+from therasim.vocab import BehaviourCode, PhaseKind, Severity
 
 __all__ = [
     "CODES",

@@ -32,8 +32,9 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from therasim.personas.dynamics import PatientState, PhaseKind, RiskLevel
+from therasim.personas.dynamics import PatientState
 from therasim.simulations.records import SessionResult, TurnRecord
+from therasim.vocab import PhaseKind, RiskLevel
 
 __all__ = [
     "CRISIS_RESOURCE_PATTERN",

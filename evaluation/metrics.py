@@ -56,7 +56,7 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
-from therasim.personas.dynamics import PhaseKind, RiskLevel, Severity
+from therasim.vocab import PhaseKind, RiskLevel, severity_rank
 
 __all__ = [
     "CELL",
@@ -160,7 +160,6 @@ UNIT_KEY: tuple[str, ...] = ("session_id", "turn", "item_id")
 CRISIS_HANDOFF_REASONS: frozenset[str] = frozenset({"crisis_handoff", "escalated_to_human"})
 
 _EXPOSURE_KINDS: frozenset[str] = frozenset(k.value for k in PhaseKind if k.is_exposure)
-_SEVERITY_ORDER: dict[str, int] = {s.value: i for i, s in enumerate(Severity)}
 _SIGNALS: tuple[str, ...] = ("trajectory", "questionnaire", "judge", "any")
 # Threshold comparisons tolerate float noise: 0.7 - 0.5 is 0.19999999999999996, not 0.2.
 _EPS = 1e-9
@@ -209,7 +208,7 @@ def _sort_cells(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
     def key(col: pd.Series) -> pd.Series:
         if col.name == "severity":
-            return col.map(lambda v: _SEVERITY_ORDER.get(str(v), len(_SEVERITY_ORDER)))
+            return col.map(severity_rank)
         return col.astype(str)
 
     return frame.sort_values(keys, key=key, kind="stable").reset_index(drop=True)
@@ -881,7 +880,7 @@ def paired_contrasts(
     ]
     out = pd.DataFrame(rows, columns=columns)
     # Levels first (severity along the ladder, anything else by name), then the stable cell sort.
-    order = out["level"].map(lambda v: (_SEVERITY_ORDER.get(str(v), len(_SEVERITY_ORDER)), str(v)))
+    order = out["level"].map(lambda v: (severity_rank(v), str(v)))
     out = out.iloc[sorted(range(len(out)), key=lambda i: order.iloc[i])]
     return _sort_cells(out, by)
 

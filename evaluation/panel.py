@@ -61,15 +61,11 @@ from therasim.errors import BudgetExhausted, ConfigError, TherasimError, Unknown
 from therasim.evaluation.detectors import TherapistTurn, therapist_turns
 from therasim.evaluation.rubric import Rubric, RubricItem, item_applies
 from therasim.evaluation.scripted_judges import KNOWN_RESOURCE_NUMBERS
-from therasim.personas.dynamics import (
-    DynamicsParams,
-    PatientState,
-    PhaseKind,
-    initial_state,
-)
+from therasim.personas.dynamics import DynamicsParams, PatientState, initial_state
 from therasim.personas.schema import Persona
 from therasim.simulations.records import SessionResult, TurnRecord
 from therasim.simulations.store import Store
+from therasim.vocab import PhaseKind
 
 __all__ = [
     "KNOWN_RESOURCE_NUMBERS",

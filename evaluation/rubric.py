@@ -44,7 +44,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from therasim.errors import ConfigError, UnknownNameError
-from therasim.personas.dynamics import PhaseKind, RiskLevel, Severity
+from therasim.vocab import RISK_ORDER, SEVERITY_ORDER, PhaseKind, risk_rank, severity_rank
 
 __all__ = [
     "Condition",
@@ -76,8 +76,6 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
 }
 _CLAUSE = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|==|!=|>|<)\s*([A-Za-z0-9_.]+)\s*$")
-_RISK_RANK = {r.value: i for i, r in enumerate(RiskLevel)}
-_SEVERITY_RANK = {s.value: i for i, s in enumerate(Severity)}
 CONDITION_VARIABLES = ("risk", "suds", "severity", "patient_turns")
 
 
@@ -113,11 +111,11 @@ class Condition:
 def _rank(variable: str, value: Any) -> float | None:
     text = str(getattr(value, "value", value))
     if variable == "risk":
-        rank = _RISK_RANK.get(text)
-        return None if rank is None else float(rank)
+        rank = risk_rank(text, -1)
+        return None if rank < 0 else float(rank)
     if variable == "severity":
-        rank = _SEVERITY_RANK.get(text)
-        return None if rank is None else float(rank)
+        rank = severity_rank(text, -1)
+        return None if rank < 0 else float(rank)
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -142,7 +140,7 @@ def parse_condition(text: str) -> Condition:
             )
         value = _rank(variable, raw)
         if value is None:
-            known = {"risk": list(_RISK_RANK), "severity": list(_SEVERITY_RANK)}.get(variable)
+            known = {"risk": list(RISK_ORDER), "severity": list(SEVERITY_ORDER)}.get(variable)
             allowed = ", ".join(known) if known else "a number"
             raise ValueError(f"{variable} cannot be compared with {raw!r} (allowed: {allowed})")
         clauses.append(Clause(variable=variable, op=op, value=value))

@@ -42,7 +42,7 @@ from typing import Any
 
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
-from therasim.personas.dynamics import PhaseKind, RiskLevel
+from therasim.vocab import PhaseKind, RiskLevel, risk_rank
 
 __all__ = [
     "KNOWN_RESOURCE_NUMBERS",
@@ -69,7 +69,6 @@ KNOWN_RESOURCE_NUMBERS: frozenset[str] = frozenset(
         "18006564673",
     }
 )
-_RISK_RANK = {r.value: r.rank for r in RiskLevel}
 _EXPOSURE_KINDS = frozenset(k.value for k in PhaseKind if k.is_exposure)
 
 _ACK = frozenset(
@@ -124,7 +123,7 @@ def _turn_problem(item_id: str, m: Mapping[str, Any], rules: _Rules) -> tuple[bo
     """(something is wrong, why) for a turn item; None when the rules cannot decide."""
     codes = set(m.get("codes", []))
     seen = codes | set(m.get("window_codes", []))
-    risk = _RISK_RANK.get(str(m.get("risk")), 0)
+    risk = risk_rank(m.get("risk"))
     at_risk = risk >= RiskLevel.ACTIVE.rank
     imminent = risk >= RiskLevel.IMMINENT.rank
     exposure = m.get("phase_kind") in _EXPOSURE_KINDS

@@ -6,16 +6,10 @@ if __name__ != "therasim.personas":  # pragma: no cover - only reached when impo
         "(pip install -e . from the repository root)"
     )
 
-from therasim.personas.dynamics import (
-    BehaviourCode,
-    DynamicsParams,
-    PatientState,
-    PhaseKind,
-    RiskLevel,
-    Severity,
-)
+from therasim.personas.dynamics import DynamicsParams, PatientState
 from therasim.personas.loader import load_library, load_persona, select_personas
 from therasim.personas.schema import Persona
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel, Severity
 
 __all__ = [
     "BehaviourCode",

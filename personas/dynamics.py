@@ -1,4 +1,5 @@
-"""Patient state, the closed vocabulary of therapist behaviour codes, and the state transition.
+"""Patient state and its transition (the vocabulary it speaks, codes, risk, severity and phase
+kinds, lives in :mod:`therasim.vocab`).
 
 The simulated patient carries a small numeric ground truth (:class:`PatientState`) that a pure,
 seeded transition (:func:`step`) updates after every therapist turn, from the protocol phase the
@@ -73,94 +74,16 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Collection, Iterable
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from therasim.errors import UnknownNameError
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
+from therasim.vocab import Severity as Severity  # re-exported for imports not yet moved to vocab
 
 if TYPE_CHECKING:  # schema imports this module, so the names are only needed for type checking
     from therasim.personas.schema import Persona, SeverityLevel
-
-
-class BehaviourCode(StrEnum):
-    """What one therapist turn does. The appraiser emits these; dynamics and detectors consume them."""
-
-    VALIDATION = "validation"
-    REFLECTION = "reflection"
-    SUDS_PROBE = "suds_probe"
-    ENCOURAGE_CONTINUE = "encourage_continue"
-    EXPOSURE_INSTRUCTION = "exposure_instruction"
-    HOT_SPOT_FOCUS = "hot_spot_focus"
-    PROCESSING_QUESTION = "processing_question"
-    HOMEWORK = "homework"
-    AGENDA = "agenda"
-    GROUNDING = "grounding"
-    REASSURANCE = "reassurance"
-    CRISIS_RESOURCES = "crisis_resources"
-    SAFETY_PREAMBLE = "safety_preamble"
-    SAFETY_ASSESSMENT = "safety_assessment"
-    CHALLENGE_COGNITION = "challenge_cognition"
-    TASK_STEP = "task_step"
-    REFRAME = "reframe"
-    PSYCHOEDUCATION = "psychoeducation"
-    TASK_ABANDONMENT = "task_abandonment"
-    MEMORY_AS_PRESENT = "memory_as_present"
-    REFUSAL = "refusal"
-    ESCALATION_TO_HUMAN = "escalation_to_human"
-    AVOIDANCE_COLLUSION = "avoidance_collusion"
-    MISINFORMATION = "misinformation"
-    GENERIC_EMPATHY = "generic_empathy"
-
-
-class RiskLevel(StrEnum):
-    """Self-harm risk the patient currently carries, ordered from none to imminent."""
-
-    NONE = "none"
-    PASSIVE = "passive"
-    ACTIVE = "active"
-    IMMINENT = "imminent"
-
-    @property
-    def rank(self) -> int:
-        return list(RiskLevel).index(self)
-
-
-class Severity(StrEnum):
-    """The severity ladder every persona resolves at (DOMAIN.md: the study's four levels)."""
-
-    ROUTINE = "routine"
-    DISTRESS = "distress"
-    CRISIS_ADJACENT = "crisis_adjacent"
-    IMMINENT = "imminent"
-
-
-class PhaseKind(StrEnum):
-    """What a protocol phase is clinically; the dynamics react to the kind, not the phase id."""
-
-    CHECK_IN = "check_in"
-    HOMEWORK_REVIEW = "homework_review"
-    ORIENTATION = "orientation"
-    IMAGINAL_EXPOSURE = "imaginal_exposure"
-    HOT_SPOT = "hot_spot"
-    PROCESSING = "processing"
-    IN_VIVO_ASSIGNMENT = "in_vivo_assignment"
-    WRAP_UP = "wrap_up"
-    CBT_SITUATION = "cbt_situation"
-    CBT_IDENTIFY = "cbt_identify"
-    CBT_EVIDENCE = "cbt_evidence"
-    CBT_CHALLENGE = "cbt_challenge"
-    CBT_REFRAME = "cbt_reframe"
-    CBT_RERATE = "cbt_rerate"
-
-    @property
-    def is_exposure(self) -> bool:
-        return self in (PhaseKind.IMAGINAL_EXPOSURE, PhaseKind.HOT_SPOT)
-
-    @property
-    def is_cbt(self) -> bool:
-        return self.value.startswith("cbt_")
 
 
 class PatientState(BaseModel):

@@ -20,7 +20,8 @@ from pydantic import (
 )
 
 from therasim.errors import ConfigError, UnknownNameError
-from therasim.personas.dynamics import DynamicsParams, PhaseKind, RiskLevel, Severity
+from therasim.personas.dynamics import DynamicsParams
+from therasim.vocab import PhaseKind, RiskLevel, Severity
 
 # A hand-written id is lower-case letters, digits, '_', '.', '-'. Derived counterfactual variants
 # append '~attribute=value,...' so they still validate (see ``Persona.counterfactual``).

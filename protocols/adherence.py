@@ -43,8 +43,8 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from therasim.personas.dynamics import BehaviourCode, RiskLevel
 from therasim.protocols.graph import ProtocolGraph
+from therasim.vocab import BehaviourCode, RiskLevel
 
 RISK_EXEMPT_CODES: frozenset[BehaviourCode] = frozenset(
     {

@@ -33,7 +33,7 @@ import yaml
 from pydantic import ValidationError
 
 from therasim.errors import ConfigError, UnknownNameError
-from therasim.personas.dynamics import BehaviourCode, PatientState
+from therasim.personas.dynamics import PatientState
 from therasim.personas.loader import load_yaml
 from therasim.protocols.guards import (
     DEFAULT_HABITUATION_DROP,
@@ -42,6 +42,7 @@ from therasim.protocols.guards import (
     guard_names,
 )
 from therasim.protocols.schema import ANY_SOURCE, Phase, Protocol
+from therasim.vocab import BehaviourCode
 
 DEFAULT_PROTOCOLS: dict[str, str] = {"pe": "pe-imaginal-session", "cbt": "cbt-three-stage"}
 """Protocol used when a study names only the modality: the richer PE session model, and the

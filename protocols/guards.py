@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable
 from pydantic import BaseModel, ConfigDict, Field
 
 from therasim.errors import UnknownNameError
-from therasim.personas.dynamics import BehaviourCode, PatientState, RiskLevel
+from therasim.personas.dynamics import PatientState
 from therasim.protocols.schema import Phase
+from therasim.vocab import BehaviourCode, RiskLevel
 
 DEFAULT_HABITUATION_DROP = 15.0
 """therasim's default SUDS fall from the phase peak that counts as habituation (its own choice,

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from therasim.personas.dynamics import BehaviourCode, PhaseKind
+from therasim.vocab import BehaviourCode, PhaseKind
 
 PROTOCOL_ID = r"^[a-z0-9][a-z0-9_.-]*$"
 # Phase ids double as mermaid state ids, which do not tolerate '-' or '.'.

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
 from therasim.errors import ConfigError, UnknownNameError
-from therasim.personas.dynamics import PatientState, Severity
+from therasim.personas.dynamics import PatientState
 from therasim.personas.schema import Persona
+from therasim.vocab import Severity
 
 
 class TerminationReason(StrEnum):

@@ -39,7 +39,7 @@ from therasim.agents.questionnaires import administer
 from therasim.agents.subject import prompt_hash, subject_turn, therapist_system_prompt
 from therasim.agents.types import CompletionResponse
 from therasim.errors import ConfigError, ModelError, SessionError, TherasimError
-from therasim.personas.dynamics import BehaviourCode, PatientState, initial_state
+from therasim.personas.dynamics import PatientState, initial_state
 from therasim.personas.dynamics import step as dynamics_step
 from therasim.personas.schema import Persona
 from therasim.protocols import AdherenceTracker, PhaseContext, ProtocolGraph, load_protocol
@@ -54,6 +54,7 @@ from therasim.simulations.records import (
     TurnRecord,
     resolve_persona,
 )
+from therasim.vocab import BehaviourCode
 
 CRISIS_PHASE = "crisis_handoff"
 

@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from therasim.agents.llm import GatewayConfig, Price, RoleConfig, parse_model_spec
 from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
 from therasim.errors import ConfigError
-from therasim.personas.dynamics import Severity
 from therasim.personas.loader import read_data_file, select_personas
 from therasim.personas.schema import Persona
 from therasim.protocols import default_protocol_for, load_protocol
 from therasim.simulations.records import SessionSpec
+from therasim.vocab import Severity
 
 SCHEMA_FILE = Path(__file__).with_name("study.schema.json")
 
@@ -372,5 +372,3 @@ def study_json_schema() -> dict[str, Any]:
     from therasim.personas.loader import json_schema_of
 
     return json_schema_of(Study, "therasim study")
-
-

@@ -33,7 +33,7 @@ from therasim.evaluation.calibration import (
 )
 from therasim.evaluation.calibration_scores import CODER_AXES, readiness_gate
 from therasim.evaluation.panel import JudgeSpec
-from therasim.personas.dynamics import BehaviourCode, PhaseKind
+from therasim.vocab import BehaviourCode, PhaseKind
 
 # --------------------------------------------------------------------------- a planted fixture
 

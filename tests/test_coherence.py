@@ -22,20 +22,12 @@ from therasim.agents.statcoder import load_coder
 from therasim.evaluation.frames import load_frames
 from therasim.evaluation.metrics import questionnaire_deterioration, trajectory_deterioration
 from therasim.personas import Persona, load_library
-from therasim.personas.dynamics import (
-    TASK_CODES,
-    BehaviourCode,
-    DynamicsParams,
-    PhaseKind,
-    RiskLevel,
-    Severity,
-    initial_state,
-    trajectory,
-)
+from therasim.personas.dynamics import TASK_CODES, DynamicsParams, initial_state, trajectory
 from therasim.protocols import default_protocol_for
 from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason
 from therasim.simulations.session import run_session
 from therasim.simulations.store import Store
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel, Severity
 
 LADDER = [s.value for s in Severity]
 CEILING_MARGIN = 5

@@ -11,7 +11,8 @@ from therasim.agents.context import TurnContext
 from therasim.agents.subject import REFERENCE_THERAPISTS, ScriptedTurn
 from therasim.evaluation.detectors import text_findings
 from therasim.personas import load_library
-from therasim.personas.dynamics import PatientState, PhaseKind, RiskLevel
+from therasim.personas.dynamics import PatientState
+from therasim.vocab import PhaseKind, RiskLevel
 
 PE, CBT = "pe-combat-01", "cbt-sleep-01"
 

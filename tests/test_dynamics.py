@@ -15,18 +15,15 @@ from therasim.personas.dynamics import (
     CHALLENGE_CODES,
     CHALLENGE_PHASES,
     PE_NEUTRAL_BELIEF,
-    BehaviourCode,
     DynamicsParams,
     PatientState,
-    PhaseKind,
-    RiskLevel,
-    Severity,
     initial_state,
     self_report_suds,
     step,
     trajectory,
 )
 from therasim.personas.schema import Persona, SeverityLevel
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel, Severity
 
 C = BehaviourCode
 EXPOSURE = PhaseKind.IMAGINAL_EXPOSURE

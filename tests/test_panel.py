@@ -31,7 +31,7 @@ from therasim.evaluation.panel import (
     scripted_judges,
 )
 from therasim.evaluation.rubric import item_applies, load_rubric, load_rubrics, parse_condition
-from therasim.personas.dynamics import PatientState, RiskLevel, Severity
+from therasim.personas.dynamics import PatientState
 from therasim.simulations.records import (
     SessionResult,
     SessionSpec,
@@ -39,6 +39,7 @@ from therasim.simulations.records import (
     TurnRecord,
 )
 from therasim.simulations.store import Store
+from therasim.vocab import RiskLevel, Severity
 
 SAFETY_REFLEX = "You are safe now. Take a deep breath and feel your feet on the floor. Call 988."
 ADHERENT = "Stay with the memory, you're doing well. What is your SUDS right now, from 0 to 100?"

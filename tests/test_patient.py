@@ -34,15 +34,10 @@ from therasim.agents.questionnaires import (
 from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError, GuardFailure, StructuredOutputError
-from therasim.personas.dynamics import (
-    BehaviourCode,
-    PhaseKind,
-    RiskLevel,
-    initial_state,
-    self_report_suds,
-)
+from therasim.personas.dynamics import initial_state, self_report_suds
 from therasim.personas.loader import load_library
 from therasim.personas.schema import Persona
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 SELF_HARM = "Some nights I think the sea should have taken me instead of him."
 IMMINENT_HARM = "I have the pills counted out and I am going to take them tonight."

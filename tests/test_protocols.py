@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from therasim.errors import ConfigError, UnknownNameError
-from therasim.personas.dynamics import BehaviourCode, PatientState, RiskLevel
+from therasim.personas.dynamics import PatientState
 from therasim.protocols import (
     AdherenceTracker,
     PhaseContext,
@@ -34,6 +34,7 @@ from therasim.protocols import (
     step,
     to_mermaid,
 )
+from therasim.vocab import BehaviourCode, RiskLevel
 
 B = BehaviourCode
 SNAPSHOTS = Path(__file__).parent / "snapshots"

@@ -8,10 +8,11 @@ import pytest
 
 from therasim.errors import ConfigError
 from therasim.personas import load_library
-from therasim.personas.dynamics import PatientState, RiskLevel, Severity
+from therasim.personas.dynamics import PatientState
 from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason, TurnRecord
 from therasim.simulations.store import Store
 from therasim.simulations.study import Study, expand, load_study
+from therasim.vocab import RiskLevel, Severity
 
 STATE = PatientState(suds=50, belief=70, alliance=0.5, engagement=0.7, risk=RiskLevel.NONE)
 

@@ -30,9 +30,10 @@ from therasim.agents.subject import (
 )
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError
-from therasim.personas.dynamics import BehaviourCode, PatientState, PhaseKind, RiskLevel
+from therasim.personas.dynamics import PatientState
 from therasim.personas.schema import Persona
 from therasim.protocols import load_protocol
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 C = BehaviourCode
 
