@@ -37,7 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from therasim.agents.context import TurnContext
 from therasim.agents.resources import read_prompt
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message, TolerantOutput
 from therasim.errors import ConfigError
 from therasim.vocab import BehaviourCode, PhaseKind
@@ -449,7 +448,6 @@ def patient_text_of(request: CompletionRequest) -> str:
     return ""
 
 
-@register_scripted("lexical")
 def scripted_lexical(request: CompletionRequest) -> str:
     """``scripted:lexical``: the lexical appraisal of the request's therapist text, as JSON."""
     return lexical_appraisal(therapist_text_of(request), request.context).model_dump_json()

@@ -37,7 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from therasim.agents.context import TurnContext, Utterance, transcript_as_messages
 from therasim.agents.resources import read_prompt
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
 from therasim.errors import ConfigError, GuardFailure
 from therasim.personas.dynamics import PatientState, self_report_suds
@@ -962,7 +961,6 @@ def template_reply(ctx: TurnContext, request: CompletionRequest, banks: Banks | 
     return line.strip()
 
 
-@register_scripted("template-patient")
 def template_patient(request: CompletionRequest) -> str:
     """``scripted:template-patient``: the offline patient (and questionnaire answerer).
 

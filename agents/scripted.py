@@ -5,71 +5,69 @@ template patient and lexical appraiser make a fully offline pipeline, scripted j
 the panel. Each is a function of the request (its messages and ``metadata``) returning the reply
 text, registered under a name::
 
-    @register_scripted("echo")
-    def echo(request: CompletionRequest) -> str:
-        return request.messages[-1].content
+    SCRIPTED.add("echo", lambda request: request.messages[-1].content)
+
+Built-ins are registered explicitly when the registry is first read; extensions through the
+``therasim.plugins`` entry-point group (``therasim/registry.py``).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Awaitable, Callable
 
 from therasim.agents.types import CompletionRequest
-from therasim.errors import UnknownNameError
+from therasim.registry import Registry
 
 ScriptedFn = Callable[[CompletionRequest], "str | Awaitable[str]"]
-
-_REGISTRY: dict[str, ScriptedFn] = {}
 
 #: The default offline appraiser of studies, ``simulate`` and ``therasim calibrate``: the
 #: statistical coder trained on the gold dev split (``agents/statcoder.py``).
 DEFAULT_OFFLINE_APPRAISER = "scripted:statistical"
 
-# Modules that register built-in scripted agents on import; loaded lazily so that importing the
-# gateway stays cheap. Higher layers (evaluation's scripted judges) register when imported.
-_BUILTIN_MODULES = (
-    "therasim.agents.subject",
-    "therasim.agents.patient",
-    "therasim.agents.appraiser",
-    "therasim.agents.statcoder",
-)
+
+def _builtins() -> None:
+    """Register the built-in agents (imported here, when the registry is first read, so that
+    importing the gateway stays cheap). Higher layers add theirs as plugins: evaluation's
+    scripted judges through the ``therasim.plugins`` entry point."""
+    from therasim.agents.appraiser import scripted_lexical
+    from therasim.agents.patient import template_patient
+    from therasim.agents.statcoder import scripted_statistical
+    from therasim.agents.subject import (
+        scripted_abandoning,
+        scripted_adherent,
+        scripted_null,
+        scripted_safety_reflex,
+    )
+
+    for name, fn in (
+        ("adherent", scripted_adherent),
+        ("safety-reflex", scripted_safety_reflex),
+        ("abandoning", scripted_abandoning),
+        ("null", scripted_null),
+        ("lexical", scripted_lexical),
+        ("template-patient", template_patient),
+        ("statistical", scripted_statistical),
+    ):
+        SCRIPTED.add(name, fn)
+
+
+SCRIPTED: Registry[ScriptedFn] = Registry("scripted agent", builtins=_builtins)
 
 
 def register_scripted(name: str) -> Callable[[ScriptedFn], ScriptedFn]:
-    """Register ``fn`` as the backend ``scripted:<name>``."""
-
-    def decorate(fn: ScriptedFn) -> ScriptedFn:
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorate
-
-
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a module not written yet must not break the rest
-            if exc.name != module:
-                raise
+    """Register ``fn`` as the backend ``scripted:<name>`` (a decorator)."""
+    return SCRIPTED.register(name)
 
 
 def scripted_names() -> list[str]:
     """Every registered scripted agent's name."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return SCRIPTED.names()
 
 
 def get_scripted(name: str) -> ScriptedFn:
     """Look a scripted agent up by name, with a "did you mean" error."""
-    if name not in _REGISTRY:
-        _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError("scripted agent", name, list(_REGISTRY)) from None
+    return SCRIPTED.get(name)
 
 
 async def run_scripted(name: str, request: CompletionRequest) -> str:

@@ -40,7 +40,6 @@ from therasim.agents.appraiser import (
 from therasim.agents.context import TurnContext
 from therasim.agents.cuematch import CueIndex
 from therasim.agents.gold import GoldTurn, dev_turns
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError
 from therasim.personas.loader import read_data_file
@@ -418,7 +417,6 @@ def load_coder() -> StatisticalCoder:
     return coder
 
 
-@register_scripted("statistical")
 def scripted_statistical(request: CompletionRequest) -> str:
     """``scripted:statistical``: the statistical coder's appraisal of the request's turn, as JSON."""
     coder = load_coder()

@@ -67,7 +67,6 @@ from therasim.agents.appraiser import fill_template, patient_cue
 from therasim.agents.context import TurnContext, Utterance
 from therasim.agents.patient import asks_about_safety
 from therasim.agents.resources import read_prompt
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
 from therasim.errors import ConfigError
 from therasim.personas.schema import Persona
@@ -515,7 +514,6 @@ def adherent_text(t: ScriptedTurn) -> str:
     return _join(t.pick(_ACTIVE_CHECK if active else _RISK_QUESTION), step)
 
 
-@register_scripted("adherent")
 def scripted_adherent(request: CompletionRequest) -> str:
     """``scripted:adherent``: a protocol-adherent reference therapist."""
     return adherent_text(_turn_of(request, "adherent"))
@@ -575,7 +573,6 @@ def safety_reflex_text(t: ScriptedTurn) -> str:
     return _join(step, hotline)
 
 
-@register_scripted("safety-reflex")
 def scripted_safety_reflex(request: CompletionRequest) -> str:
     """``scripted:safety-reflex``: the seed paper's safety-training failure modes."""
     return safety_reflex_text(_turn_of(request, "safety-reflex"))
@@ -618,7 +615,6 @@ def abandoning_text(t: ScriptedTurn) -> str:
     return _adherent_pe(t)
 
 
-@register_scripted("abandoning")
 def scripted_abandoning(request: CompletionRequest) -> str:
     """``scripted:abandoning``: starts the task, then drops or truncates it."""
     return abandoning_text(_turn_of(request, "abandoning"))
@@ -640,7 +636,6 @@ def null_text(t: ScriptedTurn) -> str:
     return t.pick(_NULL_LINES)
 
 
-@register_scripted("null")
 def scripted_null(request: CompletionRequest) -> str:
     """``scripted:null``: generic empathic reflections only."""
     return null_text(_turn_of(request, "null"))

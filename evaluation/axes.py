@@ -49,7 +49,6 @@ The axes:
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -66,7 +65,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from therasim.errors import ConfigError
+from therasim.errors import ConfigError, did_you_mean
 from therasim.evaluation.frames import Frames
 from therasim.evaluation.metrics import (
     CRISIS_HANDOFF_REASONS,
@@ -266,10 +265,8 @@ def resolve_thresholds(overrides: Mapping[str, float] | None = None) -> dict[str
     if unknown:
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(key, list(values), n=2, cutoff=0.6)
-            hints.append(
-                f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
-            )
+            close = did_you_mean(key, values, n=2, cutoff=0.6)
+            hints.append(f"{key!r}" + (f" ({close})" if close else ""))
         raise ConfigError(
             f"unknown threshold key(s) {', '.join(hints)}; known: {', '.join(sorted(values))}",
             field="thresholds",

@@ -30,7 +30,6 @@ field path.
 
 from __future__ import annotations
 
-import difflib
 import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -43,7 +42,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from therasim.errors import ConfigError, UnknownNameError
+from therasim.errors import ConfigError, UnknownNameError, did_you_mean
 from therasim.vocab import RISK_ORDER, SEVERITY_ORDER, PhaseKind, risk_rank, severity_rank
 
 __all__ = [
@@ -133,8 +132,8 @@ def parse_condition(text: str) -> Condition:
             )
         variable, op, raw = match.groups()
         if variable not in CONDITION_VARIABLES:
-            close = difflib.get_close_matches(variable, CONDITION_VARIABLES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = did_you_mean(variable, CONDITION_VARIABLES, n=1, cutoff=0.6)
+            hint = f"; {close}" if close else ""
             raise ValueError(
                 f"unknown variable {variable!r}{hint} (known: {', '.join(CONDITION_VARIABLES)})"
             )
@@ -285,8 +284,8 @@ def _describe(err: Any) -> str:
     if kind == "extra_forbid" or kind == "extra_forbidden":
         name = str(err["loc"][-1]) if err["loc"] else ""
         allowed = sorted(RubricItem.model_fields if "items" in err["loc"] else Rubric.model_fields)
-        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = did_you_mean(name, allowed, n=1, cutoff=0.6)
+        hint = f"; {close}" if close else ""
         return f"is not a field here{hint}. Allowed: {', '.join(allowed)}"
     return f"{msg} (you wrote {str(err.get('input'))[:60]!r})"
 

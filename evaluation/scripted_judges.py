@@ -40,7 +40,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.vocab import PhaseKind, RiskLevel, risk_rank
 
@@ -274,19 +273,28 @@ def _scripted_verdict(request: CompletionRequest, rules: _Rules | None) -> str:
     return json.dumps({"reason": reason + ".", "met": met, "score": score})
 
 
-@register_scripted("lexical-judge")
 def lexical_judge(request: CompletionRequest) -> str:
     """Decide an item from the behaviour codes and the state numbers in the request metadata."""
     return _scripted_verdict(request, _LEXICAL)
 
 
-@register_scripted("lenient-judge")
 def lenient_judge(request: CompletionRequest) -> str:
     """Always the good outcome (met for good items, not met for failure items)."""
     return _scripted_verdict(request, None)
 
 
-@register_scripted("harsh-judge")
 def harsh_judge(request: CompletionRequest) -> str:
     """The lexical rules with lower thresholds and extra flags (hollow empathy, silent replies)."""
     return _scripted_verdict(request, _HARSH)
+
+
+def register() -> None:
+    """Add the scripted judges to the scripted agents (the ``therasim.plugins`` entry point)."""
+    from therasim.agents.scripted import SCRIPTED
+
+    for name, fn in (
+        ("lexical-judge", lexical_judge),
+        ("lenient-judge", lenient_judge),
+        ("harsh-judge", harsh_judge),
+    ):
+        SCRIPTED.add(name, fn)

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from therasim.errors import ConfigError, UnknownNameError, clip
+from therasim.errors import ConfigError, UnknownNameError, clip, did_you_mean
 from therasim.personas.schema import Persona
 
 __all__ = [
@@ -321,13 +321,11 @@ def _describe(error: ErrorDetails) -> str:
     if kind == "missing":
         reason = "is required but missing"
     elif kind == "extra_forbidden":
-        import difflib
-
         allowed = sorted(owner.model_fields) if owner is not None else []
-        close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6) if name else []
+        close = did_you_mean(str(name), allowed, n=1, cutoff=0.6) if name else ""
         reason = "is not a field here (the schema forbids unknown fields)"
         if close:
-            reason += f"; did you mean {close[0]!r}?"
+            reason += f"; {close}"
         if allowed:
             reason += f". Allowed here: {', '.join(allowed)}"
         return reason

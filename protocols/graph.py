@@ -32,7 +32,7 @@ import networkx as nx
 import yaml
 from pydantic import ValidationError
 
-from therasim.errors import ConfigError, UnknownNameError
+from therasim.errors import ConfigError, UnknownNameError, did_you_mean
 from therasim.personas.dynamics import PatientState
 from therasim.personas.loader import load_yaml
 from therasim.protocols.guards import (
@@ -104,10 +104,8 @@ class UnknownGuardError(ProtocolValidationError, UnknownNameError):
         field: str | None = None,
         phase: str | None = None,
     ) -> None:
-        import difflib
-
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        close = did_you_mean(name, known)
+        hint = f"; {close}" if close else ""
         self.kind = "guard"
         self.name = name
         self.known = sorted(known)

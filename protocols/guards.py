@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from therasim.errors import UnknownNameError
 from therasim.personas.dynamics import PatientState
 from therasim.protocols.schema import Phase
+from therasim.registry import Registry
 from therasim.vocab import BehaviourCode, RiskLevel
 
 DEFAULT_HABITUATION_DROP = 15.0
@@ -91,30 +91,23 @@ class PhaseContext(BaseModel):
 
 Guard = Callable[[PhaseContext], bool]
 
-_GUARDS: dict[str, Guard] = {}
+GUARDS: Registry[Guard] = Registry("guard")
 
 
 def register_guard(name: str) -> Callable[[Guard], Guard]:
     """Register ``fn`` as the guard ``name`` (guards must be pure: same context, same answer)."""
 
-    def decorate(fn: Guard) -> Guard:
-        _GUARDS[name] = fn
-        return fn
-
-    return decorate
+    return GUARDS.register(name)
 
 
 def guard_names() -> list[str]:
     """Every registered guard's name, sorted."""
-    return sorted(_GUARDS)
+    return GUARDS.names()
 
 
 def get_guard(name: str) -> Guard:
     """The guard registered as ``name``; ``UnknownNameError`` (with "did you mean") otherwise."""
-    try:
-        return _GUARDS[name]
-    except KeyError:
-        raise UnknownNameError("guard", name, list(_GUARDS)) from None
+    return GUARDS.get(name)
 
 
 def evaluate_guard(expression: str, ctx: PhaseContext) -> bool:

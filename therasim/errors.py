@@ -26,6 +26,17 @@ share one tree, and ``except TherasimError`` is always enough for a caller.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, known: Iterable[str], *, n: int = 3, cutoff: float = 0.5) -> str:
+    """``"did you mean 'a', 'b'?"`` for the known names close to ``name``, or ``""``: the one
+    spelling of the hint every "unknown X" message gives."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=n, cutoff=cutoff)
+    return f"did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
 
 class TherasimError(Exception):
     """Base class of every error therasim raises on purpose."""
@@ -90,10 +101,8 @@ class UnknownNameError(ConfigError):
     """A name was looked up in a registry (backends, scripted agents, judges, ...) and not found."""
 
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
-        import difflib
-
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        close = did_you_mean(name, known)
+        hint = f"; {close}" if close else ""
         self.kind = kind
         self.name = name
         self.known = sorted(known)
