@@ -1,6 +1,6 @@
 """Data that crosses the gateway: messages, requests, responses, usage.
 
-Kept apart from ``llm.py`` so that scripted agents and tests can build requests without
+Kept apart from ``agents/llm/`` so that scripted agents and tests can build requests without
 pulling in the backends.
 """
 

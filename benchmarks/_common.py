@@ -3,7 +3,7 @@
 The benchmarks are scripts, not tests: each prints what it measured and exits non-zero only when
 the run itself is wrong (a session that did not run its turns, a backend call where none may be).
 
-The fake backend is :class:`~therasim.agents.fake_openai.FakeOpenAIServer` run in a child
+The fake backend is ``tests/fake_openai.py``'s ``FakeOpenAIServer`` run in a child
 process (:class:`BackendProcess`), so that its CPU time is not charged to the runner: a real
 model server is another machine, and on the 2-core box these figures come from, an in-process
 server would share the runner's GIL. ``slots`` gives the server a fixed number of requests it
@@ -52,7 +52,10 @@ def fake_reply(body: dict[str, Any]) -> str:
 
 
 def _serve(conn: Connection, latency_s: float, slots: int | None) -> None:
-    from therasim.agents.fake_openai import FakeOpenAIServer
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fake_openai import FakeOpenAIServer
 
     class SlottedServer(FakeOpenAIServer):
         """The fake server with at most ``slots`` requests being answered at once."""

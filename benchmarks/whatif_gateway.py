@@ -40,12 +40,13 @@ HTTPX_POOLS = 8
 
 
 def _httpx_call(post: Callable[[Any, Any, dict[str, Any]], Any]) -> None:
-    """Replace the gateway's OpenAI-compatible call by ``post(gateway, model, body)``."""
-    from therasim.agents import llm
+    """Replace the OpenAI-compatible backend's call by ``post(backend, model, body)``."""
+    from therasim.agents.llm.backends import OpenAIBackend, RawCompletion
+    from therasim.agents.llm.spec import ModelSpec
     from therasim.agents.types import CompletionRequest, Usage
 
     async def call_openai(
-        self: llm.Gateway, model: llm.ModelSpec, request: CompletionRequest, mode: Any, schema: Any
+        self: OpenAIBackend, request: CompletionRequest, model: ModelSpec, mode: Any, schema: Any
     ) -> Any:
         body = {
             "model": model.name,
@@ -55,7 +56,7 @@ def _httpx_call(post: Callable[[Any, Any, dict[str, Any]], Any]) -> None:
         }
         data = await post(self, model, body)
         usage = data.get("usage") or {}
-        return llm._Raw(
+        return RawCompletion(
             data["choices"][0]["message"]["content"],
             Usage(
                 input_tokens=usage.get("prompt_tokens", 0),
@@ -63,7 +64,7 @@ def _httpx_call(post: Callable[[Any, Any, dict[str, Any]], Any]) -> None:
             ),
         )
 
-    llm.Gateway._call_openai = call_openai  # type: ignore[method-assign]
+    OpenAIBackend.complete = call_openai  # type: ignore[method-assign]
 
 
 def _pools(gateway: Any, key: str, make: Callable[[Any], Any]) -> Any:
@@ -72,7 +73,7 @@ def _pools(gateway: Any, key: str, make: Callable[[Any], Any]) -> Any:
     if key not in pools:
         import httpx
 
-        clients = [httpx.AsyncClient(timeout=gateway.config.timeout_s) for _ in range(HTTPX_POOLS)]
+        clients = [httpx.AsyncClient(timeout=120.0) for _ in range(HTTPX_POOLS)]
         original = gateway.aclose
 
         async def aclose() -> None:

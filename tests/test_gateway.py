@@ -8,19 +8,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from fake_openai import FakeOpenAIServer
 from pydantic import BaseModel
 
-from therasim.agents.fake_openai import FakeOpenAIServer
 from therasim.agents.llm import (
+    BACKENDS,
+    FunctionBackend,
     Gateway,
     GatewayConfig,
     Price,
     RoleConfig,
-    _status_error,
+    builtin_backends,
     parse_model_spec,
 )
+from therasim.agents.llm.backends import Backend, RawCompletion
+from therasim.agents.llm.backends.openai import status_error
 from therasim.agents.scripted import register_scripted
-from therasim.agents.types import CompletionRequest
+from therasim.agents.types import CompletionRequest, Usage
 from therasim.errors import (
     ConfigError,
     ModelConnectionError,
@@ -50,7 +54,9 @@ async def _close_gateways() -> AsyncIterator[None]:
         await OPEN.pop().aclose()
 
 
-def gateway(tmp_path: Path, model: str, **config: object) -> Gateway:
+def gateway(
+    tmp_path: Path, model: str, backends: dict[str, Backend] | None = None, **config: object
+) -> Gateway:
     role = RoleConfig(
         model=model, **{k: v for k, v in config.items() if k in RoleConfig.model_fields}
     )
@@ -61,7 +67,8 @@ def gateway(tmp_path: Path, model: str, **config: object) -> Gateway:
             roles={"subject": role, "judge": role},
             cache_path=str(tmp_path / "cache.sqlite"),
             **rest,
-        )  # type: ignore[arg-type]
+        ),  # type: ignore[arg-type]
+        backends=backends,
     )
     OPEN.append(g)
     return g
@@ -69,6 +76,24 @@ def gateway(tmp_path: Path, model: str, **config: object) -> Gateway:
 
 def req(text: str = "hello", role: str = "subject", **kw: object) -> CompletionRequest:
     return CompletionRequest.of(role, [{"role": "user", "content": text}], **kw)  # type: ignore[arg-type]
+
+
+def scripted_openai(
+    tmp_path: Path, replies: list[str] | None = None, **config: object
+) -> tuple[Gateway, FunctionBackend]:
+    """A gateway whose ``openai:`` backend is a :class:`FunctionBackend` answering ``replies`` in
+    turn (then an echo); the spec is ``openai:fake``."""
+    queue = list(replies or [])
+
+    def reply(request: CompletionRequest) -> str:
+        return queue.pop(0) if queue else f"I hear you. You said: {request.messages[-1].content}"
+
+    backend = FunctionBackend(reply)
+    return gateway(tmp_path, "openai:fake", backends={"openai": backend}, **config), backend
+
+
+VALID = '{"met": true, "reason": "Looks fine."}'
+BROKEN = '{"met": tru, "reason": "broken'
 
 
 # ------------------------------------------------------------------ specs and roles
@@ -111,6 +136,46 @@ def test_roles_resolve_judges_and_default() -> None:
         GatewayConfig(roles={"subject": RoleConfig(model="local")}).role("subjekt")
 
 
+# ------------------------------------------------------------------ the backend registry
+
+
+def test_every_backend_name_is_registered() -> None:
+    registry = builtin_backends()
+    assert registry.names() == sorted(BACKENDS)
+    real = {name for name in BACKENDS if registry.create(name).real}
+    assert real == set(BACKENDS) - {"scripted", "python"}
+    assert [n for n in BACKENDS if registry.create(n).local] == ["local"]
+    with pytest.raises(UnknownNameError, match="did you mean 'openai'"):
+        registry.create("opena")
+
+
+async def test_function_backend_sync_and_async(tmp_path: Path) -> None:
+    async def shout(request: CompletionRequest) -> str:
+        await asyncio.sleep(0)
+        return request.messages[-1].content.upper()
+
+    g = gateway(
+        tmp_path,
+        "openai:fake",
+        backends={
+            "openai": FunctionBackend(shout),
+            "anthropic": FunctionBackend(lambda r: RawCompletion("fixed", Usage(output_tokens=9))),
+        },
+    )
+    assert (await g.complete(req("hi"))).text == "HI"  # not real: no opt-in needed
+    fixed = await g.complete(req("x", model="anthropic:claude-x"))
+    assert (fixed.text, fixed.usage.output_tokens) == ("fixed", 9)
+    failures = [RateLimited("busy")]
+
+    def flaky(request: CompletionRequest) -> str:
+        if failures:
+            raise failures.pop()
+        return "after a retry"
+
+    retried = gateway(tmp_path, "openai:fake", backends={"openai": FunctionBackend(flaky)})
+    assert (await retried.complete(req("y"))).attempts == 2
+
+
 # ------------------------------------------------------------------ scripted and python
 
 
@@ -149,35 +214,43 @@ async def test_python_backend_sync_and_async(tmp_path: Path) -> None:
 
 
 async def test_real_calls_blocked_by_default(tmp_path: Path) -> None:
-    with FakeOpenAIServer() as server:
-        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
-        with pytest.raises(ModelRequestsBlocked) as info:
-            await g.complete(req())
-        assert "role subject" in str(info.value) and "openai:fake" in str(info.value)
-        assert server.calls == 0
+    backend = FunctionBackend(lambda r: "never", real=True)
+    g = gateway(tmp_path, "openai:fake", backends={"openai": backend})
+    with pytest.raises(ModelRequestsBlocked) as info:
+        await g.complete(req())
+    assert "role subject" in str(info.value) and "openai:fake" in str(info.value)
+    assert backend.calls == []
+    with pytest.raises(ModelRequestsBlocked):  # the real backend too, before any connection
+        await gateway(tmp_path, "openai:fake?base_url=http://127.0.0.1:9/v1").complete(req())
 
 
-async def test_repeated_request_served_from_cache(tmp_path: Path, real_requests: None) -> None:
-    with FakeOpenAIServer() as server:
-        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
-        first = await g.complete(req("same", seed=3))
-        second = await g.complete(req("same", seed=3))
-        assert server.calls == 1
-        assert second.cached and not first.cached
-        assert second.text == first.text
-        assert g.cache is not None and (g.cache.hits, g.cache.misses) == (1, 1)
-        # a different repeat index is a different sample: it reaches the backend
-        await g.complete(req("same", seed=3, repeat=1))
-        assert server.calls == 2
-        assert g.accounting.for_role("subject").backend_calls == 2
+async def test_repeated_request_served_from_cache(tmp_path: Path) -> None:
+    g, backend = scripted_openai(tmp_path)
+    first = await g.complete(req("same", seed=3))
+    second = await g.complete(req("same", seed=3))
+    assert len(backend.calls) == 1
+    assert second.cached and not first.cached
+    assert second.text == first.text
+    assert g.cache is not None and (g.cache.hits, g.cache.misses) == (1, 1)
+    # a different repeat index is a different sample: it reaches the backend
+    await g.complete(req("same", seed=3, repeat=1))
+    assert len(backend.calls) == 2
+    assert g.accounting.for_role("subject").backend_calls == 2
 
 
-async def test_cache_can_be_bypassed(tmp_path: Path, real_requests: None) -> None:
-    with FakeOpenAIServer() as server:
-        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", cache_enabled=False)
-        await g.complete(req("same"))
-        await g.complete(req("same"))
-        assert server.calls == 2
+async def test_cache_key_is_unchanged(tmp_path: Path) -> None:
+    # existing caches must keep hitting: the key format is the request's hash with the mode
+    g, _ = scripted_openai(tmp_path)
+    await g.complete(req("same", seed=3))
+    key = req("same", seed=3).cache_key("openai:fake", {"mode": None})
+    assert g.cache is not None and g.cache.get(key) is not None
+
+
+async def test_cache_can_be_bypassed(tmp_path: Path) -> None:
+    g, backend = scripted_openai(tmp_path, cache_enabled=False)
+    await g.complete(req("same"))
+    await g.complete(req("same"))
+    assert len(backend.calls) == 2
 
 
 async def test_429_twice_then_success(tmp_path: Path, real_requests: None) -> None:
@@ -238,7 +311,7 @@ async def test_http_answers_map_onto_the_error_tree(tmp_path: Path, real_request
 def test_status_codes_map_onto_the_tree(
     status: int, body: bytes, kind: type[Exception], detail: str
 ) -> None:
-    error = _status_error(status, body, "subject", "openai:m")
+    error = status_error(status, body, "subject", "openai:m")
     assert type(error) is kind
     assert error.detail.startswith(detail)
     assert str(error).startswith("[role subject, model openai:m] HTTP")
@@ -302,15 +375,15 @@ async def test_request_body_and_headers(
     assert plain_body["messages"] == [{"role": "user", "content": "yo"}]
 
 
-async def test_broken_json_repaired_in_one_round(tmp_path: Path, real_requests: None) -> None:
-    with FakeOpenAIServer(plan=["broken_json", "ok"]) as server:
-        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
-        verdict, resp = await g.structured(req("judge this", role="judge:a"), Verdict)
-        assert verdict.met is True
-        assert server.calls == 2  # the broken answer, then one repair
-        repair_messages = server.requests[1]["messages"]
-        assert "not valid JSON" in repair_messages[-1]["content"]
-        assert resp.structured_mode == "json_schema"
+async def test_broken_json_repaired_in_one_round(tmp_path: Path) -> None:
+    g, backend = scripted_openai(tmp_path, [BROKEN, VALID])
+    verdict, resp = await g.structured(req("judge this", role="judge:a"), Verdict)
+    assert verdict.met is True
+    assert len(backend.calls) == 2  # the broken answer, then one repair
+    (_, first_mode), (repair, repair_mode) = backend.calls
+    assert "not valid JSON" in repair.messages[-1].content
+    assert repair.messages[-2].content == BROKEN
+    assert first_mode == repair_mode == resp.structured_mode == "json_schema"
 
 
 async def test_structured_falls_back_to_json_object_and_remembers(
@@ -331,13 +404,19 @@ async def test_structured_falls_back_to_json_object_and_remembers(
         assert server.requests[-1]["response_format"]["type"] == "json_object"
 
 
-async def test_structured_output_error_when_nothing_parses(
-    tmp_path: Path, real_requests: None
-) -> None:
-    with FakeOpenAIServer(default="broken_json") as server:
-        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
-        with pytest.raises(StructuredOutputError, match=r"role judge:a.*Verdict"):
-            await g.structured(req("x", role="judge:a"), Verdict)
+async def test_structured_output_error_when_nothing_parses(tmp_path: Path) -> None:
+    g, backend = scripted_openai(tmp_path, [BROKEN] * 6)
+    with pytest.raises(StructuredOutputError, match=r"role judge:a.*Verdict"):
+        await g.structured(req("x", role="judge:a"), Verdict)
+    # every mode, each with one repair round
+    assert [mode for _, mode in backend.calls] == [
+        "json_schema",
+        "json_schema",
+        "json_object",
+        "json_object",
+        "prompt",
+        "prompt",
+    ]
 
 
 # ------------------------------------------------------------------ limits and accounting

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_openai import FakeOpenAIServer
 
-from therasim.agents.fake_openai import FakeOpenAIServer
 from therasim.agents.llm import Gateway
 from therasim.personas import load_library
 from therasim.simulations.runner import run_specs

@@ -1,0 +1,195 @@
+"""``openai:MODEL``: any OpenAI-compatible endpoint, one aiohttp POST a call.
+
+Not the openai SDK: its request pipeline (through langchain-openai's client and httpx) cost about
+1 ms more CPU a call, which kept a 64-way study at 0.86 of the backend's capacity against 0.92 on
+this path (``benchmarks/``). The protocol is one JSON POST; status codes map onto
+:mod:`therasim.errors`. :class:`~therasim.agents.llm.backends.local.LocalBackend` reuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pydantic import BaseModel
+
+from therasim.agents.llm.backends.base import BaseBackend, RawCompletion, map_client_error
+from therasim.agents.llm.spec import ModelSpec
+from therasim.agents.llm.structured import STRUCTURED_MODES, StructuredMode, schema_dict
+from therasim.agents.llm.usage import approx_usage
+from therasim.agents.types import CompletionRequest, Usage
+from therasim.errors import (
+    ModelError,
+    ModelTimeout,
+    PermanentModelError,
+    RateLimited,
+    ServerError,
+)
+
+OPENAI_API_BASE = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one model spec's requests go."""
+
+    url: str
+    model: str
+    api_key: str | None
+    compatible: bool  # a self-hosted server (reads max_tokens), not the OpenAI API itself
+    proxy: str | None = None
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment (``HTTPS_PROXY``, ``NO_PROXY``, ...) names for ``url``.
+
+    Resolved once per endpoint: aiohttp's ``trust_env`` re-reads the environment on every
+    request, which cost a quarter of a study's CPU (``benchmarks/``).
+    """
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(url)
+    if parts.hostname and proxy_bypass(parts.hostname):
+        return None
+    return getproxies().get(parts.scheme)
+
+
+def status_error(status: int, body: bytes, role: str, model: str) -> ModelError:
+    """An HTTP error answer as a therasim error (the server's own message kept)."""
+    text = body.decode("utf-8", "replace")
+    try:
+        error = json.loads(text).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+    except (ValueError, AttributeError):
+        message = None
+    detail = f"HTTP {status}: {str(message or text)[:500]}"
+    if status == 429:
+        return RateLimited(detail, role=role, model=model)
+    if status == 408:
+        return ModelTimeout(detail, role=role, model=model)
+    if status >= 500:
+        return ServerError(detail, role=role, model=model)
+    return PermanentModelError(detail, role=role, model=model)
+
+
+class OpenAIBackend(BaseBackend):
+    """Chat completions from an OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp)."""
+
+    real = True
+    structured_modes = STRUCTURED_MODES
+
+    def __init__(self) -> None:
+        self._endpoints: dict[str, Endpoint] = {}
+        self._http: Any = None  # aiohttp.ClientSession, made on first use
+
+    def endpoint(self, model: ModelSpec, role: str) -> Endpoint:
+        """Where ``model``'s requests go, resolved once per spec."""
+        endpoint = self._endpoints.get(model.raw)
+        if endpoint is None:
+            endpoint = self._resolve(model, role)
+            endpoint = replace(endpoint, proxy=env_proxy(endpoint.url))
+            self._endpoints[model.raw] = endpoint
+        return endpoint
+
+    def _resolve(self, model: ModelSpec, role: str) -> Endpoint:
+        env = model.api_key_env or "OPENAI_API_KEY"
+        api_key = os.environ.get(env)
+        if api_key is None and model.base_url is None:
+            raise PermanentModelError(
+                f"no API key: set the environment variable {env}", role=role, model=model.raw
+            )
+        base = model.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_BASE
+        return Endpoint(
+            f"{base.rstrip('/')}/chat/completions",
+            model.name,
+            api_key,
+            compatible=model.base_url is not None,
+        )
+
+    def _http_session(self) -> Any:
+        """The backend's one aiohttp session, made on first use (it binds the running loop)."""
+        if self._http is None:
+            import aiohttp
+
+            self._http = aiohttp.ClientSession(
+                # the roles' concurrency limits bound the connections; the gateway's
+                # asyncio.timeout bounds each call
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None),
+                headers={"Content-Type": "application/json"},
+            )
+        return self._http
+
+    async def complete(
+        self,
+        request: CompletionRequest,
+        model: ModelSpec,
+        mode: StructuredMode | None,
+        schema: type[BaseModel] | None,
+    ) -> RawCompletion:
+        import aiohttp
+
+        endpoint = self.endpoint(model, request.role)
+        payload: dict[str, Any] = {
+            "model": endpoint.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "temperature": request.temperature,
+        }
+        # OpenAI itself takes `max_completion_tokens`; llama.cpp and most other compatible
+        # servers read only the classic `max_tokens`.
+        payload["max_tokens" if endpoint.compatible else "max_completion_tokens"] = (
+            request.max_tokens
+        )
+        if request.seed is not None:
+            payload["seed"] = request.seed
+        if request.stop:
+            payload["stop"] = list(request.stop)
+        if schema is not None and mode == "json_schema":
+            payload["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": schema.__name__,
+                    "schema": schema_dict(schema),
+                    "strict": False,
+                },
+            }
+        elif schema is not None and mode == "json_object":
+            payload["response_format"] = {"type": "json_object", "schema": schema_dict(schema)}
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else None
+        try:
+            async with self._http_session().post(
+                endpoint.url, data=json.dumps(payload), headers=headers, proxy=endpoint.proxy
+            ) as reply:
+                status, body = reply.status, await reply.read()
+        except aiohttp.ClientError as exc:
+            raise map_client_error(exc, request.role, model.raw) from exc
+        if status >= 400:
+            raise status_error(status, body, request.role, model.raw)
+        try:
+            data = json.loads(body)
+            text = data["choices"][0]["message"].get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ServerError(
+                f"malformed chat completion: {body[:200]!r}", role=request.role, model=model.raw
+            ) from exc
+        usage = data.get("usage") or {}
+        if usage:
+            return RawCompletion(
+                text,
+                Usage(
+                    input_tokens=int(usage.get("prompt_tokens") or 0),
+                    output_tokens=int(usage.get("completion_tokens") or 0),
+                ),
+            )
+        return RawCompletion(text, approx_usage(request, text))
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.close()
+            self._http = None
+        self._endpoints.clear()
