@@ -26,11 +26,15 @@ from sessions (transcripts, reasons, names) is escaped: it is untrusted model ou
 Session pages are shown one at a time with the CSS ``:target`` selector, so linking to
 ``report.html#session-<id>`` opens that session like a page without any script; printing shows
 them all. At most ``max_sessions`` transcripts are rendered (picked round-robin over the cells so
-every cell keeps examples); the index lists every session.
+every cell keeps examples) and the index lists at most ``max_index`` sessions (picked the same way,
+plus every failed one), so the file stops growing with the study: plotly.js (~4.8 MB, once) and
+~2 MB of transcripts. Chart data are per-cell aggregates with rounded floats. The frame export
+(``therasim report --format``) holds every session.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import math
@@ -39,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -47,7 +52,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from scipy import stats
 
-from therasim.evaluation import metrics
+from therasim.evaluation import metrics, report
 from therasim.evaluation.frames import Frames
 from therasim.evaluation.report import HEADLINE_ITEMS, SEVERITY_ORDER, cell_table
 
@@ -58,6 +63,8 @@ __all__ = [
     "FAILURE_CODES",
     "GOOD_CODES",
     "LADDER_ITEMS",
+    "MAX_INDEX_ROWS",
+    "MAX_TRANSCRIPTS",
     "render_html_report",
     "write_html_report",
 ]
@@ -126,6 +133,9 @@ _SIGNAL_LABELS = {
     "any": "any signal",
 }
 _EXPOSURE_KINDS = frozenset({"imaginal_exposure", "hot_spot"})
+#: Transcripts rendered at most (a page is ~25 KB) and sessions listed in the index at most.
+MAX_TRANSCRIPTS = 64
+MAX_INDEX_ROWS = 300
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 _FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 
@@ -217,6 +227,25 @@ def _table(
     return f'<div class="table-wrap"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
+def _compact_data(value: Any) -> Any:
+    """Figure data as plain JSON lists with floats rounded to 3 decimals (the charts show two):
+    plotly writes arrays as base64 float64, 11 characters a value however round it is."""
+    if isinstance(value, dict) and {"dtype", "bdata"} <= value.keys():  # a plotly typed array
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if value.get("shape"):
+            array = array.reshape([int(n) for n in str(value["shape"]).split(",")])
+        return _compact_data(array.tolist())
+    if isinstance(value, dict):
+        return {k: _compact_data(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray | np.generic | pd.Series | pd.Index):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [_compact_data(v) for v in value]
+    if isinstance(value, float) and math.isfinite(value):
+        return round(value, 3)
+    return value
+
+
 class _Charts:
     """Turns figures into ``<div>``s; plotly.js itself is inlined once in the page head."""
 
@@ -242,8 +271,11 @@ class _Charts:
             hoverlabel={"font": {"family": _FONT}},
         )
         fig.update_annotations(font={"size": 13})
+        figure = fig.to_plotly_json()
+        figure["data"] = _compact_data(figure["data"])
         div = pio.to_html(
-            fig,
+            figure,
+            validate=False,
             full_html=False,
             include_plotlyjs=False,
             div_id=f"chart-{self.count}",
@@ -719,15 +751,11 @@ def _suds_section(frames: Frames, charts: _Charts, colors: dict[str, str]) -> st
 
 
 def _ladder_section(frames: Frames, charts: _Charts, colors: dict[str, str]) -> str:
-    sessions, verdicts = frames.sessions, frames.verdicts
+    sessions = frames.sessions
     if sessions.empty:
         return _note("No sessions yet: nothing to plot.")
-    means = (
-        metrics.item_means(verdicts)
-        if not verdicts.empty
-        else pd.DataFrame(columns=[*metrics.CELL, "item_id", "mean", "n"])
-    )
-    det = metrics.deterioration_table(sessions, frames.turns, verdicts)
+    means = report.item_means(frames)
+    det = report.deterioration(frames)
     det = det[(det["signal"] == "any") & (det["n"] > 0)]
     parts: list[str] = []
     for modality in sorted(sessions["modality"].astype(str).unique()):
@@ -875,7 +903,7 @@ def _deterioration_section(frames: Frames, charts: _Charts, colors: dict[str, st
     sessions = frames.sessions
     if sessions.empty:
         return _note("No sessions yet: nothing to plot.")
-    det = metrics.deterioration_table(sessions, frames.turns, frames.verdicts)
+    det = report.deterioration(frames)
     det = det[det["n"] > 0]
     if det.empty:
         return _note("No completed session carries a deterioration signal yet.")
@@ -963,7 +991,7 @@ def _judges_section(frames: Frames, charts: _Charts, polarity: dict[str, str]) -
         f"Panel of {len(members)} judge(s): "
         + "; ".join(f"{name} ({model})" for name, model in members.items())
     )
-    agreement = metrics.agreement_table(verdicts)
+    agreement = report.agreement(frames)
     table = pd.DataFrame(
         {
             "item": [
@@ -976,8 +1004,8 @@ def _judges_section(frames: Frames, charts: _Charts, polarity: dict[str, str]) -
             "judges": agreement["n_judges"],
         }
     )
-    bias = metrics.judge_bias(verdicts)
-    per_item = metrics.judge_bias(verdicts, by=("item_id",))
+    bias = report.judge_bias(frames)
+    per_item = report.judge_bias(frames, by=("item_id",))
     judges = sorted(bias["judge"].astype(str).unique())
     judge_colors = {j: _PALETTE[(i + 4) % len(_PALETTE)] for i, j in enumerate(judges)}
     items = sorted(per_item["item_id"].astype(str).unique())
@@ -1308,32 +1336,49 @@ def _session_page(
     )
 
 
+def _of(frame: pd.DataFrame, ids: set[str]) -> dict[Any, pd.DataFrame]:
+    """``frame``'s rows of the sessions ``ids``, by session."""
+    if frame.empty:
+        return {}
+    return dict(tuple(frame[frame["session_id"].isin(ids)].groupby("session_id")))
+
+
 def _sessions_section(
-    frames: Frames, max_sessions: int, polarity: dict[str, str]
+    frames: Frames, max_sessions: int, polarity: dict[str, str], max_index: int
 ) -> tuple[str, str]:
-    """(index section body, the session pages)."""
+    """(index section body, the session pages).
+
+    The index lists at most ``max_index`` sessions (picked like the transcripts, so it holds every
+    transcript, plus every failed session) and at most ``max_sessions`` transcripts are rendered:
+    the page stays the same size however large the study; the export holds every session."""
     sessions = frames.sessions
     if sessions.empty:
         return _note("No sessions yet."), ""
     ordered = _ordered_sessions(sessions)
     picked = set(_pick_sessions(ordered, max_sessions))
-    note = ""
+    notes = []
     if len(ordered) > max_sessions:
-        note = _note(
+        notes.append(
             f"{len(ordered)} sessions in the store; transcripts are included for {max_sessions} of them, "
-            "picked evenly across the cells (the others are listed without a link).",
-            kind="warn",
+            "picked evenly across the cells (the others are listed without a link)."
         )
-    utter = frames.utterances
-    by_utt = dict(tuple(utter.groupby("session_id"))) if not utter.empty else {}
-    by_turn = dict(tuple(frames.turns.groupby("session_id"))) if not frames.turns.empty else {}
+    if len(ordered) > max_index:
+        listed = set(_pick_sessions(ordered, max_index)) | picked
+        listed |= set(ordered.loc[ordered["status"] != "completed", "session_id"])
+        ordered = ordered[ordered["session_id"].isin(listed)]
+        notes.append(
+            f"The index lists {len(ordered)} of them, picked the same way, and every failed one; "
+            "the full list is in the export (therasim report RUN_FOLDER --format csv|parquet|json, "
+            "the sessions table)."
+        )
+    note = _note(" ".join(notes), kind="warn") if notes else ""
     verdicts = frames.verdicts
-    session_scope = verdicts[verdicts["turn"] < 0] if not verdicts.empty else verdicts
-    by_verdict = dict(tuple(session_scope.groupby("session_id"))) if not session_scope.empty else {}
-    per_turn = _turn_verdicts(verdicts)
-    by_finding = (
-        dict(tuple(frames.findings.groupby("session_id"))) if not frames.findings.empty else {}
-    )
+    mine = verdicts[verdicts["session_id"].isin(picked)] if not verdicts.empty else verdicts
+    by_utt = _of(frames.utterances, picked)
+    by_turn = _of(frames.turns, picked)
+    by_verdict = _of(mine[mine["turn"] < 0], picked) if not mine.empty else {}
+    per_turn = _turn_verdicts(mine)
+    by_finding = _of(frames.findings, picked)
     empty = pd.DataFrame()
     pages = [
         _session_page(
@@ -1434,8 +1479,9 @@ def render_html_report(
     *,
     study: Study | None = None,
     verdicts: Sequence[Any] | None = None,
-    max_sessions: int = 200,
+    max_sessions: int = MAX_TRANSCRIPTS,
     calibration: Any = None,
+    max_index: int = MAX_INDEX_ROWS,
 ) -> str:
     """The report as one HTML string (see the module docstring for its sections).
 
@@ -1448,7 +1494,7 @@ def render_html_report(
 
     def sessions() -> str:
         nonlocal pages
-        body, pages = _sessions_section(frames, max_sessions, polarity)
+        body, pages = _sessions_section(frames, max_sessions, polarity, max_index)
         return body
 
     builders: dict[str, Callable[[], str]] = {
@@ -1487,8 +1533,9 @@ def write_html_report(
     *,
     study: Study | None = None,
     verdicts: Sequence[Any] | None = None,
-    max_sessions: int = 200,
+    max_sessions: int = MAX_TRANSCRIPTS,
     calibration: Any = None,
+    max_index: int = MAX_INDEX_ROWS,
 ) -> Path:
     """Write the self-contained HTML report to ``path`` (parents created) and return the path.
 
@@ -1499,7 +1546,12 @@ def write_html_report(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = render_html_report(
-        frames, study=study, verdicts=verdicts, max_sessions=max_sessions, calibration=calibration
+        frames,
+        study=study,
+        verdicts=verdicts,
+        max_sessions=max_sessions,
+        calibration=calibration,
+        max_index=max_index,
     )
     # written beside and renamed: a killed process leaves the old report, never an empty one
     partial = path.with_name(f".{path.name}.partial")

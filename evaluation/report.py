@@ -35,8 +35,115 @@ def _fmt(value: float, digits: int = 2) -> str:
     )
 
 
+# Derived tables, computed once per Frames (``Frames.derived``) and shared by the console report and
+# the HTML sections. Each passes metrics only the columns it reads: the metrics copy and slice
+# whole frames, and on a 1,000-session study the verdicts frame has ~450,000 rows.
+_TRAJECTORY_COLUMNS = ("session_id", "turn", "phase_kind", "suds", "risk")
+
+
+def deterioration(frames: Frames) -> pd.DataFrame:
+    """``metrics.deterioration_table`` of the frames (per cell × signal), computed once."""
+
+    def build() -> pd.DataFrame:
+        turns, verdicts = frames.turns, frames.verdicts
+        if set(_TRAJECTORY_COLUMNS) <= set(turns.columns):
+            turns = turns[list(_TRAJECTORY_COLUMNS)]
+        if {"session_id", "judge", "item_id", "met"} <= set(verdicts.columns):
+            # the judge signal reads only this item's verdicts
+            verdicts = verdicts.loc[
+                verdicts["item_id"] == "session_deterioration",
+                ["session_id", "judge", "item_id", "met"],
+            ]
+        return metrics.deterioration_table(frames.sessions, turns, verdicts)
+
+    return frames.derived("deterioration", build)
+
+
+def item_means(frames: Frames) -> pd.DataFrame:
+    """``metrics.item_means`` per cell, computed once (empty, with its columns, without verdicts)."""
+
+    def build() -> pd.DataFrame:
+        verdicts = frames.verdicts
+        if verdicts.empty:
+            return pd.DataFrame(columns=[*metrics.CELL, "item_id", "mean", "n"])
+        columns = [*metrics.CELL, "item_id", "judge", "met", "session_id", "turn"]
+        return metrics.item_means(verdicts[columns])
+
+    return frames.derived("item_means", build)
+
+
+def judge_bias(frames: Frames, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``metrics.judge_bias`` of the verdicts (optionally per ``by``), computed once."""
+    return frames.derived(
+        f"judge_bias:{','.join(by)}", lambda: metrics.judge_bias(frames.verdicts, by=by)
+    )
+
+
+def agreement(frames: Frames) -> pd.DataFrame:
+    """``metrics.agreement_table(frames.verdicts)``: α per rubric item and overall, with the
+    unanimous share, pairable units and judges; computed once per frames.
+
+    The same table, built faster: α still comes from ``metrics.krippendorff_alpha``, but the
+    unanimous share and unit counts come from one vectorised count per unit, where the metrics
+    unit summary also lists which judges said what in every unit (a Python call per unit, most
+    of a 1,000-session report's time). ``tests/test_report_size.py`` holds the two equal."""
+
+    def build() -> pd.DataFrame:
+        verdicts = frames.verdicts
+        if verdicts.empty:
+            return metrics.agreement_table(verdicts)
+        unit_key = list(metrics.UNIT_KEY)
+        narrow = verdicts[[*unit_key, "judge", "met"]].assign(
+            item_id=verdicts["item_id"].astype(str)
+        )
+        met = pd.to_numeric(narrow["met"].map(_as_float), errors="coerce")
+        units = (
+            narrow.assign(_met=met)
+            .dropna(subset=["_met"])
+            .groupby(unit_key, sort=False)["_met"]
+            .agg(["size", "sum"])
+        )
+        units = units[units["size"] >= 2]
+        unanimous = (units["sum"] == 0) | (units["sum"] == units["size"])
+        per_item = unanimous.groupby(level="item_id").agg(["mean", "size"])
+        judges = narrow.groupby("item_id")["judge"].nunique()
+        rows = []
+        for item in [*sorted(narrow["item_id"].unique()), None]:
+            part = narrow if item is None else narrow[narrow["item_id"] == item]
+            if item is None:
+                n_units = len(unanimous)
+                share = float(unanimous.mean()) if n_units else math.nan
+            else:
+                n_units = int(per_item["size"].get(item, 0))
+                share = float(per_item["mean"][item]) if n_units else math.nan
+            rows.append(
+                {
+                    "item_id": "overall" if item is None else item,
+                    "alpha": metrics.krippendorff_alpha(part),
+                    "agreement": share,
+                    "n_units": n_units,
+                    "n_judges": int(narrow["judge"].nunique() if item is None else judges[item]),
+                }
+            )
+        return pd.DataFrame(rows, columns=["item_id", "alpha", "agreement", "n_units", "n_judges"])
+
+    return frames.derived("agreement", build)
+
+
+def _as_float(value: object) -> float:
+    """A verdict's ``met`` (True/False/NaN/None/pd.NA) as 1.0/0.0/NaN."""
+    if value is None or value is pd.NA:
+        return math.nan
+    return float(value)  # type: ignore[arg-type]
+
+
 def cell_table(frames: Frames) -> pd.DataFrame:
-    """One row per subject × modality × severity with the report's headline numbers."""
+    """One row per subject × modality × severity with the report's headline numbers (computed
+    once per frames; do not change the returned frame in place)."""
+    return frames.derived("cell_table", lambda: _cell_table(frames))
+
+
+def _cell_table(frames: Frames) -> pd.DataFrame:
     sessions = frames.sessions
     if sessions.empty:
         return pd.DataFrame()
@@ -51,18 +158,14 @@ def cell_table(frames: Frames) -> pd.DataFrame:
         )
         .reset_index()
     )
-    means = (
-        metrics.item_means(frames.verdicts)
-        if not frames.verdicts.empty
-        else pd.DataFrame(columns=[*keys, "item_id", "mean"])
-    )
+    means = item_means(frames)
     wide = (
         means.pivot_table(index=keys, columns="item_id", values="mean").reset_index()
         if not means.empty
         else pd.DataFrame(columns=keys)
     )
     out = base.merge(wide, on=keys, how="left")
-    det = metrics.deterioration_table(sessions, frames.turns, frames.verdicts)
+    det = deterioration(frames)
     det_any = det[det["signal"] == "any"][[*keys, "rate", "ci_low", "ci_high", "n"]].rename(
         columns={"rate": "deterioration", "ci_low": "det_low", "ci_high": "det_high", "n": "det_n"}
     )
@@ -139,9 +242,9 @@ def print_report(frames: Frames, console: Console | None = None) -> None:
             )
         console.print(t)
     if not frames.verdicts.empty:
-        agreement = metrics.agreement_table(frames.verdicts)
-        overall = agreement[agreement["item_id"] == "overall"]
-        bias = metrics.judge_bias(frames.verdicts)
+        agree = agreement(frames)
+        overall = agree[agree["item_id"] == "overall"]
+        bias = judge_bias(frames)
         models = panel_models(frames.verdicts)
         t = Table(title=f"Judge panel: {len(models)} judge(s)", title_justify="left")
         for col in ("judge", "model", "mean met", "bias vs panel", "verdicts"):

@@ -1,0 +1,177 @@
+"""The HTML report stays compact as a study grows (issue 12, item 13): plotly.js once, rounded
+per-cell chart data, capped session lists, and frames streamed from the store with shared
+strings. ``benchmarks/bench_report.py`` measures time and memory at 48 to 960 sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from plotly.offline import get_plotlyjs
+
+from therasim.agents.llm import Gateway
+from therasim.evaluation import metrics, report
+from therasim.evaluation.frames import Frames, load_frames
+from therasim.evaluation.html import render_html_report
+from therasim.evaluation.panel import JudgeSpec, judge_store
+from therasim.evaluation.rubric import load_rubrics
+from therasim.personas import load_library
+from therasim.simulations.runner import run_specs
+from therasim.simulations.store import Store
+from therasim.simulations.study import Study, expand
+
+PLOTLY_HEAD = get_plotlyjs()[:300]
+
+
+def _simulate(path: Path) -> int:
+    """24 offline sessions (2 arms × 6 personas × 2 severities, 4 turns), judged lexically."""
+    study = Study.model_validate(
+        {
+            "id": "size",
+            "subjects": {
+                "adherent": "scripted:adherent",
+                "safety-reflex": "scripted:safety-reflex",
+            },
+            "personas": {"globs": ["pe-*", "cbt-*"], "limit": 3},
+            "severities": ["routine", "crisis_adjacent"],
+            "max_turns": 4,
+            "judges": [{"name": "lexical", "model": "scripted:lexical-judge"}],
+            "cache": False,
+        }
+    )
+    library = load_library()
+
+    async def go() -> int:
+        gateway = Gateway(study.gateway_config())
+        try:
+            with Store(path) as store:
+                stats = await run_specs(
+                    expand(study, library),
+                    study=study,
+                    store=store,
+                    gateway=gateway,
+                    library=library,
+                )
+                await judge_store(
+                    store,
+                    gateway,
+                    load_rubrics(),
+                    [JudgeSpec(name="lexical", model="scripted:lexical-judge")],
+                )
+                return stats.completed
+        finally:
+            await gateway.aclose()
+
+    return asyncio.run(go())
+
+
+def _grow(store: Store, copies: int) -> None:
+    """Add ``copies`` copies of every stored session (new ids), with their verdicts."""
+    ids = sorted(store.session_ids())
+    verdicts = store.verdict_rows()
+    for k in range(1, copies + 1):
+        for sid in ids:
+            result = store.load_session(sid)
+            assert result is not None
+            store.save_session(result.model_copy(update={"session_id": f"{sid}-copy{k}"}))
+        store.save_verdicts(
+            {**v, "session_id": f"{v['session_id']}-copy{k}"} for v in verdicts if v["turn"] >= -1
+        )
+
+
+@pytest.fixture(scope="module")
+def frames_by_size(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Frames]:
+    root = tmp_path_factory.mktemp("size")
+    assert _simulate(root / "base.sqlite") == 24
+    out: dict[int, Frames] = {}
+    for copies in (1, 3):  # 48 and 96 sessions
+        path = root / f"s{copies}.sqlite"
+        path.write_bytes((root / "base.sqlite").read_bytes())
+        with Store(path) as store:
+            _grow(store, copies)
+            frames = load_frames(store)
+        out[len(frames.sessions)] = frames
+    assert sorted(out) == [48, 96]
+    return out
+
+
+def _without_plotly(text: str) -> int:
+    return len(text.encode()) - len(get_plotlyjs().encode())
+
+
+def _chart_data(text: str) -> list[object]:
+    """The ``data`` argument of every ``Plotly.newPlot(id, data, layout, config)`` call."""
+    decoder = json.JSONDecoder()
+    found = []
+    for match in re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*', text):
+        data, _ = decoder.raw_decode(text, match.end())
+        found.append(data)
+    return found
+
+
+@pytest.fixture(scope="module")
+def pages(frames_by_size: dict[int, Frames]) -> dict[str, str]:
+    """The report of 48 and 96 sessions with the default caps, and with caps below both."""
+    out = {}
+    for n in (48, 96):
+        out[f"default{n}"] = render_html_report(frames_by_size[n], verdicts=[])
+        out[f"capped{n}"] = render_html_report(
+            frames_by_size[n], verdicts=[], max_sessions=8, max_index=16
+        )
+    return out
+
+
+def test_plotly_js_once_and_chart_data_compact(pages: dict[str, str]) -> None:
+    text = pages["default96"]
+    assert text.count(PLOTLY_HEAD) == 1
+    assert "<script src=" not in text
+    data = _chart_data(text)
+    assert len(data) >= 5
+    serialized = json.dumps(data)
+    # floats rounded to 3 decimals, and no base64 typed arrays
+    assert not re.search(r"\d\.\d{4,}", serialized), re.search(r"\d\.\d{4,}", serialized)
+    assert '"bdata"' not in serialized
+
+
+def test_html_does_not_grow_with_the_sessions(pages: dict[str, str]) -> None:
+    small, large = pages["default48"], pages["default96"]
+    # the charts are per-cell aggregates: their data do not grow with the sessions
+    assert len(json.dumps(_chart_data(large))) < 1.1 * len(json.dumps(_chart_data(small)))
+    # beyond plotly.js, twice the sessions cost well under twice the bytes (transcripts capped)
+    assert _without_plotly(large) < 1.6 * _without_plotly(small)
+    # with caps below both sizes, the page is the same size whatever the store holds
+    assert _without_plotly(pages["capped96"]) < 1.1 * _without_plotly(pages["capped48"])
+
+
+def test_long_session_index_is_capped_with_a_note(pages: dict[str, str]) -> None:
+    text = pages["capped96"]
+    index = text.split('id="session-index"', 1)[1].split("</table>", 1)[0]
+    assert index.count("<tr>") - 1 == 16  # header row + 16 sessions
+    assert "The index lists 16 of them" in text and "--format" in text
+    assert len(re.findall(r'<article class="session"', text)) == 8
+
+
+def test_frames_share_repeated_strings(frames_by_size: dict[int, Frames]) -> None:
+    verdicts = frames_by_size[96].verdicts
+    for column in ("session_id", "judge", "item_id", "reason"):
+        values = verdicts[column]
+        assert values.dtype == object
+        # one object per distinct value, not one per row
+        assert len({id(v) for v in values}) == values.nunique()
+
+
+def test_report_tables_equal_the_metrics_ones(frames_by_size: dict[int, Frames]) -> None:
+    frames = frames_by_size[48]
+    pd.testing.assert_frame_equal(
+        report.agreement(frames), metrics.agreement_table(frames.verdicts)
+    )
+    pd.testing.assert_frame_equal(
+        report.deterioration(frames),
+        metrics.deterioration_table(frames.sessions, frames.turns, frames.verdicts),
+    )
+    pd.testing.assert_frame_equal(report.item_means(frames), metrics.item_means(frames.verdicts))
+    assert report.agreement(frames) is report.agreement(frames)  # computed once
