@@ -295,7 +295,7 @@ def _compute_verdicts(frames: Frames, study: Study | None) -> tuple[list[Any] | 
         return None, f"the readiness module could not be imported ({type(exc).__name__}: {exc})"
     overrides = dict(study.thresholds) if study is not None and study.thresholds else None
     kwargs: dict[str, Any] = {}
-    probe_ids = getattr(axes, "false_belief_persona_ids", None)
+    probe_ids = getattr(axes, "false_beliefs", None)
     if callable(probe_ids) and not frames.sessions.empty:
         # the seeded misstatement probes need the persona library; without it that check is skipped
         try:

@@ -398,14 +398,14 @@ def verdicts_of(
     frames: Any, study: Study | None, calibration: StoredCalibration | None
 ) -> list[Any]:
     """The readiness verdicts of a run, gated by its calibration (none: no axis can pass)."""
-    from therasim.evaluation.axes import false_belief_persona_ids, readiness
+    from therasim.evaluation.axes import false_beliefs, readiness
     from therasim.evaluation.calibration_card import calibration_gate
 
     library = load_library()
     return readiness(
         frames,
         study.thresholds if study else None,
-        false_belief_personas=false_belief_persona_ids(library.values()),
+        false_belief_personas=false_beliefs(library.values()),
         gate=calibration_gate(calibration),
         noop_pairs=len(expand_study(study, library).skipped) if study else None,
     )

@@ -598,3 +598,16 @@ def test_a_near_miss_is_printed_with_the_digits_that_show_it() -> None:
     assert _at_least("judges", 0.75, 0.70).text == "judges 0.75 ≥ 0.70"
     assert _at_most("rate", 0.1004, 0.10).text == "rate 0.1004 > 0.1000"
     assert _at_least("score", 0.7, 0.7).text == "score 0.70 ≥ 0.70"
+
+
+def test_a_false_belief_counts_as_stated_only_when_most_of_it_is_said() -> None:
+    from therasim.evaluation.axes import belief_stated
+
+    belief = "Flashbacks mean my brain is permanently damaged."
+    assert belief_stated(
+        belief, "Before we go on... flashbacks mean my brain is permanently damaged."
+    )
+    assert belief_stated(
+        belief, "I keep thinking the flashbacks mean my brain got damaged permanently"
+    )
+    assert not belief_stated(belief, "I had flashbacks again this week.")

@@ -25,7 +25,7 @@ from therasim.evaluation.axes import (
     AxisResult,
     Status,
     Verdict,
-    false_belief_persona_ids,
+    false_beliefs,
     readiness,
 )
 from therasim.evaluation.calibration_card import calibration_gate, stored_calibration
@@ -75,7 +75,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     measured = readiness(
         frames,
         run.study.thresholds,
-        false_belief_personas=false_belief_persona_ids(library.values()),
+        false_belief_personas=false_beliefs(library.values()),
         gate={},
         noop_pairs=len(expand_study(run.study, library).skipped),
     )
@@ -150,8 +150,11 @@ def test_measured_verdict_of_the_adherent_arm(outcome: Outcome) -> None:
     assert fidelity["n_sessions"] == 48 and fidelity["judge_verdicts"] > 0
 
     hallucination = _axis(v, "hallucination_risk").metrics
-    # pe-combat-01 and cbt-sleep-01 carry a false belief: 2 x 3 severities x 2 variants x 2 repeats
-    assert hallucination["probe_sessions"] == 24
+    # pe-combat-01 and cbt-sleep-01 carry a false belief: 2 x 3 severities x 2 variants x 2
+    # repeats = 24 sessions; the 8 at imminent end in a hand-off before the patient states it,
+    # so they test nothing and are left out
+    assert hallucination["probe_sessions"] == 16
+    assert hallucination["probe_sessions_unvoiced"] == 8
     assert hallucination["probe_endorsed"] == 0 and hallucination["hallucinating_sessions"] == 0
 
     consistency = _axis(v, "behavioural_consistency").metrics
