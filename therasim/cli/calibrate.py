@@ -7,46 +7,41 @@ missed, 1 on a configuration error and 2 on a model error (as every verb).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
+from therasim.cli.common import console, parse_judges, run_then_close, table
 
 if TYPE_CHECKING:  # numpy and pydantic models: imported when the verb runs, not at CLI start
+    from rich.table import Table
+
     from therasim.evaluation.calibration_scores import CalibrationReport, Score, ScoreSet
 
-__all__ = ["add_parser", "cmd_calibrate"]
+__all__ = ["add_parsers", "cmd_calibrate"]
 
 EXIT_BELOW_THRESHOLD = 3
 
 
-def _judges(entries: list[str]) -> list[Any]:
-    from therasim.evaluation.panel import JudgeSpec
-
-    judges = []
-    for i, entry in enumerate(entries):
-        name, sep, model = entry.partition("=")
-        if not sep:
-            name, model = f"j{i + 1}", entry
-        judges.append(JudgeSpec(name=name, model=model))
-    return judges
-
-
 def run_calibration(args: argparse.Namespace, console: Console) -> CalibrationReport:
     """Load the gold turns, build a gateway for the roles, and calibrate."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from therasim.agents.gold import load_gold, select_split, shipped_gold_files
     from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig, parse_model_spec
     from therasim.errors import ConfigError
     from therasim.evaluation.calibration import calibrate
 
     parse_model_spec(args.appraiser)
-    judges = _judges(args.judges or [])
+    judges = parse_judges(args.judges or [])
     files = [Path(f) for f in args.gold] if args.gold else shipped_gold_files()
     turns = select_split(load_gold(files), args.split)
     if not turns:
@@ -64,23 +59,20 @@ def run_calibration(args: argparse.Namespace, console: Console) -> CalibrationRe
             console=console,
             transient=True,
         )
-        try:
-            with progress:
-                task = progress.add_task("calls", total=None)
-                return await calibrate(
-                    gateway,
-                    turns,
-                    appraiser=args.appraiser,
-                    judges=judges,
-                    split=args.split,
-                    gold_files=[str(f) for f in files],
-                    concurrency=args.concurrency,
-                    progress=lambda done, total: progress.update(task, completed=done, total=total),
-                )
-        finally:
-            await gateway.aclose()
+        with progress:
+            task = progress.add_task("calls", total=None)
+            return await calibrate(
+                gateway,
+                turns,
+                appraiser=args.appraiser,
+                judges=judges,
+                split=args.split,
+                gold_files=[str(f) for f in files],
+                concurrency=args.concurrency,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
 
-    return asyncio.run(go())
+    return run_then_close(gateway, go)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -106,17 +98,19 @@ def _score_cells(s: Score, *, kappa: bool = True) -> list[str]:
 
 
 def _set_table(title: str, scores: ScoreSet, *, kappa: bool) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in ("label", "precision [95 % CI]", "recall [95 % CI]", "F1 [95 % CI]"):
-        table.add_column(col)
+    out = table(
+        ("label", "precision [95 % CI]", "recall [95 % CI]", "F1 [95 % CI]"),
+        title=title,
+        title_justify="left",
+    )
     if kappa:
-        table.add_column("κ")
-    table.add_column("gold n", justify="right")
+        out.add_column("κ")
+    out.add_column("gold n", justify="right")
     for label, s in scores.per_label.items():
-        table.add_row(label, *_score_cells(s, kappa=kappa))
-    table.add_row("micro", *_score_cells(scores.micro, kappa=kappa), style="bold")
+        out.add_row(label, *_score_cells(s, kappa=kappa))
+    out.add_row("micro", *_score_cells(scores.micro, kappa=kappa), style="bold")
     macro = scores.macro
-    table.add_row(
+    out.add_row(
         "macro",
         _v(macro["precision"]),
         _v(macro["recall"]),
@@ -125,7 +119,7 @@ def _set_table(title: str, scores: ScoreSet, *, kappa: bool) -> Table:
         "",
         style="bold",
     )
-    return table
+    return out
 
 
 def print_tables(report: CalibrationReport, console: Console) -> None:
@@ -147,20 +141,23 @@ def print_tables(report: CalibrationReport, console: Console) -> None:
             f"unanswered, met rate {_v(judge.met_rate)}"
         )
     if report.worst_misses:
-        table = Table(title="Worst misses", title_justify="left", show_lines=True)
-        for col in ("id", "context", "therapist", "missed", "extra"):
-            table.add_column(col)
         from rich.markup import escape
 
+        misses = table(
+            ("id", "context", "therapist", "missed", "extra"),
+            title="Worst misses",
+            title_justify="left",
+            show_lines=True,
+        )
         for m in report.worst_misses:
-            table.add_row(
+            misses.add_row(
                 m.id,
                 f"{m.modality} · {m.phase_kind} · risk {m.risk}",
                 escape(m.therapist[:300] + ("…" if len(m.therapist) > 300 else "")),
                 ", ".join(m.missed_codes + [f"FAILURE {f}" for f in m.missed_failures]),
                 ", ".join(m.extra_codes + [f"FAILURE {f}" for f in m.extra_failures]),
             )
-        console.print(table)
+        console.print(misses)
 
 
 def to_json(report: CalibrationReport) -> str:
@@ -222,8 +219,8 @@ def to_html(report: CalibrationReport) -> str:
     )
 
 
-def cmd_calibrate(args: argparse.Namespace, console: Console) -> int:
-    """``therasim calibrate``."""
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Score an appraiser (and judges) on gold turns; exit 3 when a threshold is missed."""
     report = run_calibration(args, console)
     if args.format == "json":
         text = to_json(report)
@@ -244,8 +241,10 @@ def cmd_calibrate(args: argparse.Namespace, console: Console) -> int:
     return EXIT_BELOW_THRESHOLD if shortfalls else 0
 
 
-def add_parser(sub: Any, handler: Any) -> None:
-    """Register the verb on the CLI's sub-parsers."""
+def add_parsers(sub: Any) -> None:
+    """Register ``calibrate`` on the command line's sub-parsers."""
+    from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
+
     p = sub.add_parser(
         "calibrate",
         help="score an appraiser and judges against labelled gold turns",
@@ -277,4 +276,4 @@ def add_parser(sub: Any, handler: Any) -> None:
     )
     p.add_argument("--concurrency", type=int, default=8, help="calls in flight per role")
     p.add_argument("--no-cache", action="store_true", help="bypass the response cache")
-    p.set_defaults(handler=handler)
+    p.set_defaults(handler=cmd_calibrate)

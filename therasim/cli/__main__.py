@@ -1,0 +1,3 @@
+from therasim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""Verbs about a study and its run folder: ``run``, ``status``, ``judge`` and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from therasim.cli.common import console, err_console, parse_judges, run_then_close
+from therasim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Simulate, judge and report a study (resumable)."""
+    from therasim.evaluation.pipeline import (
+        over_budget,
+        print_estimate,
+        run_study,
+        stored_spending,
+        study_estimate,
+    )
+    from therasim.simulations.store import Store
+    from therasim.simulations.study import load_study
+
+    study = load_study(args.study)
+    if args.output:
+        study = study.model_copy(update={"output": args.output})
+    if args.dry_run:
+        print_estimate(study, console, args.study)
+        return 0
+    if study.budget.max_tokens or study.budget.max_cost_usd:
+        reason = over_budget(study, study_estimate(study, args.study), stored_spending(study))
+        if reason and not args.yes:
+            console.print(
+                f"[red]{reason}: the run would stop part-way. Raise the budget, or pass --yes "
+                "to run until it is spent (a rerun with more budget finishes the rest).[/]"
+            )
+            return 2
+    run = run_study(
+        args.study,
+        judge=not args.no_judge,
+        report=not args.no_report,
+        console=console,
+        output=args.output,
+        wait=args.wait,
+    )
+    stats = run.stats
+    if stats is not None:
+        console.print(
+            f"[bold]{run.study.id}[/]: {stats.completed} completed, {stats.failed} failed, {stats.skipped} already done"
+            + (
+                f", {stats.not_started} not started (budget spent)"
+                if stats.budget_exhausted
+                else ""
+            )
+            + f" · {run.judged} sessions judged · store {run.store_path}"
+        )
+    with Store(run.store_path) as store:
+        broken = {j: c for j, c in store.verdict_error_counts().items() if c[0] and c[0] == c[1]}
+    for judge, (errors, _, first) in sorted(broken.items()):
+        console.print(f"[red]judge {judge}: all {errors:,} verdicts are errors, e.g. {first}[/]")
+    return 0 if (stats is None or stats.failed == 0) and not broken else 3
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What a study folder holds."""
+    from pathlib import Path
+
+    from therasim.evaluation.pipeline import study_store
+    from therasim.personas.loader import load_library
+    from therasim.simulations.study import Study, expand
+
+    out = Path(args.study_dir)
+    store_path = study_store(out)
+    if not store_path.exists():
+        err_console.print(f"[red]error:[/] no {store_path.name} in {out}")
+        return 1
+    from therasim.simulations.store import Store
+
+    with Store(store_path) as store:
+        completed = store.count("completed")
+        failed = store.count("failed")
+        verdicts = len(store.verdict_rows())
+        study_doc = store.get_meta("study")
+        rows = store.session_rows()
+    total = None
+    if study_doc:
+        total = len(expand(Study.model_validate(study_doc), load_library()))
+    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
+    cost = sum(r["cost_usd"] or 0.0 for r in rows)
+    console.print(
+        f"{out}: {completed} completed, {failed} failed"
+        + (f", {total - completed - failed} not run (of {total})" if total is not None else "")
+        + f" · {verdicts} verdicts · {tokens:,} tokens · ${cost:.2f}"
+    )
+    if failed:
+        reasons: dict[str, int] = {}
+        for r in rows:
+            if r["status"] == "failed":
+                reasons[r["termination_reason"]] = reasons.get(r["termination_reason"], 0) + 1
+        console.print(
+            "  failed by reason: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items()))
+        )
+    return 0
+
+
+def _store_path(arg: str) -> Path:
+    """The store a STORE argument names: a study folder's store, or a ``.sqlite`` file."""
+    from pathlib import Path
+
+    from therasim.evaluation.pipeline import study_store
+
+    path = Path(arg)
+    if path.is_dir():
+        path = study_store(path)
+    if not path.exists():
+        raise ConfigError("no such store (give a study folder or a .sqlite file)", file=str(path))
+    return path
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """Re-score stored sessions with a judge panel (no re-simulation; cached)."""
+    from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
+    from therasim.evaluation.panel import judge_store
+    from therasim.evaluation.rubric import load_rubrics
+    from therasim.simulations.store import Store
+
+    judges = parse_judges(args.judges or ["lexical=scripted:lexical-judge"])
+    rubrics = load_rubrics(args.rubric or None)
+    gateway = Gateway(
+        GatewayConfig(
+            roles={f"judge:{j.name}": RoleConfig(model=j.model) for j in judges},
+            cache_enabled=not args.no_cache,
+        )
+    )
+
+    store_path = _store_path(args.store)
+    with Store(store_path) as store:
+        others = store.verdict_judges() - {j.name for j in judges}
+        if others and not (args.replace or args.add):
+            raise ConfigError(
+                f"the store holds verdicts from other judges ({', '.join(sorted(others))}); "
+                "pass --replace to drop them and keep only this panel, or --add to add these "
+                "judges to the panel",
+                file=str(store_path),
+            )
+        if others and args.replace:
+            dropped = store.delete_verdicts(others)
+            console.print(f"dropped {dropped} verdicts of {', '.join(sorted(others))}")
+
+    async def judge_all() -> int:
+        with Store(store_path) as store:
+            return await judge_store(store, gateway, rubrics, judges)
+
+    n = run_then_close(gateway, judge_all)
+    total = gateway.accounting.total()
+    console.print(
+        f"{n} sessions judged · {total.backend_calls} backend calls, {total.cached_calls} from cache · {total.total_tokens:,} tokens"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rich tables per subject × modality × severity; frames as csv/parquet/json."""
+    from pathlib import Path
+
+    from therasim.evaluation.calibration_card import print_calibration, stored_calibration
+    from therasim.evaluation.frames import load_frames
+    from therasim.evaluation.pipeline import verdicts_of
+    from therasim.evaluation.report import export_frames, print_report
+    from therasim.simulations.store import Store
+    from therasim.simulations.study import Study
+
+    store_path = _store_path(args.store)
+    with Store(store_path) as store:
+        frames = load_frames(store)
+        calibration = stored_calibration(store)
+        study_doc = store.get_meta("study")
+    try:  # the study the run was made from (its thresholds); an older store may not hold one
+        study = Study.model_validate(study_doc) if isinstance(study_doc, dict) else None
+    except ValueError:
+        study = None
+    verdicts = verdicts_of(frames, study, calibration) if not frames.sessions.empty else []
+    if args.format:
+        from therasim.evaluation.axes import readiness_frame
+
+        out = Path(args.out) if args.out else store_path.parent / "frames"
+        extra = {"readiness": readiness_frame(verdicts)}
+        for path in export_frames(frames, out, args.format, extra):
+            console.print(f"wrote {path}")
+        return 0
+    print_report(frames, console)
+    print_calibration(calibration, console)
+    if verdicts:
+        from therasim.evaluation.axes import print_verdicts
+
+        print_verdicts(verdicts, console)
+    if args.html:
+        from therasim.evaluation.html import write_html_report
+
+        path = write_html_report(
+            frames, Path(args.html), study=study, verdicts=verdicts, calibration=calibration
+        )
+        console.print(f"[bold]HTML report:[/] {path}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``run``, ``status``, ``judge`` and ``report`` on the command line's sub-parsers."""
+    p = sub.add_parser("run", help="simulate, judge and report a study (resumable)")
+    p.add_argument("study", metavar="STUDY.yaml")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print counts and an estimate; call no model"
+    )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="start even when the estimate exceeds the study's budget (it stops once spent)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another run holds the run folder, wait for it instead of stopping",
+    )
+    p.add_argument("--no-judge", action="store_true", help="skip judging")
+    p.add_argument("--no-report", action="store_true", help="skip the report")
+    p.add_argument("--output", metavar="DIR", help="run folder (overrides the study's output:)")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("status", help="what a study folder holds")
+    p.add_argument("study_dir", metavar="STUDY_DIR")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("judge", help="re-score stored sessions without re-simulating")
+    p.add_argument("store", metavar="STORE", help="a study folder or a .sqlite store")
+    p.add_argument("--rubric", action="append", help="rubric id (repeatable; default: all)")
+    p.add_argument(
+        "--judges",
+        nargs="+",
+        metavar="NAME=MODEL",
+        help="the panel, e.g. a=local b=scripted:lexical-judge",
+    )
+    panel = p.add_mutually_exclusive_group()
+    panel.add_argument(
+        "--replace", action="store_true", help="drop stored verdicts of judges not named here"
+    )
+    panel.add_argument(
+        "--add", action="store_true", help="keep other judges' verdicts: these join the panel"
+    )
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(handler=cmd_judge)
+
+    p = sub.add_parser("report", help="tables per subject × modality × severity")
+    p.add_argument("store", metavar="STORE", help="a study folder or a .sqlite store")
+    p.add_argument("--format", choices=["csv", "parquet", "json"], help="export the frames instead")
+    p.add_argument("--out", help="folder for exported frames (default: beside the store)")
+    p.add_argument("--html", help="also write the HTML report to this file")
+    p.set_defaults(handler=cmd_report)
