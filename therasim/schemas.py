@@ -8,12 +8,11 @@ exports for editors and for people reading the format, kept current by a test an
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-
-_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _models() -> dict[str, tuple[type[BaseModel], str, Path]]:
@@ -30,15 +29,21 @@ def _models() -> dict[str, tuple[type[BaseModel], str, Path]]:
         "study": Study,
         "gold": GoldTurn,
     }
-    files = {
-        "persona": "personas/persona.schema.json",
-        "protocol": "protocols/protocol.schema.json",
-        "rubric": "evaluation/rubrics/rubric.schema.json",
-        "study": "simulations/study.schema.json",
-        "gold": "agents/gold/gold.schema.json",
+    places = {  # the package folder beside the files of that kind (installed with them)
+        "persona": "therasim.personas",
+        "protocol": "therasim.protocols",
+        "rubric": "therasim.evaluation",
+        "study": "therasim.simulations",
+        "gold": "therasim.agents",
     }
+    below = {"rubric": "rubrics/", "gold": "gold/"}
     titles = {"gold": "therasim gold turn"}
-    return {k: (m, titles.get(k, f"therasim {k}"), _ROOT / files[k]) for k, m in here.items()}
+    out = {}
+    for kind, model in here.items():
+        folder = Path(str(files(places[kind])))
+        path = folder / f"{below.get(kind, '')}{kind}.schema.json"
+        out[kind] = (model, titles.get(kind, f"therasim {kind}"), path)
+    return out
 
 
 SCHEMAS: tuple[str, ...] = ("persona", "protocol", "rubric", "study", "gold")
