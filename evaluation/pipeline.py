@@ -80,20 +80,21 @@ def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set
             return False
         return not item.phases or kind in {p.value for p in item.phases}
 
-    per_protocol: dict[str, int] = {}
+    per_protocol: dict[tuple[str, int], int] = {}  # (protocol, max_turns) -> calls a session
     calls = 0
     for spec in (s for s in specs if s.session_id not in done):
-        if spec.protocol not in per_protocol:
+        key = (spec.protocol, spec.max_turns)
+        if key not in per_protocol:
             graph = load_protocol(spec.protocol)
             modality = graph.protocol.modality
             path = [graph.phase(p) for p in graph.canonical_path]
             kinds = [phase.kind.value for phase in path for _ in range(phase.min_turns)]
-            per_protocol[spec.protocol] = sum(
+            per_protocol[key] = sum(
                 fits(item, modality, kind)
                 for kind in [*kinds[: spec.max_turns], None]
                 for item in items
             )
-        calls += per_protocol[spec.protocol]
+        calls += per_protocol[key]
     for judge in study.judges:
         model = parse_model_spec(judge.model)
         tokens_in, tokens_out = calls * JUDGE_PROMPT_TOKENS, calls * JUDGE_REPLY_TOKENS
