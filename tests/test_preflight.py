@@ -77,13 +77,14 @@ def test_dry_run_fails_fast_naming_file_and_field(
 def test_a_run_whose_verdicts_are_all_errors_does_not_exit_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from therasim.agents.scripted import register_scripted
+    from factories import scripted_agents
+
     from therasim.agents.types import CompletionRequest
 
-    @register_scripted("test-broken-judge")
     def broken(request: CompletionRequest) -> str:
         return "not json at all"
 
     path = _study(tmp_path, judges=[{"name": "broken", "model": "scripted:test-broken-judge"}])
-    assert main(["run", str(path), "--no-report"]) == 3
+    with scripted_agents({"test-broken-judge": broken}):
+        assert main(["run", str(path), "--no-report"]) == 3
     assert "judge broken: all" in " ".join(capsys.readouterr().out.split())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from factories import scripted_agents
 
 from therasim.agents.llm import Gateway, GatewayConfig
-from therasim.agents.scripted import register_scripted
 from therasim.agents.types import CompletionRequest
 from therasim.personas import Persona, load_library
 from therasim.protocols import default_protocol_for
@@ -116,7 +117,6 @@ async def test_imminent_risk_hands_off_to_crisis(library: dict[str, Persona]) ->
 REVERSALS = {"count": 0}
 
 
-@register_scripted("test-reversing-patient")
 def _reversing(request: CompletionRequest) -> str:
     REVERSALS["count"] += 1
     if request.metadata.get("questionnaire"):
@@ -217,3 +217,9 @@ async def test_real_local_session(
     assert stored.therapist_turns == 2
     assert all(t.state is not None for t in stored.turns)
     assert any(c.model == "local" and not c.cached for c in stored.calls)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scripted_agents() -> Iterator[None]:
+    with scripted_agents({"test-reversing-patient": _reversing}):
+        yield

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from factories import scripted_agents
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +22,7 @@ from therasim.agents.appraiser import (
 )
 from therasim.agents.context import TurnContext, Utterance
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
-from therasim.agents.scripted import register_scripted, run_scripted
+from therasim.agents.scripted import run_scripted
 from therasim.agents.subject import (
     SESSION_OPENER,
     prompt_hash,
@@ -299,7 +301,6 @@ async def test_scripted_therapist_without_context_is_a_config_error() -> None:
 CAPTURED: list[CompletionRequest] = []
 
 
-@register_scripted("test-capture-subject")
 def _capture(request: CompletionRequest) -> str:
     CAPTURED.append(request)
     return "Noted."
@@ -574,7 +575,6 @@ LLM_STYLE = (
 )
 
 
-@register_scripted("test-llm-appraiser")
 def _llm_style(request: CompletionRequest) -> str:
     return LLM_STYLE
 
@@ -591,3 +591,9 @@ async def test_llm_style_answer_with_unknown_code_is_tolerated() -> None:
 
     direct = Appraisal.model_validate({"codes": "suds_probe", "evidence": None, "phase": "null"})
     assert direct.codes == [C.SUDS_PROBE] and direct.evidence == [] and direct.phase is None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scripted_agents() -> Iterator[None]:
+    with scripted_agents({"test-capture-subject": _capture, "test-llm-appraiser": _llm_style}):
+        yield
