@@ -59,12 +59,14 @@ def local_model() -> str:
 @pytest.fixture(autouse=True, scope="module")
 def _registries_left_unchanged() -> Iterator[None]:
     """No test module may leave a global registry changed (register with ``temporarily``)."""
+    from therasim.agents.llm import BACKENDS
     from therasim.agents.scripted import SCRIPTED
     from therasim.protocols.guards import GUARDS
 
-    for registry in (SCRIPTED, GUARDS):
+    registries = (SCRIPTED, GUARDS, BACKENDS)
+    for registry in registries:
         registry.names()  # built-ins and plugins load on first read: compare like with like
-    before = {r.kind: dict(r._items) for r in (SCRIPTED, GUARDS)}
+    before = {r.kind: dict(r._items) for r in registries}
     yield
-    after = {r.kind: dict(r._items) for r in (SCRIPTED, GUARDS)}
+    after = {r.kind: dict(r._items) for r in registries}
     assert after == before, "a test module left a registry changed"

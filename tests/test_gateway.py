@@ -13,7 +13,7 @@ from fake_openai import FakeOpenAIServer
 from pydantic import BaseModel
 
 from therasim.agents.llm import (
-    BACKENDS,
+    BUILTIN_BACKENDS,
     FunctionBackend,
     Gateway,
     GatewayConfig,
@@ -141,10 +141,10 @@ def test_roles_resolve_judges_and_default() -> None:
 
 def test_every_backend_name_is_registered() -> None:
     registry = builtin_backends()
-    assert registry.names() == sorted(BACKENDS)
-    real = {name for name in BACKENDS if registry.create(name).real}
-    assert real == set(BACKENDS) - {"scripted", "python"}
-    assert [n for n in BACKENDS if registry.create(n).local] == ["local"]
+    assert registry.names() == sorted(BUILTIN_BACKENDS)
+    real = {name for name in BUILTIN_BACKENDS if registry.create(name).real}
+    assert real == set(BUILTIN_BACKENDS) - {"scripted", "python"}
+    assert [n for n in BUILTIN_BACKENDS if registry.create(n).local] == ["local"]
     with pytest.raises(UnknownNameError, match="did you mean 'openai'"):
         registry.create("opena")
 
@@ -589,3 +589,20 @@ async def test_local_timeout_is_not_retried(
 def _scripted_agents() -> Iterator[None]:
     with scripted_agents({"test-echo": _echo}):
         yield
+
+
+async def test_a_registered_backend_is_usable_in_a_model_spec(tmp_path: Path) -> None:
+    from therasim.agents.llm import BACKENDS, FunctionBackend, parse_model_spec
+
+    with pytest.raises(UnknownNameError, match="unknown backend 'myserver'"):
+        parse_model_spec("myserver:m1")
+    with BACKENDS.temporarily("myserver", lambda: FunctionBackend(lambda request: "hi")):
+        assert parse_model_spec("myserver:m1").backend == "myserver"
+        g = Gateway(
+            GatewayConfig(roles={"subject": RoleConfig(model="myserver:m1")}, cache_enabled=False)
+        )
+        try:
+            assert (await g.complete(req("x"))).text == "hi"
+        finally:
+            await g.aclose()
+    assert "myserver" not in BACKENDS

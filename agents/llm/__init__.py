@@ -51,6 +51,7 @@ endpoint by accident.
 from __future__ import annotations
 
 from therasim.agents.llm.backends import (
+    BACKENDS,
     Backend,
     BackendRegistry,
     FunctionBackend,
@@ -66,12 +67,18 @@ from therasim.agents.llm.gateway import (
     model_requests_allowed,
     real_model_requests,
 )
-from therasim.agents.llm.spec import BACKENDS, LANGCHAIN_PROVIDERS, ModelSpec, parse_model_spec
+from therasim.agents.llm.spec import (
+    BUILTIN_BACKENDS,
+    LANGCHAIN_PROVIDERS,
+    ModelSpec,
+    parse_model_spec,
+)
 from therasim.agents.llm.structured import STRUCTURED_MODES, StructuredMode, extract_json
 from therasim.agents.llm.usage import Accounting, RoleUsage, price_of
 
 __all__ = [
     "BACKENDS",
+    "BUILTIN_BACKENDS",
     "LANGCHAIN_PROVIDERS",
     "STRUCTURED_MODES",
     "Accounting",

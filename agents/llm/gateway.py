@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from therasim.agents.llm.backends import Backend, BackendRegistry, builtin_backends
+from therasim.agents.llm.backends import BACKENDS, Backend, BackendRegistry
 from therasim.agents.llm.cache import ResponseCache
 from therasim.agents.llm.config import GatewayConfig, RoleConfig, therasim_home
 from therasim.agents.llm.spec import ModelSpec, parse_model_spec
@@ -80,7 +80,8 @@ class Gateway:
 
     ``backends`` replaces the backend of some names for this gateway (e.g. a
     :class:`~therasim.agents.llm.backends.FunctionBackend` for ``openai`` in a test); the others
-    come from ``registry`` (the built-ins by default), one instance per name.
+    come from ``registry`` (by default :data:`BACKENDS`: the built-ins and any plugin's), one
+    instance per name and gateway.
     """
 
     def __init__(
@@ -92,7 +93,7 @@ class Gateway:
     ) -> None:
         self.config = config or GatewayConfig()
         self.accounting = Accounting()
-        self._registry = registry or builtin_backends()
+        self._registry = registry or BACKENDS
         self._backends: dict[str, Backend] = dict(backends or {})
         self._cache: ResponseCache | None = None
         self._semaphores: dict[str, asyncio.Semaphore] = {}

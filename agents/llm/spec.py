@@ -27,7 +27,7 @@ LANGCHAIN_PROVIDERS = (
     "together",
     "xai",
 )
-BACKENDS = ("openai", "local", "scripted", "python", *LANGCHAIN_PROVIDERS)
+BUILTIN_BACKENDS = ("openai", "local", "scripted", "python", *LANGCHAIN_PROVIDERS)
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,13 @@ def parse_model_spec(spec: str) -> ModelSpec:
         raise ConfigError("empty model spec", field="model")
     if spec == "local":
         return ModelSpec(raw=spec, backend="local", name="")
+    from therasim.agents.llm.backends import BACKENDS  # the registry imports this module
+
     backend, sep, rest = spec.partition(":")
     if not sep:
-        raise UnknownNameError("backend", spec, list(BACKENDS))
+        raise UnknownNameError("backend", spec, BACKENDS.names())
     if backend not in BACKENDS:
-        raise UnknownNameError("backend", backend, list(BACKENDS))
+        raise UnknownNameError("backend", backend, BACKENDS.names())
     name, _, query = rest.partition("?")
     params = dict(parse_qsl(query)) if query else {}
     unknown = sorted(set(params) - {"base_url", "api_key_env"})

@@ -46,7 +46,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             table.add_row(dist, importlib.metadata.version(dist))
         except importlib.metadata.PackageNotFoundError:
             table.add_row(dist, "[yellow]not installed[/]")
-    table.add_row("backends", ", ".join(BACKENDS))
+    table.add_row("backends", ", ".join(BACKENDS.names()))
     table.add_row("scripted agents", ", ".join(scripted_names()) or "-")
     try:
         model_path = str(bundled_model_path())

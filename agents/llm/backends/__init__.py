@@ -28,47 +28,45 @@ from therasim.agents.llm.backends.openai import OpenAIBackend
 from therasim.agents.llm.backends.python import PythonBackend
 from therasim.agents.llm.backends.scripted import ScriptedBackend
 from therasim.agents.llm.spec import LANGCHAIN_PROVIDERS
-from therasim.errors import UnknownNameError
+from therasim.registry import Registry
 
 BackendFactory = Callable[[], Backend]
 
 
-class BackendRegistry:
+class BackendRegistry(Registry[BackendFactory]):
     """Backend name (a spec's prefix) → factory; each gateway makes its own instances."""
 
-    def __init__(self) -> None:
-        self._factories: dict[str, BackendFactory] = {}
-
-    def register(self, name: str, factory: BackendFactory) -> None:
-        """Make ``factory`` the backend of ``name:…`` specs."""
-        self._factories[name] = factory
-
-    def names(self) -> list[str]:
-        """Every registered backend name."""
-        return sorted(self._factories)
+    def __init__(self, builtins: Callable[[], None] | None = None) -> None:
+        super().__init__("backend", builtins=builtins)
 
     def create(self, name: str) -> Backend:
         """A new instance of backend ``name``; ``UnknownNameError`` with "did you mean" otherwise."""
-        try:
-            factory = self._factories[name]
-        except KeyError:
-            raise UnknownNameError("backend", name, self.names()) from None
-        return factory()
+        return self.get(name)()
+
+
+def _register_builtins(registry: BackendRegistry) -> None:
+    registry.add("openai", OpenAIBackend)
+    registry.add("local", LocalBackend)
+    registry.add("scripted", ScriptedBackend)
+    registry.add("python", PythonBackend)
+    for provider in LANGCHAIN_PROVIDERS:
+        registry.add(provider, LangChainBackend)
 
 
 def builtin_backends() -> BackendRegistry:
-    """The registry of the built-in backends, registered one by one."""
+    """A fresh registry holding just the built-in backends."""
     registry = BackendRegistry()
-    registry.register("openai", OpenAIBackend)
-    registry.register("local", LocalBackend)
-    registry.register("scripted", ScriptedBackend)
-    registry.register("python", PythonBackend)
-    for provider in LANGCHAIN_PROVIDERS:
-        registry.register(provider, LangChainBackend)
+    _register_builtins(registry)
     return registry
 
 
+#: The process's backends: the built-ins, plus any a ``therasim.plugins`` entry point adds
+#: (``BACKENDS.add("myserver", MyBackend)``); model specs are checked against it.
+BACKENDS: BackendRegistry = BackendRegistry(builtins=lambda: _register_builtins(BACKENDS))
+
+
 __all__ = [
+    "BACKENDS",
     "Backend",
     "BackendFactory",
     "BackendRegistry",
