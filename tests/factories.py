@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from therasim.agents.scripted import SCRIPTED, ScriptedFn
 
@@ -17,3 +21,23 @@ def scripted_agents(agents: Mapping[str, ScriptedFn]) -> Iterator[None]:
         for name, fn in agents.items():
             stack.enter_context(SCRIPTED.temporarily(name, fn))
         yield
+
+
+def study_file(tmp_path: Path, **fields: Any) -> Path:
+    """A small offline study written to ``tmp_path/study.yaml`` (its run folder
+    ``tmp_path/run``): one scripted arm on one routine PE persona, 4 turns, no questionnaires
+    and no cache; ``fields`` override or add study fields."""
+    doc: dict[str, Any] = {
+        "id": "offline",
+        "subjects": {"a": "scripted:adherent"},
+        "personas": {"globs": ["pe-*"], "limit": 1},
+        "severities": ["routine"],
+        "max_turns": 4,
+        "questionnaires": False,
+        "cache": False,
+        "output": str(tmp_path / "run"),
+        **fields,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import study_file
 
 from therasim.agents.llm import Gateway
 from therasim.errors import BudgetExhausted
@@ -141,23 +142,14 @@ async def test_the_meter_counts_earlier_runs_and_only_uncached_calls(tmp_path: P
 
 
 def _study_file(tmp_path: Path, budget: dict[str, Any]) -> Path:
-    import yaml
-
-    doc = {
-        "id": "budgeted",
-        "subjects": {"a": "scripted:adherent"},
-        "personas": {"globs": ["pe-*"], "limit": 2},
-        "severities": ["routine"],
-        "max_turns": 6,
-        "questionnaires": False,
-        "cache": False,
-        "judges": [{"name": "lexical", "model": "scripted:lexical-judge"}],
-        "budget": budget,
-        "output": str(tmp_path / "run"),
-    }
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return study_file(
+        tmp_path,
+        id="budgeted",
+        personas={"globs": ["pe-*"], "limit": 2},
+        max_turns=6,
+        judges=[{"name": "lexical", "model": "scripted:lexical-judge"}],
+        budget=budget,
+    )
 
 
 def test_the_dry_run_counts_judging_and_compares_with_the_budget(

@@ -7,26 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from factories import study_file
 
 from therasim.cli import main
 
 
 def _study(tmp_path: Path, **kw: Any) -> Path:
-    doc: dict[str, Any] = {
-        "id": "preflight",
-        "subjects": {"a": "scripted:adherent"},
-        "personas": {"globs": ["pe-*"], "limit": 1},
-        "severities": ["routine"],
-        "max_turns": 4,
-        "questionnaires": False,
-        "cache": False,
-        "output": str(tmp_path / "run"),
-        **kw,
-    }
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return study_file(tmp_path, id="preflight", **kw)
 
 
 @pytest.mark.parametrize(

@@ -13,26 +13,35 @@ from pathlib import Path
 
 import pytest
 import yaml
+from factories import study_file
 
 from therasim.errors import RunLocked
 from therasim.simulations.runlock import LOCK_NAME, run_lock
 
 
-def test_a_held_run_folder_is_refused_naming_the_holder(tmp_path: Path) -> None:
+def _holder(folder: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding ``folder``'s lock for ``seconds``, once it has printed 'held'."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path;"
             "from therasim.simulations.runlock import run_lock\n"
-            "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(30)",
-            str(tmp_path),
+            "with run_lock(Path(sys.argv[1])):\n"
+            "    print('held', flush=True); time.sleep(float(sys.argv[2]))",
+            str(folder),
+            str(seconds),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_held_run_folder_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    holder = _holder(tmp_path, 30)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLocked, match=f"pid {holder.pid}"), run_lock(tmp_path):
             pass
     finally:
@@ -43,19 +52,7 @@ def test_a_held_run_folder_is_refused_naming_the_holder(tmp_path: Path) -> None:
 
 
 def test_wait_blocks_until_the_holder_is_done(tmp_path: Path) -> None:
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path;"
-            "from therasim.simulations.runlock import run_lock\n"
-            "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(1.5)",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder = _holder(tmp_path, 1.5)
     started = time.monotonic()
     with run_lock(tmp_path, wait=True):
         waited = time.monotonic() - started
@@ -68,20 +65,7 @@ def test_cli_run_on_a_busy_folder_exits_1_with_one_line(
 ) -> None:
     from therasim.cli import main
 
-    study = tmp_path / "study.yaml"
-    study.write_text(
-        yaml.safe_dump(
-            {
-                "id": "busy",
-                "subjects": {"a": "scripted:adherent"},
-                "personas": {"globs": ["pe-*"], "limit": 1},
-                "severities": ["routine"],
-                "max_turns": 2,
-                "questionnaires": False,
-                "output": str(tmp_path / "run"),
-            }
-        )
-    )
+    study = study_file(tmp_path, id="busy", max_turns=2)
     (tmp_path / "run").mkdir()
     with run_lock(tmp_path / "run"):
         assert main(["run", str(study), "--no-report"]) == 1
