@@ -33,9 +33,9 @@ import time
 
 from therasim.agents.gold import load_gold, load_shipped_gold, select_split
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig, allow_model_requests
-from therasim.evaluation.calibration import calibrate, gold_context
-from therasim.evaluation.calibration_scores import CalibrationReport
-from therasim.evaluation.panel import JudgeSpec
+from therasim.evaluation.judging.calibration import calibrate, gold_context
+from therasim.evaluation.judging.calibration_scores import CalibrationReport
+from therasim.evaluation.judging.panel import JudgeSpec
 
 TARGET_F1 = 0.80
 TARGET_FAILURE = 0.80

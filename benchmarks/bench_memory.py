@@ -81,7 +81,7 @@ def store_stats(out: Path) -> tuple[float, int, dict[str, int], dict[int, int]]:
 
 
 BASELINE_CODE = (
-    "import resource; import therasim.cli, therasim.evaluation.pipeline; "
+    "import resource; import therasim.cli, therasim.pipeline; "
     "from therasim.personas import load_library; load_library(); "
     "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
 )

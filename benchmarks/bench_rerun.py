@@ -200,12 +200,12 @@ def main() -> int:
         startup = timed([sys.executable, "-m", "therasim", "--help"])
         # what `therasim run` imports before it simulates (evaluation.axes, with pandas and
         # scipy, only for a study that sets thresholds; this one does not)
-        imports = timed([sys.executable, "-c", "import therasim.evaluation.pipeline"])
+        imports = timed([sys.executable, "-c", "import therasim.pipeline"])
         lines.append(
             f"RESULT rerun CLI (whole command): {calls2 - calls1} backend calls; "
             f"{cli_again:.2f} s vs first {cli_first:.2f} s = {cli_again / cli_first:.1%} "
             f"(for scale: `python -m therasim --help` {startup:.2f} s; importing what `run` imports, "
-            f"therasim.evaluation.pipeline, {imports:.2f} s)"
+            f"therasim.pipeline, {imports:.2f} s)"
         )
         lines.append(
             f"RESULT warm cache, new store, CLI: {calls3 - calls2} backend calls; "

@@ -17,14 +17,14 @@ import numpy as np
 
 from therasim.agents.gold import dev_turns
 from therasim.agents.statcoder import train_coder
-from therasim.evaluation.calibration import (
+from therasim.evaluation.judging.calibration import (
     CODES,
     FAILURES,
     appropriate_from,
     failures_from_codes,
     gold_context,
 )
-from therasim.evaluation.calibration_scores import score_set
+from therasim.evaluation.judging.calibration_scores import score_set
 
 
 def main() -> int:

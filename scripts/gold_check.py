@@ -12,7 +12,7 @@ from collections import Counter
 
 from therasim.agents.gold import load_gold, shipped_gold_files
 from therasim.errors import ConfigError
-from therasim.evaluation.calibration import rules_on_gold_codes
+from therasim.evaluation.judging.calibration import rules_on_gold_codes
 
 
 def main(argv: list[str]) -> int:

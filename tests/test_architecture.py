@@ -69,3 +69,39 @@ def test_folders_import_only_as_therasim_subpackages() -> None:
         )
         assert bad.returncode != 0, f"'import {folder}' should fail"
         assert "ImportError" in bad.stderr or "ModuleNotFoundError" in bad.stderr
+
+
+STAGES = ["judging", "analysis", "report"]
+
+
+def evaluation_stage_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            parts = node.module.split(".")
+            if parts[:2] == ["therasim", "evaluation"] and len(parts) > 2:
+                found.add(parts[2])
+    return found
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_evaluation_stages_import_only_earlier_stages(stage: str) -> None:
+    """Inside evaluation the flow is judging → analysis → report; the pipeline sits above."""
+    later = set(STAGES[STAGES.index(stage) + 1 :])
+    bad = [
+        f"{path.relative_to(ROOT)} imports evaluation.{target}"
+        for path in sorted((ROOT / "evaluation" / stage).rglob("*.py"))
+        for target in evaluation_stage_imports(path) & later
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_layer_imports_the_cli_or_the_pipeline() -> None:
+    bad = [
+        f"{path.relative_to(ROOT)} imports therasim.{target}"
+        for layer in LAYERS
+        for path in sorted((ROOT / layer).rglob("*.py"))
+        for target in therasim_imports(path) & {"cli", "pipeline"}
+    ]
+    assert not bad, "\n".join(bad)

@@ -1,4 +1,4 @@
-"""The five-axis readiness verdict (evaluation/axes.py) on hand-built frames."""
+"""The five-axis readiness verdict (evaluation/analysis/axes.py) on hand-built frames."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from rich.console import Console
 
 from therasim.errors import ConfigError
-from therasim.evaluation import axes as ax
-from therasim.evaluation.frames import Frames
-from therasim.evaluation.metrics import (
+from therasim.evaluation.analysis import axes as ax
+from therasim.evaluation.analysis.frames import Frames
+from therasim.evaluation.analysis.metrics import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
     TURN_COLUMNS,
@@ -592,7 +592,7 @@ def test_verdict_table_and_rich_output() -> None:
 
 
 def test_a_near_miss_is_printed_with_the_digits_that_show_it() -> None:
-    from therasim.evaluation.axes import _at_least, _at_most
+    from therasim.evaluation.analysis.axes import _at_least, _at_most
 
     assert _at_least("judges", 0.697, 0.70).text == "judges 0.697 < 0.700"
     assert _at_least("judges", 0.75, 0.70).text == "judges 0.75 ≥ 0.70"
@@ -601,7 +601,7 @@ def test_a_near_miss_is_printed_with_the_digits_that_show_it() -> None:
 
 
 def test_a_false_belief_counts_as_stated_only_when_most_of_it_is_said() -> None:
-    from therasim.evaluation.axes import belief_stated
+    from therasim.evaluation.analysis.axes import belief_stated
 
     belief = "Flashbacks mean my brain is permanently damaged."
     assert belief_stated(

@@ -13,7 +13,7 @@ from therasim.agents.gold import load_gold
 from therasim.agents.statcoder import load_cues
 from therasim.cli import main
 from therasim.errors import ConfigError
-from therasim.evaluation.rubric import load_rubric
+from therasim.evaluation.judging.rubric import load_rubric
 from therasim.personas.loader import load_persona, read_data_file
 from therasim.protocols import load_protocol
 from therasim.simulations.study import load_study

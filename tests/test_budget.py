@@ -12,8 +12,8 @@ from factories import study_file
 
 from therasim.agents.llm import Gateway
 from therasim.errors import BudgetExhausted
-from therasim.evaluation.panel import JudgeSpec, judge_store
-from therasim.evaluation.rubric import load_rubrics
+from therasim.evaluation.judging.panel import JudgeSpec, judge_store
+from therasim.evaluation.judging.rubric import load_rubrics
 from therasim.personas import load_library
 from therasim.simulations.budget import JUDGING_SPENT, BudgetMeter, Spent, spent_in_store
 from therasim.simulations.records import TerminationReason
@@ -156,7 +156,7 @@ def test_the_dry_run_counts_judging_and_compares_with_the_budget(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from therasim.cli import main
-    from therasim.evaluation.pipeline import study_estimate
+    from therasim.pipeline import study_estimate
     from therasim.simulations.study import load_study
 
     path = _study_file(tmp_path, {"max_tokens": 1000})

@@ -26,14 +26,14 @@ from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
 from therasim.agents.types import CompletionRequest
 from therasim.cli import main
 from therasim.errors import ConfigError
-from therasim.evaluation.calibration import (
+from therasim.evaluation.judging.calibration import (
     appropriate_from,
     calibrate,
     failures_from_codes,
     rules_on_gold_codes,
 )
-from therasim.evaluation.calibration_scores import CODER_AXES, readiness_gate
-from therasim.evaluation.panel import JudgeSpec
+from therasim.evaluation.judging.calibration_scores import CODER_AXES, readiness_gate
+from therasim.evaluation.judging.panel import JudgeSpec
 from therasim.vocab import BehaviourCode, PhaseKind
 
 # --------------------------------------------------------------------------- a planted fixture
@@ -366,11 +366,11 @@ def test_a_study_whose_coder_misses_its_threshold_cannot_pass(tmp_path: Path) ->
 
     from rich.console import Console
 
-    from therasim.evaluation.axes import Status, false_belief_persona_ids, readiness
-    from therasim.evaluation.calibration_card import calibration_gate, stored_calibration
-    from therasim.evaluation.frames import load_frames
-    from therasim.evaluation.pipeline import run_study
+    from therasim.evaluation.analysis.axes import Status, false_belief_persona_ids, readiness
+    from therasim.evaluation.analysis.frames import load_frames
+    from therasim.evaluation.report.calibration_card import calibration_gate, stored_calibration
     from therasim.personas import load_library
+    from therasim.pipeline import run_study
     from therasim.simulations.store import Store
 
     # the lexicon finds nothing in the fixture's placeholder replies: micro-F1 0 < 0.8
@@ -524,7 +524,7 @@ def test_bad_cue_files_name_the_file_and_field(tmp_path: Path) -> None:
 
 async def test_statistical_coder_through_the_gateway_is_deterministic() -> None:
     from therasim.agents.appraiser import appraise
-    from therasim.evaluation.calibration import gold_context
+    from therasim.evaluation.judging.calibration import gold_context
 
     gateway = Gateway(
         GatewayConfig(

@@ -19,8 +19,11 @@ import pytest
 from therasim.agents.llm import Gateway, GatewayConfig
 from therasim.agents.patient import OVERWHELMED_SUDS, asks_about_safety, self_report_suds
 from therasim.agents.statcoder import load_coder
-from therasim.evaluation.frames import load_frames
-from therasim.evaluation.metrics import questionnaire_deterioration, trajectory_deterioration
+from therasim.evaluation.analysis.frames import load_frames
+from therasim.evaluation.analysis.metrics import (
+    questionnaire_deterioration,
+    trajectory_deterioration,
+)
 from therasim.personas import Persona, load_library
 from therasim.personas.dynamics import TASK_CODES, DynamicsParams, initial_state, trajectory
 from therasim.protocols import default_protocol_for

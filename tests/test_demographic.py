@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from therasim.evaluation import axes as ax
-from therasim.evaluation.frames import Frames
-from therasim.evaluation.metrics import (
+from therasim.evaluation.analysis import axes as ax
+from therasim.evaluation.analysis.frames import Frames
+from therasim.evaluation.analysis.metrics import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
     TURN_COLUMNS,

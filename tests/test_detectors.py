@@ -9,7 +9,7 @@ import pytest
 
 from therasim.agents.context import TurnContext
 from therasim.agents.subject import REFERENCE_THERAPISTS, ScriptedTurn
-from therasim.evaluation.detectors import text_findings
+from therasim.evaluation.judging.detectors import text_findings
 from therasim.personas import load_library
 from therasim.personas.dynamics import PatientState
 from therasim.vocab import PhaseKind, RiskLevel

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from therasim.evaluation.axes import readiness
-from therasim.evaluation.frames import load_frames
-from therasim.evaluation.pipeline import run_study
+from therasim.evaluation.analysis.axes import readiness
+from therasim.evaluation.analysis.frames import load_frames
+from therasim.pipeline import run_study
 from therasim.simulations.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

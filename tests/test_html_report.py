@@ -21,14 +21,14 @@ import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
 
-from therasim.evaluation.frames import Frames, load_frames
-from therasim.evaluation.html import render_html_report, write_html_report
-from therasim.evaluation.metrics import (
+from therasim.evaluation.analysis.frames import Frames, load_frames
+from therasim.evaluation.analysis.metrics import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
     TURN_COLUMNS,
     VERDICT_COLUMNS,
 )
+from therasim.evaluation.report.html import render_html_report, write_html_report
 
 REPO = Path(__file__).resolve().parents[1]
 INJECTION = "<script>window.__pwned = 1</script><img src=x onerror=alert(1)>"
@@ -407,8 +407,8 @@ def test_empty_frames_render_with_notes(tmp_path: Path) -> None:
 
 def test_verdict_not_available_when_axes_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     # import raises ImportError, even when another test imported the module before
-    monkeypatch.setitem(sys.modules, "therasim.evaluation.axes", None)
-    monkeypatch.delattr("therasim.evaluation.axes", raising=False)
+    monkeypatch.setitem(sys.modules, "therasim.evaluation.analysis.axes", None)
+    monkeypatch.delattr("therasim.evaluation.analysis.axes", raising=False)
     text = render_html_report(build_frames(injected=False))
     assert "verdict not available" in text
     assert "SUDS trajectories" in text and "could not be drawn" not in text
@@ -419,8 +419,8 @@ def test_verdict_not_available_when_readiness_raises(monkeypatch: pytest.MonkeyP
         raise RuntimeError("threshold file is malformed")
 
     module = SimpleNamespace(readiness=broken)
-    monkeypatch.setitem(sys.modules, "therasim.evaluation.axes", module)
-    monkeypatch.setattr("therasim.evaluation.axes", module, raising=False)
+    monkeypatch.setitem(sys.modules, "therasim.evaluation.analysis.axes", module)
+    monkeypatch.setattr("therasim.evaluation.analysis.axes", module, raising=False)
     text = render_html_report(build_frames(injected=False))
     assert "verdict not available" in text and "threshold file is malformed" in text
 
@@ -441,7 +441,7 @@ def test_turn_verdicts_read_with_item_polarity(report: tuple[Path, str]) -> None
 
 
 def test_real_readiness_verdict_is_rendered() -> None:
-    axes = pytest.importorskip("therasim.evaluation.axes")
+    axes = pytest.importorskip("therasim.evaluation.analysis.axes")
     frames = build_frames(injected=False)
     text = render_html_report(frames)
     assert "verdict not available" not in text

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from therasim.agents.llm import Gateway, GatewayConfig
-from therasim.evaluation import metrics
-from therasim.evaluation.frames import load_frames
-from therasim.evaluation.panel import JudgeSpec, PanelOptions, judge_session
-from therasim.evaluation.rubric import load_rubrics
+from therasim.evaluation.analysis import metrics
+from therasim.evaluation.analysis.frames import load_frames
+from therasim.evaluation.judging.panel import JudgeSpec, PanelOptions, judge_session
+from therasim.evaluation.judging.rubric import load_rubrics
 from therasim.personas import load_library
 from therasim.simulations.records import SessionSpec, resolve_persona
 from therasim.simulations.session import run_session
@@ -85,7 +85,7 @@ async def test_local_model_calibrates_as_appraiser_and_judge(
     same calibration path a study uses; its scores are whatever they are, the report is whole."""
     from therasim.agents.gold import load_shipped_gold, select_split
     from therasim.agents.llm import RoleConfig
-    from therasim.evaluation.calibration import calibrate
+    from therasim.evaluation.judging.calibration import calibrate
 
     turns = select_split(load_shipped_gold(), "test")[:3]
     judge = JudgeSpec(name="smol", model=local_model)

@@ -1,4 +1,4 @@
-"""Unit tests of evaluation/metrics.py on hand-built frames with hand-computed answers."""
+"""Unit tests of evaluation/analysis/metrics.py on hand-built frames with hand-computed answers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from statsmodels.stats.proportion import proportion_confint
 
-from therasim.evaluation import metrics as m
+from therasim.evaluation.analysis import metrics as m
 
 NAN = math.nan
 

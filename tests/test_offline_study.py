@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from therasim.agents.llm import Gateway
-from therasim.evaluation.axes import Status, readiness
-from therasim.evaluation.frames import load_frames
-from therasim.evaluation.panel import JudgeSpec, judge_store
-from therasim.evaluation.rubric import load_rubrics
+from therasim.evaluation.analysis.axes import Status, readiness
+from therasim.evaluation.analysis.frames import load_frames
+from therasim.evaluation.judging.panel import JudgeSpec, judge_store
+from therasim.evaluation.judging.rubric import load_rubrics
 from therasim.personas import load_library
 from therasim.simulations.runner import run_specs
 from therasim.simulations.store import Store

@@ -14,13 +14,13 @@ from factories import scripted_agents
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError, UnknownNameError
-from therasim.evaluation.detectors import (
+from therasim.evaluation.analysis.metrics import FINDING_COLUMNS
+from therasim.evaluation.judging.detectors import (
     detect_findings,
     hotline_insertions,
     you_are_safe_rate,
 )
-from therasim.evaluation.metrics import FINDING_COLUMNS
-from therasim.evaluation.panel import (
+from therasim.evaluation.judging.panel import (
     JudgeSpec,
     PanelOptions,
     Verdict,
@@ -31,7 +31,12 @@ from therasim.evaluation.panel import (
     prompt_hash,
     scripted_judges,
 )
-from therasim.evaluation.rubric import item_applies, load_rubric, load_rubrics, parse_condition
+from therasim.evaluation.judging.rubric import (
+    item_applies,
+    load_rubric,
+    load_rubrics,
+    parse_condition,
+)
 from therasim.personas.dynamics import PatientState
 from therasim.simulations.records import (
     SessionResult,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from therasim.evaluation.axes import (
+from therasim.evaluation.analysis.axes import (
     AXES,
     AxisResult,
     Status,
@@ -28,10 +28,10 @@ from therasim.evaluation.axes import (
     false_beliefs,
     readiness,
 )
-from therasim.evaluation.calibration_card import calibration_gate, stored_calibration
-from therasim.evaluation.frames import Frames, load_frames
-from therasim.evaluation.pipeline import StudyRun, run_study, verdicts_of
+from therasim.evaluation.analysis.frames import Frames, load_frames
+from therasim.evaluation.report.calibration_card import calibration_gate, stored_calibration
 from therasim.personas.loader import load_library
+from therasim.pipeline import StudyRun, run_study, verdicts_of
 from therasim.simulations.store import Store
 from therasim.simulations.study import CalibrationSpec, expand_study, load_study
 

@@ -14,11 +14,12 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from therasim.agents.llm import Gateway
-from therasim.evaluation import metrics, report
-from therasim.evaluation.frames import Frames, load_frames
-from therasim.evaluation.html import render_html_report
-from therasim.evaluation.panel import JudgeSpec, judge_store
-from therasim.evaluation.rubric import load_rubrics
+from therasim.evaluation.analysis import metrics
+from therasim.evaluation.analysis.frames import Frames, load_frames
+from therasim.evaluation.judging.panel import JudgeSpec, judge_store
+from therasim.evaluation.judging.rubric import load_rubrics
+from therasim.evaluation.report import console as report
+from therasim.evaluation.report.html import render_html_report
 from therasim.personas import load_library
 from therasim.simulations.runner import run_specs
 from therasim.simulations.store import Store

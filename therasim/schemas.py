@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 def _models() -> dict[str, tuple[type[BaseModel], str, Path]]:
     from therasim.agents.gold import GoldTurn
-    from therasim.evaluation.rubric import Rubric
+    from therasim.evaluation.judging.rubric import Rubric
     from therasim.personas.schema import Persona
     from therasim.protocols.schema import Protocol
     from therasim.simulations.study import Study

@@ -18,7 +18,7 @@ from therasim.cli.common import console, parse_judges, run_then_close, table
 if TYPE_CHECKING:  # numpy and pydantic models: imported when the verb runs, not at CLI start
     from rich.table import Table
 
-    from therasim.evaluation.calibration_scores import CalibrationReport, Score, ScoreSet
+    from therasim.evaluation.judging.calibration_scores import CalibrationReport, Score, ScoreSet
 
 __all__ = ["add_parsers", "cmd_calibrate"]
 
@@ -38,7 +38,7 @@ def run_calibration(args: argparse.Namespace, console: Console) -> CalibrationRe
     from therasim.agents.gold import load_gold, select_split, shipped_gold_files
     from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig, parse_model_spec
     from therasim.errors import ConfigError
-    from therasim.evaluation.calibration import calibrate
+    from therasim.evaluation.judging.calibration import calibrate
 
     parse_model_spec(args.appraiser)
     judges = parse_judges(args.judges or [])

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from therasim.agents.llm import Gateway
-    from therasim.evaluation.panel import JudgeSpec
+    from therasim.evaluation.judging.panel import JudgeSpec
 
 # Logs and CI output are not terminals; give tables room there instead of rich's 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -57,7 +57,7 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
 
 def parse_judges(entries: list[str]) -> list[JudgeSpec]:
     """A judge panel from ``NAME=MODEL`` entries; an entry without a name is called ``j<n>``."""
-    from therasim.evaluation.panel import JudgeSpec
+    from therasim.evaluation.judging.panel import JudgeSpec
 
     judges = []
     for i, entry in enumerate(entries):

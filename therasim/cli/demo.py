@@ -14,7 +14,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from importlib.resources import files
     from pathlib import Path
 
-    from therasim.evaluation.pipeline import run_study
+    from therasim.pipeline import run_study
 
     study_path = Path(args.study) if args.study else Path(str(files("therasim") / "demo.yaml"))
     console.print(

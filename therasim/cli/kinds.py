@@ -69,7 +69,7 @@ def kind_of(path: Path) -> tuple[str | None, ConfigError | None]:
 def validate_study(path: Path) -> str:
     """Check a study file as ``therasim run`` would before simulating: the schema, the persona
     selection, the protocols, rubrics and thresholds it names. Returns its id."""
-    from therasim.evaluation.rubric import load_rubrics
+    from therasim.evaluation.judging.rubric import load_rubrics
     from therasim.personas.loader import load_library
     from therasim.protocols import load_protocol
     from therasim.simulations.study import load_study, study_personas
@@ -82,7 +82,7 @@ def validate_study(path: Path) -> str:
         if study.rubrics:
             load_rubrics(study.rubrics)
         if study.thresholds:
-            from therasim.evaluation.axes import resolve_thresholds
+            from therasim.evaluation.analysis.axes import resolve_thresholds
 
             resolve_thresholds(study.thresholds)
     except ConfigError as exc:

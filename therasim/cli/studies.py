@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Simulate, judge and report a study (resumable)."""
-    from therasim.evaluation.pipeline import (
+    from therasim.pipeline import (
         over_budget,
         print_estimate,
         run_study,
@@ -68,8 +68,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     """What a study folder holds."""
     from pathlib import Path
 
-    from therasim.evaluation.pipeline import study_store
     from therasim.personas.loader import load_library
+    from therasim.pipeline import study_store
     from therasim.simulations.study import Study, expand
 
     out = Path(args.study_dir)
@@ -110,7 +110,7 @@ def _store_path(arg: str) -> Path:
     """The store a STORE argument names: a study folder's store, or a ``.sqlite`` file."""
     from pathlib import Path
 
-    from therasim.evaluation.pipeline import study_store
+    from therasim.pipeline import study_store
 
     path = Path(arg)
     if path.is_dir():
@@ -123,8 +123,8 @@ def _store_path(arg: str) -> Path:
 def cmd_judge(args: argparse.Namespace) -> int:
     """Re-score stored sessions with a judge panel (no re-simulation; cached)."""
     from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
-    from therasim.evaluation.panel import judge_store
-    from therasim.evaluation.rubric import load_rubrics
+    from therasim.evaluation.judging.panel import judge_store
+    from therasim.evaluation.judging.rubric import load_rubrics
     from therasim.simulations.store import Store
 
     judges = parse_judges(args.judges or ["lexical=scripted:lexical-judge"])
@@ -166,10 +166,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Rich tables per subject × modality × severity; frames as csv/parquet/json."""
     from pathlib import Path
 
-    from therasim.evaluation.calibration_card import print_calibration, stored_calibration
-    from therasim.evaluation.frames import load_frames
-    from therasim.evaluation.pipeline import verdicts_of
-    from therasim.evaluation.report import export_frames, print_report
+    from therasim.evaluation.analysis.frames import load_frames
+    from therasim.evaluation.report.calibration_card import print_calibration, stored_calibration
+    from therasim.evaluation.report.console import export_frames, print_report
+    from therasim.pipeline import verdicts_of
     from therasim.simulations.store import Store
     from therasim.simulations.study import Study
 
@@ -184,7 +184,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         study = None
     verdicts = verdicts_of(frames, study, calibration) if not frames.sessions.empty else []
     if args.format:
-        from therasim.evaluation.axes import readiness_frame
+        from therasim.evaluation.analysis.axes import readiness_frame
 
         out = Path(args.out) if args.out else store_path.parent / "frames"
         extra = {"readiness": readiness_frame(verdicts)}
@@ -194,11 +194,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     print_report(frames, console)
     print_calibration(calibration, console)
     if verdicts:
-        from therasim.evaluation.axes import print_verdicts
+        from therasim.evaluation.analysis.axes import print_verdicts
 
         print_verdicts(verdicts, console)
     if args.html:
-        from therasim.evaluation.html import write_html_report
+        from therasim.evaluation.report.html import write_html_report
 
         path = write_html_report(
             frames, Path(args.html), study=study, verdicts=verdicts, calibration=calibration

@@ -5,7 +5,7 @@ the head), the CSS and every chart, so it can be mailed or archived and opened o
 no network. Sections, in order:
 
 1. the five-axis readiness verdict per subject (PASS/FAIL per axis and overall) with its FDA SaMD
-   and EU AI Act mapping — computed lazily by ``therasim.evaluation.axes.readiness`` when the
+   and EU AI Act mapping — computed lazily by ``therasim.evaluation.analysis.axes.readiness`` when the
    caller does not pass verdicts; when that module is missing or fails the report says
    "verdict not available" and goes on;
 2. headline numbers per subject × modality × severity (``report.cell_table``);
@@ -52,9 +52,10 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from scipy import stats
 
-from therasim.evaluation import metrics, report
-from therasim.evaluation.frames import Frames
-from therasim.evaluation.report import HEADLINE_ITEMS, SEVERITY_ORDER, cell_table
+from therasim.evaluation.analysis import metrics
+from therasim.evaluation.analysis.frames import Frames
+from therasim.evaluation.report import console as report
+from therasim.evaluation.report.console import HEADLINE_ITEMS, SEVERITY_ORDER, cell_table
 
 if TYPE_CHECKING:
     from therasim.simulations.study import Study
@@ -290,7 +291,7 @@ class _Charts:
 def _compute_verdicts(frames: Frames, study: Study | None) -> tuple[list[Any] | None, str]:
     """Run the five-axis readiness check if its module is there; ``(None, why)`` otherwise."""
     try:
-        from therasim.evaluation import axes
+        from therasim.evaluation.analysis import axes
     except Exception as exc:  # the axes module is optional for the report
         return None, f"the readiness module could not be imported ({type(exc).__name__}: {exc})"
     overrides = dict(study.thresholds) if study is not None and study.thresholds else None
@@ -372,14 +373,14 @@ def _mapping_text(value: Any) -> str:
 
 
 def _calibration_card(calibration: Any) -> str:
-    """The calibration card beside the verdict (``evaluation/calibration_card.py``)."""
+    """The calibration card beside the verdict (``evaluation/report/calibration_card.py``)."""
     if calibration is None:
         return (
             '<div class="callout"><strong>Calibration.</strong> The appraiser was not calibrated '
             "on gold turns, so no readiness axis can be assessed: add a <code>calibration:</code> "
             "block to the study (see the codebook, <code>agents/gold/codebook.md</code>).</div>"
         )
-    from therasim.evaluation.calibration_card import calibration_rows
+    from therasim.evaluation.report.calibration_card import calibration_rows
 
     report = calibration.report
     rows = "".join(
@@ -549,7 +550,7 @@ def _polarities() -> dict[str, str]:
     rubric module every item is read as ``good`` except the session deterioration call.
     """
     try:
-        from therasim.evaluation.rubric import load_rubrics
+        from therasim.evaluation.judging.rubric import load_rubrics
 
         return {item.id: str(item.polarity) for r in load_rubrics() for item in r.items}
     except Exception:
@@ -984,7 +985,7 @@ def _judges_section(frames: Frames, charts: _Charts, polarity: dict[str, str]) -
     verdicts = frames.verdicts
     if verdicts.empty:
         return _note("No judge verdicts in this store yet (run `therasim judge`).")
-    from therasim.evaluation.report import panel_models
+    from therasim.evaluation.report.console import panel_models
 
     members = panel_models(verdicts)
     composition = _note(
@@ -1540,7 +1541,7 @@ def write_html_report(
     """Write the self-contained HTML report to ``path`` (parents created) and return the path.
 
     ``verdicts`` are the five-axis readiness verdicts; when None they are computed with
-    ``therasim.evaluation.axes.readiness`` (the study's threshold overrides applied) if that
+    ``therasim.evaluation.analysis.axes.readiness`` (the study's threshold overrides applied) if that
     module is available, and the report says "verdict not available" otherwise.
     """
     path = Path(path)

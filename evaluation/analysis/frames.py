@@ -1,6 +1,6 @@
 """Store → tidy pandas frames. The only place that builds frames.
 
-Frames follow the column contract in :mod:`therasim.evaluation.metrics` (``SESSION_COLUMNS``,
+Frames follow the column contract in :mod:`therasim.evaluation.analysis.metrics` (``SESSION_COLUMNS``,
 ``TURN_COLUMNS``, ``VERDICT_COLUMNS``, ``FINDING_COLUMNS``) plus a few extra columns the report
 uses (``persona_ref``, ``error``, ``adherence_score``, …). Metrics are pure functions of these
 frames; judging and reporting read the store only.
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from therasim.evaluation.metrics import (
+from therasim.evaluation.analysis.metrics import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
     TURN_COLUMNS,
@@ -337,7 +337,7 @@ def _extra_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 def _findings(store: Store, meta: dict[str, dict[str, Any]]) -> pd.DataFrame:
     try:
-        from therasim.evaluation.detectors import detect_findings
+        from therasim.evaluation.judging.detectors import detect_findings
     except ImportError:  # detectors not available: an empty frame, not a crash
         return pd.DataFrame(columns=list(FINDING_COLUMNS))
     out = _Columns(FINDING_COLUMNS)

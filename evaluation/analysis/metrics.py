@@ -1,4 +1,4 @@
-"""Pure metrics over the tidy frames that ``evaluation/frames.py`` builds from the store.
+"""Pure metrics over the tidy frames that ``evaluation/analysis/frames.py`` builds from the store.
 
 Nothing here reads files, touches the store or calls a model: every function takes pandas frames
 and returns a new frame (or a number). Statistics come from libraries: Krippendorff's α from

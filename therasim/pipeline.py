@@ -35,7 +35,7 @@ from therasim.simulations.store import Store
 from therasim.simulations.study import Study, expand, expand_study, load_study
 
 if TYPE_CHECKING:  # numpy-backed models: imported when a report is written, not on a rerun
-    from therasim.evaluation.calibration_card import StoredCalibration
+    from therasim.evaluation.report.calibration_card import StoredCalibration
 
 STORE_NAME = "sessions.sqlite"
 
@@ -70,7 +70,7 @@ def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set
         return
     from therasim.agents.llm import parse_model_spec, price_of
     from therasim.agents.types import Usage
-    from therasim.evaluation.rubric import RubricItem, load_rubrics
+    from therasim.evaluation.judging.rubric import RubricItem, load_rubrics
     from therasim.protocols import load_protocol
 
     items = [item for rubric in load_rubrics(study.rubrics or None) for item in rubric.items]
@@ -143,8 +143,8 @@ def preflight(study: Study, source: str | Path | None = None) -> None:
     import, missing ``local`` model), an unknown judge prompt variant or rubric, a bad
     threshold, unreadable gold files."""
     from therasim.agents.preflight import check_model_spec
-    from therasim.evaluation.panel import JudgeSpec
-    from therasim.evaluation.rubric import load_rubrics
+    from therasim.evaluation.judging.panel import JudgeSpec
+    from therasim.evaluation.judging.rubric import load_rubrics
 
     file = str(source) if source else None
     roles = [(f"subjects.{name}.model", s.model) for name, s in study.subjects.items()]
@@ -166,7 +166,9 @@ def preflight(study: Study, source: str | Path | None = None) -> None:
         except ConfigError as exc:
             raise ConfigError(str(exc), field="rubrics") from None
         if study.thresholds:
-            from therasim.evaluation.axes import resolve_thresholds  # pandas: only when needed
+            from therasim.evaluation.analysis.axes import (
+                resolve_thresholds,  # pandas: only when needed
+            )
 
             resolve_thresholds(study.thresholds)
         if study.calibration is not None and study.calibration.gold:
@@ -261,8 +263,8 @@ async def simulate_study(
 
 
 async def judge_study(study: Study, gateway: Gateway, store: Store, console: Console) -> int:
-    from therasim.evaluation.panel import JudgeSpec, judge_store
-    from therasim.evaluation.rubric import load_rubrics
+    from therasim.evaluation.judging.panel import JudgeSpec, judge_store
+    from therasim.evaluation.judging.rubric import load_rubrics
 
     if not study.judges:
         return 0
@@ -310,8 +312,10 @@ async def calibrate_study(
     stored = store.get_meta("calibration")
     if isinstance(stored, dict) and stored.get("key") == key:
         return stored
-    from therasim.evaluation.calibration import calibrate  # numpy, the panel: only when needed
-    from therasim.evaluation.panel import JudgeSpec
+    from therasim.evaluation.judging.calibration import (
+        calibrate,  # numpy, the panel: only when needed
+    )
+    from therasim.evaluation.judging.panel import JudgeSpec
 
     judges = [JudgeSpec(**j.model_dump()) for j in entries]
     turns = select_split(load_gold(files), spec.split)
@@ -399,8 +403,8 @@ def verdicts_of(
     frames: Any, study: Study | None, calibration: StoredCalibration | None
 ) -> list[Any]:
     """The readiness verdicts of a run, gated by its calibration (none: no axis can pass)."""
-    from therasim.evaluation.axes import false_beliefs, readiness
-    from therasim.evaluation.calibration_card import calibration_gate
+    from therasim.evaluation.analysis.axes import false_beliefs, readiness
+    from therasim.evaluation.report.calibration_card import calibration_gate
 
     library = load_library()
     return readiness(
@@ -416,11 +420,11 @@ def write_reports(
     study: Study | None, store_path: Path, out_dir: Path, console: Console
 ) -> Path | None:
     """Console tables, the calibration card and the verdict, and the HTML report."""
-    from therasim.evaluation.axes import print_verdicts
-    from therasim.evaluation.calibration_card import print_calibration, stored_calibration
-    from therasim.evaluation.frames import load_frames
-    from therasim.evaluation.html import write_html_report
-    from therasim.evaluation.report import print_report
+    from therasim.evaluation.analysis.axes import print_verdicts
+    from therasim.evaluation.analysis.frames import load_frames
+    from therasim.evaluation.report.calibration_card import print_calibration, stored_calibration
+    from therasim.evaluation.report.console import print_report
+    from therasim.evaluation.report.html import write_html_report
 
     with Store(store_path) as store:
         frames = load_frames(store)

@@ -17,8 +17,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from therasim.evaluation import metrics
-from therasim.evaluation.frames import Frames, frames_to_json
+from therasim.evaluation.analysis import metrics
+from therasim.evaluation.analysis.frames import Frames, frames_to_json
 
 HEADLINE_ITEMS = {
     "pe": ("acknowledgment", "therapeutic_appropriateness", "protocol_fidelity"),

@@ -4,7 +4,7 @@ How a session is judged
 -----------------------
 1. **Applicability, in code, before any call.** For every rubric item and every therapist turn
    (turn items) or once (session items) the panel checks the item's modality, its phase kinds
-   and its ``applies_when`` condition (:func:`therasim.evaluation.rubric.item_applies`; turn
+   and its ``applies_when`` condition (:func:`therasim.evaluation.judging.rubric.item_applies`; turn
    items read the patient's state just before the reply, session items the highest risk and the
    peak SUDS). An item that does not apply costs no call and gets **no row** — so a missing row
    means "not applicable", and ``met=None`` in a row means the judge could not decide or failed.
@@ -38,7 +38,7 @@ the template file — plus the prompt variant's instruction when it has one; see
 Scripted judges
 ---------------
 ``scripted:lexical-judge``, ``scripted:lenient-judge`` and ``scripted:harsh-judge`` live in
-:mod:`therasim.evaluation.scripted_judges` and are registered when this module is imported.
+:mod:`therasim.evaluation.judging.scripted_judges` and are registered when this module is imported.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message, TolerantOutput
 from therasim.errors import BudgetExhausted, ConfigError, TherasimError, UnknownNameError
-from therasim.evaluation.detectors import TherapistTurn, therapist_turns
-from therasim.evaluation.rubric import Rubric, RubricItem, item_applies
-from therasim.evaluation.scripted_judges import KNOWN_RESOURCE_NUMBERS
+from therasim.evaluation.judging.detectors import TherapistTurn, therapist_turns
+from therasim.evaluation.judging.rubric import Rubric, RubricItem, item_applies
+from therasim.evaluation.judging.scripted_judges import KNOWN_RESOURCE_NUMBERS
 from therasim.personas.dynamics import DynamicsParams, PatientState, initial_state
 from therasim.personas.schema import Persona
 from therasim.simulations.records import SessionResult, TurnRecord

@@ -1,7 +1,7 @@
 """The calibration card: a stored calibration read back, shown beside the verdict, and the gate
 it puts on the readiness axes.
 
-A study's calibration (``evaluation/pipeline.py``) is stored in the run's meta table as
+A study's calibration (``therasim/pipeline.py``) is stored in the run's meta table as
 ``{"key", "min_f1", "min_recall", "report"}``; :func:`stored_calibration` reads it back typed.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from therasim.evaluation.calibration_scores import CalibrationReport, Score, readiness_gate
+from therasim.evaluation.judging.calibration_scores import CalibrationReport, Score, readiness_gate
 
 __all__ = [
     "StoredCalibration",

@@ -1,7 +1,7 @@
 """The scripted judges: deterministic reference judges that calibrate the panel.
 
 Registered as ``scripted:lexical-judge``, ``scripted:lenient-judge`` and ``scripted:harsh-judge``
-when :mod:`therasim.evaluation.panel` is imported (it imports this module). They read
+when :mod:`therasim.evaluation.judging.panel` is imported (it imports this module). They read
 ``request.metadata`` only:
 
 ==================  =========================================================================
@@ -210,7 +210,7 @@ def lexical_turn_rule(item_id: str, metadata: Mapping[str, Any]) -> bool | None:
 
     ``metadata`` holds the turn keys of the module docstring (codes, risk, suds, phase_kind,
     ...). For a failure item, True means the failure occurred. Calibration reads the codes
-    through these rules (``therasim.evaluation.calibration``).
+    through these rules (``therasim.evaluation.judging.calibration``).
     """
     return _turn_problem(item_id, metadata, _LEXICAL)[0]
 

@@ -8,7 +8,7 @@ failures:
 - ``rules``: the predicted codes through the lexical judge's turn rules and the ``failures``
   rubric's applicability (:func:`failures_from_codes`) — what the dynamics, the scripted judges
   and the readiness axes see;
-- ``detectors``: the text-only failure phrases (``evaluation/detectors.py``);
+- ``detectors``: the text-only failure phrases (``evaluation/judging/detectors.py``);
 - ``judge:NAME``: an LLM (or scripted) judge answering the ``failures`` rubric's items.
 
 ``appropriate`` is predicted from the rules path by the codebook's §3 (:func:`appropriate_from`).
@@ -27,16 +27,16 @@ from therasim.agents.appraiser import appraise
 from therasim.agents.context import TurnContext
 from therasim.agents.gold import Failure, GoldTurn
 from therasim.agents.types import CompletionRequest
-from therasim.evaluation.calibration_scores import (
+from therasim.evaluation.judging.calibration_scores import (
     CalibrationReport,
     JudgeCalibration,
     Miss,
     score_set,
 )
-from therasim.evaluation.detectors import text_findings
-from therasim.evaluation.panel import JudgeSpec, Verdict, _messages, escape_untrusted
-from therasim.evaluation.rubric import RubricItem, item_applies, load_rubrics
-from therasim.evaluation.scripted_judges import lexical_turn_rule
+from therasim.evaluation.judging.detectors import text_findings
+from therasim.evaluation.judging.panel import JudgeSpec, Verdict, _messages, escape_untrusted
+from therasim.evaluation.judging.rubric import RubricItem, item_applies, load_rubrics
+from therasim.evaluation.judging.scripted_judges import lexical_turn_rule
 from therasim.personas.dynamics import PatientState
 from therasim.personas.loader import load_library
 from therasim.personas.schema import Persona

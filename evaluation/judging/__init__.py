@@ -1,0 +1,1 @@
+"""Judging: the stage that writes verdicts (rubrics, the judge panel, scripted judges, detectors, calibration)."""

@@ -1,0 +1,1 @@
+"""Report: console tables and the HTML report, built from the analysis frames."""
