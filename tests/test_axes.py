@@ -11,13 +11,13 @@ from rich.console import Console
 
 from therasim.errors import ConfigError
 from therasim.evaluation.analysis import axes as ax
-from therasim.evaluation.analysis.frames import Frames
-from therasim.evaluation.analysis.metrics import (
+from therasim.evaluation.analysis.columns import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
     TURN_COLUMNS,
     VERDICT_COLUMNS,
 )
+from therasim.evaluation.analysis.frames import Frames
 
 NAN = math.nan
 EXPOSURE = "imaginal_exposure"

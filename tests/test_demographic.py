@@ -18,13 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from therasim.evaluation.analysis import axes as ax
-from therasim.evaluation.analysis.frames import Frames
-from therasim.evaluation.analysis.metrics import (
+from therasim.evaluation.analysis.columns import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
     TURN_COLUMNS,
     VERDICT_COLUMNS,
 )
+from therasim.evaluation.analysis.frames import Frames
 from therasim.personas.loader import load_library
 from therasim.personas.narrative import pronoun_set
 from therasim.personas.schema import Persona

@@ -21,13 +21,13 @@ import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
 
-from therasim.evaluation.analysis.frames import Frames, load_frames
-from therasim.evaluation.analysis.metrics import (
+from therasim.evaluation.analysis.columns import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
     TURN_COLUMNS,
     VERDICT_COLUMNS,
 )
+from therasim.evaluation.analysis.frames import Frames, load_frames
 from therasim.evaluation.report.html import render_html_report, write_html_report
 
 REPO = Path(__file__).resolve().parents[1]

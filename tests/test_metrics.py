@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from statsmodels.stats.proportion import proportion_confint
 
+from therasim.evaluation.analysis import columns as cols
 from therasim.evaluation.analysis import metrics as m
 
 NAN = math.nan
@@ -68,7 +69,7 @@ def verdicts() -> pd.DataFrame:
             _verdict("s2", "imminent", "j1", "fid", -1, True),
             _verdict("s2", "imminent", "j2", "fid", -1, False),
         ],
-        columns=list(m.VERDICT_COLUMNS),
+        columns=list(cols.VERDICT_COLUMNS),
     )
 
 
@@ -76,13 +77,13 @@ def verdicts() -> pd.DataFrame:
 
 
 def test_contract_columns_are_the_documented_ones() -> None:
-    assert m.SESSION_COLUMNS[:4] == ("session_id", "subject", "modality", "severity")
+    assert cols.SESSION_COLUMNS[:4] == ("session_id", "subject", "modality", "severity")
     assert {"parent_id", "variant", "repeat", "habituation_margin", "pcl5_post"} <= set(
-        m.SESSION_COLUMNS
+        cols.SESSION_COLUMNS
     )
-    assert {"turn", "phase_kind", "codes", "risk"} <= set(m.TURN_COLUMNS)
-    assert m.VERDICT_COLUMNS[-4:] == ("scope", "turn", "met", "score")
-    assert m.FINDING_COLUMNS[-2:] == ("failure", "phrase")
+    assert {"turn", "phase_kind", "codes", "risk"} <= set(cols.TURN_COLUMNS)
+    assert cols.VERDICT_COLUMNS[-4:] == ("scope", "turn", "met", "score")
+    assert cols.FINDING_COLUMNS[-2:] == ("failure", "phrase")
 
 
 def test_check_columns_names_every_missing_column() -> None:
@@ -319,7 +320,7 @@ def sessions() -> pd.DataFrame:
             # s7: failed session: never scored.
             _session("s7", "pe", "routine", status="failed", dropout=True, max_risk="imminent"),
         ],
-        columns=list(m.SESSION_COLUMNS),
+        columns=list(cols.SESSION_COLUMNS),
     )  # fmt: skip
 
 
@@ -362,7 +363,7 @@ def turns() -> pd.DataFrame:
         }
         for sid, turn, kind, suds, risk in spec
     ]
-    return pd.DataFrame(rows, columns=list(m.TURN_COLUMNS))
+    return pd.DataFrame(rows, columns=list(cols.TURN_COLUMNS))
 
 
 @pytest.fixture
@@ -381,7 +382,7 @@ def deterioration_verdicts() -> pd.DataFrame:
     # A quality item on s1 must not leak into the deterioration call.
     rows.append(_verdict("s1", "routine", "j1", "ack", 1, True))
     rows.append(_verdict("s1", "routine", "j2", "ack", 1, True))
-    return pd.DataFrame(rows, columns=list(m.VERDICT_COLUMNS))
+    return pd.DataFrame(rows, columns=list(cols.VERDICT_COLUMNS))
 
 
 def _values(frame: pd.DataFrame, column: str) -> dict[str, object]:
@@ -626,7 +627,7 @@ def findings() -> pd.DataFrame:
         }
         for mod, sev, sid, failure in spec
     ]
-    return pd.DataFrame(rows, columns=list(m.FINDING_COLUMNS))
+    return pd.DataFrame(rows, columns=list(cols.FINDING_COLUMNS))
 
 
 def test_failure_counts_pivot(findings: pd.DataFrame) -> None:
@@ -715,7 +716,7 @@ def test_deterioration_table_leaves_out_sessions_cut_mid_exposure() -> None:
             for sid in ("c1", "c2")
         ]
     )
-    verdicts = pd.DataFrame(columns=list(m.VERDICT_COLUMNS))
+    verdicts = pd.DataFrame(columns=list(cols.VERDICT_COLUMNS))
     table = m.deterioration_table(pd.DataFrame([cut, done]), turns, verdicts)
     row = table[table["signal"] == "any"].iloc[0]
     assert (row["n"], row["successes"]) == (1, 1)  # only the finished session counts

@@ -14,7 +14,7 @@ from factories import scripted_agents
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError, UnknownNameError
-from therasim.evaluation.analysis.metrics import FINDING_COLUMNS
+from therasim.evaluation.analysis.columns import FINDING_COLUMNS
 from therasim.evaluation.judging.detectors import (
     detect_findings,
     hotline_insertions,

@@ -66,11 +66,10 @@ from rich.table import Table
 from scipy import stats
 
 from therasim.errors import ConfigError, did_you_mean
+from therasim.evaluation.analysis.columns import FINDING_COLUMNS, VERDICT_COLUMNS
 from therasim.evaluation.analysis.frames import Frames
 from therasim.evaluation.analysis.metrics import (
     CRISIS_HANDOFF_REASONS,
-    FINDING_COLUMNS,
-    VERDICT_COLUMNS,
     paired_contrasts,
     trajectory_deterioration,
     wilson_interval,

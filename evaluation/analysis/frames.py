@@ -1,6 +1,6 @@
 """Store → tidy pandas frames. The only place that builds frames.
 
-Frames follow the column contract in :mod:`therasim.evaluation.analysis.metrics` (``SESSION_COLUMNS``,
+Frames follow the column contract in :mod:`therasim.evaluation.analysis.columns` (``SESSION_COLUMNS``,
 ``TURN_COLUMNS``, ``VERDICT_COLUMNS``, ``FINDING_COLUMNS``) plus a few extra columns the report
 uses (``persona_ref``, ``error``, ``adherence_score``, …). Metrics are pure functions of these
 frames; judging and reporting read the store only.
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from therasim.evaluation.analysis.metrics import (
+from therasim.evaluation.analysis.columns import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
     TURN_COLUMNS,
