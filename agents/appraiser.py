@@ -297,7 +297,7 @@ class Lexicon:
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<lexicon>") -> Lexicon:
         """Parse and compile a lexicon; ``ConfigError`` naming the file and field on any fault."""
-        from therasim.personas.loader import load_yaml  # duplicate keys refused
+        from therasim.loading import load_yaml  # duplicate keys refused
 
         try:
             data = load_yaml(text)

@@ -13,7 +13,7 @@ coder reads ``dev`` only (:func:`dev_turns`); ``test`` is for measurement.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from therasim.errors import ConfigError
-from therasim.personas.loader import read_data_text
+from therasim.loading import read_data_text, validation_error
 from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel, Severity
 
 GOLD_DIR = Path(__file__).parent / "gold"
@@ -82,13 +82,9 @@ class GoldTurn(BaseModel):
 
 def gold_json_schema() -> dict[str, Any]:
     """The JSON Schema of one gold line (written to ``agents/gold/gold.schema.json``)."""
-    from therasim.personas.loader import json_schema_of
+    from therasim.loading import json_schema_of
 
     return json_schema_of(GoldTurn, "therasim gold turn")
-
-
-def _field_path(loc: Sequence[int | str]) -> str:
-    return ".".join(str(p) for p in loc) or "(line)"
 
 
 class _DuplicateKey(Exception):
@@ -131,10 +127,7 @@ def load_gold(paths: Iterable[str | Path]) -> list[GoldTurn]:
             try:
                 turn = GoldTurn.model_validate(data)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                raise ConfigError(
-                    first["msg"], file=where, field=_field_path(first["loc"])
-                ) from None
+                raise validation_error(exc, GoldTurn, file=where, doc=data) from None
             if turn.id in seen:
                 raise ConfigError(
                     f"duplicate id (first at {seen[turn.id]})", file=where, field="id"

@@ -34,7 +34,6 @@ import functools
 import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from therasim.agents.context import TurnContext, Utterance
@@ -153,14 +152,9 @@ _FILE = "agents/prompts/questionnaires.yaml"
 @functools.cache
 def load_questionnaires() -> QuestionnaireData:
     """The packaged questionnaire data, validated (``ConfigError`` naming the file otherwise)."""
-    from therasim.personas.loader import load_yaml  # size, alias and depth limits
+    from therasim.loading import parse_model
 
-    try:
-        return QuestionnaireData.model_validate(load_yaml(read_prompt("questionnaires.yaml")))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", file=_FILE) from None
-    except ValueError as exc:
-        raise ConfigError(str(exc), file=_FILE) from None
+    return parse_model(read_prompt("questionnaires.yaml"), QuestionnaireData, source=_FILE)
 
 
 def instrument_spec(instrument: str) -> InstrumentSpec:

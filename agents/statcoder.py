@@ -42,7 +42,7 @@ from therasim.agents.cuematch import CueIndex
 from therasim.agents.gold import GoldTurn, dev_turns
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError
-from therasim.personas.loader import read_data_file
+from therasim.loading import read_data_file
 from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 __all__ = [

@@ -33,8 +33,8 @@ import yaml
 from pydantic import ValidationError
 
 from therasim.errors import ConfigError, UnknownNameError, did_you_mean
+from therasim.loading import describe_error, load_yaml
 from therasim.personas.dynamics import PatientState
-from therasim.personas.loader import load_yaml
 from therasim.protocols.guards import (
     DEFAULT_HABITUATION_DROP,
     PhaseContext,
@@ -303,7 +303,7 @@ def protocol_from_data(data: Any, *, source: str = "<data>") -> ProtocolGraph:
         protocol = Protocol.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {describe_error(err, Protocol)}"
             for err in exc.errors()
         )
         first = exc.errors()[0]["loc"] if exc.errors() else ()

@@ -51,7 +51,7 @@ SCHEMAS: tuple[str, ...] = ("persona", "protocol", "rubric", "study", "gold")
 
 def schema_of(kind: str) -> dict[str, Any]:
     """The JSON Schema of one data-file kind."""
-    from therasim.personas.loader import json_schema_of
+    from therasim.loading import json_schema_of
 
     model, title, _ = _models()[kind]
     return json_schema_of(model, title)
@@ -64,7 +64,7 @@ def schema_path(kind: str) -> Path:
 
 def write_schema(kind: str, render: Callable[[dict[str, Any]], str] | None = None) -> Path:
     """Write one kind's schema file; returns its path."""
-    from therasim.personas.loader import render_json_schema
+    from therasim.loading import render_json_schema
 
     path = schema_path(kind)
     path.write_text((render or render_json_schema)(schema_of(kind)), encoding="utf-8")

@@ -37,7 +37,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from therasim.agents.gold import load_gold, shipped_gold_files
     from therasim.agents.statcoder import load_cues
     from therasim.evaluation.judging.rubric import load_rubric, rubric_files
-    from therasim.personas.loader import collect_library, read_data_text
+    from therasim.loading import read_data_text
+    from therasim.personas.loader import collect_library
     from therasim.protocols import list_protocols, load_protocol
 
     errors: list[str] = []

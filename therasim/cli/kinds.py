@@ -44,7 +44,7 @@ def kind_of(path: Path) -> tuple[str | None, ConfigError | None]:
     ``protocols/``, ``personas/``) or a ``cues_`` name; last, a mapping with persona fields is a
     persona (a persona file missing most of its fields still reads as one).
     """
-    from therasim.personas.loader import read_data_file
+    from therasim.loading import read_data_file
 
     if path.suffix == ".jsonl":
         return "gold", None
