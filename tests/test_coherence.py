@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from therasim.agents.llm import Gateway, GatewayConfig
-from therasim.agents.patient import OVERWHELMED_SUDS, asks_about_safety, self_report_suds
+from therasim.agents.patient import OVERWHELMED_SUDS, asks_about_safety
 from therasim.agents.statcoder import load_coder
 from therasim.evaluation.analysis.frames import load_frames
 from therasim.evaluation.analysis.metrics import (
@@ -25,7 +25,13 @@ from therasim.evaluation.analysis.metrics import (
     trajectory_deterioration,
 )
 from therasim.personas import Persona, load_library
-from therasim.personas.dynamics import TASK_CODES, DynamicsParams, initial_state, trajectory
+from therasim.personas.dynamics import (
+    TASK_CODES,
+    DynamicsParams,
+    initial_state,
+    self_report_suds,
+    trajectory,
+)
 from therasim.protocols import default_protocol_for
 from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason
 from therasim.simulations.session import run_session

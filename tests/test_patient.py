@@ -22,7 +22,6 @@ from therasim.agents.patient import (
     failed_guard,
     load_banks,
     patient_turn,
-    read_prompt,
     template_reply,
 )
 from therasim.agents.questionnaires import (
@@ -33,6 +32,7 @@ from therasim.agents.questionnaires import (
     questionnaire_prompt,
     template_answers,
 )
+from therasim.agents.resources import read_prompt
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError, GuardFailure, StructuredOutputError
 from therasim.personas.dynamics import initial_state, self_report_suds
