@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from therasim.agents.context import TurnContext
@@ -178,7 +177,7 @@ def load_banks(path: str | Path | None = None) -> Banks:
     """Load and check the template patient's banks (default: the packaged YAML)."""
     if path is None:
         return _packaged_banks()
-    from therasim.personas.loader import read_data_text
+    from therasim.loading import read_data_text
 
     return _parse_banks(read_data_text(path), str(path))
 
@@ -189,15 +188,9 @@ def _packaged_banks() -> Banks:
 
 
 def _parse_banks(text: str, file: str) -> Banks:
-    from therasim.personas.loader import load_yaml  # size, alias and depth limits
+    from therasim.loading import parse_model
 
-    try:
-        data = load_yaml(text)
-        banks = Banks.model_validate(data)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", file=file) from None
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(str(exc), file=file) from None
+    banks = parse_model(text, Banks, source=file)
     _check_banks(banks, file)
     return banks
 
