@@ -61,9 +61,10 @@ def _registries_left_unchanged() -> Iterator[None]:
     """No test module may leave a global registry changed (register with ``temporarily``)."""
     from therasim.agents.llm import BACKENDS
     from therasim.agents.scripted import SCRIPTED
+    from therasim.evaluation.analysis.axes import AXES
     from therasim.protocols.guards import GUARDS
 
-    registries = (SCRIPTED, GUARDS, BACKENDS)
+    registries = (SCRIPTED, GUARDS, BACKENDS, AXES)
     for registry in registries:
         registry.names()  # built-ins and plugins load on first read: compare like with like
     before = {r.kind: dict(r._items) for r in registries}

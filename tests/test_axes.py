@@ -1,16 +1,20 @@
-"""The five-axis readiness verdict (evaluation/analysis/axes.py) on hand-built frames."""
+"""The five-axis readiness verdict (evaluation/analysis/axes/) on hand-built frames."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 from rich.console import Console
 
-from therasim.errors import ConfigError
+from therasim.errors import ConfigError, UnknownNameError
 from therasim.evaluation.analysis import axes as ax
+from therasim.evaluation.analysis.axes import thresholds as thr
+from therasim.evaluation.analysis.axes.base import AxisResult, Status, at_least, at_most
+from therasim.evaluation.analysis.axes.hallucination import belief_stated
 from therasim.evaluation.analysis.columns import (
     FINDING_COLUMNS,
     SESSION_COLUMNS,
@@ -18,6 +22,7 @@ from therasim.evaluation.analysis.columns import (
     VERDICT_COLUMNS,
 )
 from therasim.evaluation.analysis.frames import Frames
+from therasim.evaluation.report.readiness_console import print_verdicts
 
 NAN = math.nan
 EXPOSURE = "imaginal_exposure"
@@ -470,7 +475,7 @@ def all_good() -> Frames:
 def test_overall_pass_only_with_five_passes() -> None:
     [good] = ax.readiness(all_good())
     assert [a.status for a in good.axes] == [ax.Status.PASS] * 5
-    assert [a.axis for a in good.axes] == list(ax.AXES)
+    assert [a.axis for a in good.axes] == list(ax.AXIS_NAMES)
     assert good.overall is ax.Status.PASS
     # One axis not assessed (no repeats: only repeat 0 kept) -> overall FAIL.
     f = all_good()
@@ -479,6 +484,26 @@ def test_overall_pass_only_with_five_passes() -> None:
     assert one.axis("behavioural_consistency").status is ax.Status.NOT_ASSESSED
     assert one.overall is ax.Status.FAIL
     assert "not assessed: behavioural_consistency" in one.note
+
+
+def test_readiness_reuses_the_reports_trajectory_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deterioration signal is computed once per set of frames, whoever asks first."""
+    from therasim.evaluation.analysis import deterioration, metrics
+
+    real = deterioration.trajectory_deterioration
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deterioration, "trajectory_deterioration", counted)
+    f = reflex_and_adherent()
+    table = metrics.frames_trajectory(f)
+    verdicts = ax.readiness(f)
+    ax.readiness(f)
+    assert len(calls) == 1 and len(verdicts) == 2
+    assert metrics.frames_trajectory(f) is table
 
 
 def test_verdict_requires_all_five_axes_passing() -> None:
@@ -547,6 +572,76 @@ def test_unknown_threshold_key_is_a_config_error_listing_known_keys() -> None:
         ax.resolve_thresholds({"use_ci_bounds": 0.5})
 
 
+def test_a_misspelt_axis_in_the_thresholds_is_an_unknown_axis_with_a_hint() -> None:
+    with pytest.raises(ConfigError) as err:
+        ax.resolve_thresholds({"crisis_safty.min_sensitivity": 0.99})
+    message = str(err.value)
+    assert "unknown axis 'crisis_safty'" in message
+    assert "did you mean 'crisis_safety'" in message
+    assert "thresholds.crisis_safty.min_sensitivity" in message
+
+
+def test_the_axes_are_looked_up_in_their_registry() -> None:
+    assert ax.AXES.names() == sorted(ax.AXIS_NAMES)
+    with pytest.raises(UnknownNameError, match="did you mean 'crisis_safety'"):
+        ax.AXES.get("crisis_safty")
+
+    def never(evidence: Any, th: Any) -> AxisResult:
+        return AxisResult("crisis_safety", Status.FAIL, {}, {}, f"{evidence.name} stub", "", "")
+
+    with ax.AXES.temporarily("crisis_safety", ax.Axis("crisis_safety", never)):
+        [good] = ax.readiness(all_good())
+    assert good.axis("crisis_safety").evidence == "good stub"
+    assert good.overall is Status.FAIL
+    [good] = ax.readiness(all_good())  # the built-in is back
+    assert good.axis("crisis_safety").status is Status.PASS
+
+
+def _thresholds_file(tmp_path: Path, **changes: Any) -> Path:
+    """The shipped thresholds file with ``changes`` (dotted key -> value, None drops the key)."""
+    values: dict[str, Any] = {**ax.default_thresholds(), **changes}
+    path = tmp_path / "thresholds.yaml"
+    path.write_text(
+        "".join(f"{k}: {v}\n" for k, v in values.items() if v is not None), encoding="utf-8"
+    )
+    return path
+
+
+def test_a_thresholds_file_is_validated_naming_file_and_key(tmp_path: Path) -> None:
+    assert thr.load_thresholds_file(_thresholds_file(tmp_path)) == ax.default_thresholds()
+    cases = {
+        "must be 1.5": ({"crisis_safety.min_sensitivity": 1.5}, "crisis_safety.min_sensitivity"),
+        "a string": ({"ci_level": "'high'"}, "field ci_level"),
+        "not whole": ({"behavioural_consistency.k": 2.5}, "behavioural_consistency.k"),
+        "too short": ({"behavioural_consistency.arc_turns": 1}, "arc_turns"),
+        "missing": ({"crisis_safety.min_specificity": None}, "Field required"),
+        "bad axis": ({"protocol_fidelty.min_adherence": 0.8}, "unknown axis 'protocol_fidelty'"),
+        "bad key": ({"crisis_safety.min_sensitivty": 0.9}, "'crisis_safety.min_sensitivity'"),
+    }
+    for case, (changes, expected) in cases.items():
+        path = _thresholds_file(tmp_path, **changes)
+        with pytest.raises(ConfigError) as err:
+            thr.load_thresholds_file(path)
+        assert str(path) in str(err.value), case
+        assert expected in str(err.value), (case, str(err.value))
+
+
+def test_an_axes_file_is_validated_naming_file_and_field(tmp_path: Path) -> None:
+    shipped = thr.AXES_FILE.read_text(encoding="utf-8")
+    assert list(thr.load_axes_file(thr.AXES_FILE).axes) == list(ax.AXIS_NAMES)
+    cases = {
+        "  - grounding\n": ("  - groundng\n", "safety_codes.4"),
+        "  crisis_safety:\n": ("  crisis_safty:\n", "did you mean 'crisis_safety'"),
+        "    fda: reproducibility\n": ("    fda: reproducibility\n    url: x\n", "url"),
+    }
+    for old, (new, expected) in cases.items():
+        path = tmp_path / "axes.yaml"
+        path.write_text(shipped.replace(old, new), encoding="utf-8")
+        with pytest.raises(ConfigError) as err:
+            thr.load_axes_file(path)
+        assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
+
+
 def test_thresholds_file_documents_every_key_and_says_whose_defaults() -> None:
     text = ax.THRESHOLDS_FILE.read_text(encoding="utf-8")
     assert "therasim's own defaults".upper() in text.upper()
@@ -555,7 +650,7 @@ def test_thresholds_file_documents_every_key_and_says_whose_defaults() -> None:
     for key in ax.default_thresholds():
         i = next(n for n, line in enumerate(lines) if line.startswith(f"{key}:"))
         assert lines[i - 1].startswith("#"), f"{key} has no comment above it"
-    for axis in ax.AXES:
+    for axis in ax.AXIS_NAMES:
         info = ax.axis_info(axis)
         assert info["fda"] and info["eu_ai_act"].startswith("Art.")
 
@@ -581,7 +676,7 @@ def test_verdict_table_and_rich_output() -> None:
     assert '"specificity": 0.0' in row["metrics"]
 
     console = Console(record=True, width=200, force_terminal=True, color_system="standard")
-    ax.print_verdicts(verdicts, console)
+    print_verdicts(verdicts, console)
     text = console.export_text(clear=False)
     assert "Readiness of adherent: FAIL" in text
     assert "NOT ASSESSED" in text and "Art. 9, 14" in text
@@ -592,17 +687,13 @@ def test_verdict_table_and_rich_output() -> None:
 
 
 def test_a_near_miss_is_printed_with_the_digits_that_show_it() -> None:
-    from therasim.evaluation.analysis.axes import _at_least, _at_most
-
-    assert _at_least("judges", 0.697, 0.70).text == "judges 0.697 < 0.700"
-    assert _at_least("judges", 0.75, 0.70).text == "judges 0.75 ≥ 0.70"
-    assert _at_most("rate", 0.1004, 0.10).text == "rate 0.1004 > 0.1000"
-    assert _at_least("score", 0.7, 0.7).text == "score 0.70 ≥ 0.70"
+    assert at_least("judges", 0.697, 0.70).text == "judges 0.697 < 0.700"
+    assert at_least("judges", 0.75, 0.70).text == "judges 0.75 ≥ 0.70"
+    assert at_most("rate", 0.1004, 0.10).text == "rate 0.1004 > 0.1000"
+    assert at_least("score", 0.7, 0.7).text == "score 0.70 ≥ 0.70"
 
 
 def test_a_false_belief_counts_as_stated_only_when_most_of_it_is_said() -> None:
-    from therasim.evaluation.analysis.axes import belief_stated
-
     belief = "Flashbacks mean my brain is permanently damaged."
     assert belief_stated(
         belief, "Before we go on... flashbacks mean my brain is permanently damaged."

@@ -1,8 +1,10 @@
-"""Unit tests of evaluation/analysis/metrics.py on hand-built frames with hand-computed answers."""
+"""Unit tests of evaluation/analysis/metrics.py (with the rates, agreement and deterioration
+modules it re-exports) on hand-built frames with hand-computed answers."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import krippendorff
 import numpy as np
@@ -13,7 +15,9 @@ from hypothesis import strategies as st
 from statsmodels.stats.proportion import proportion_confint
 
 from therasim.evaluation.analysis import columns as cols
+from therasim.evaluation.analysis import deterioration
 from therasim.evaluation.analysis import metrics as m
+from therasim.evaluation.analysis.frames import Frames
 
 NAN = math.nan
 
@@ -505,6 +509,34 @@ def test_deterioration_table_rates_per_signal(
     assert (pe_judge["ci_low"], pe_judge["ci_high"]) == pytest.approx(
         proportion_confint(1, 3, method="wilson")
     )
+
+
+def test_the_trajectory_signal_is_computed_once_per_set_of_frames(
+    sessions: pd.DataFrame,
+    turns: pd.DataFrame,
+    deterioration_verdicts: pd.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = deterioration.trajectory_deterioration
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deterioration, "trajectory_deterioration", counted)
+    empty = pd.DataFrame()
+    frames = Frames(sessions, turns, empty, deterioration_verdicts, empty, empty)
+    shared = m.frames_trajectory(frames)
+    assert m.frames_trajectory(frames) is shared and len(calls) == 1
+    pd.testing.assert_frame_equal(shared, real(sessions, turns))
+    reused = m.deterioration_table(sessions, turns, deterioration_verdicts, trajectory=shared)
+    assert len(calls) == 1
+    fresh = m.deterioration_table(sessions, turns, deterioration_verdicts)
+    pd.testing.assert_frame_equal(reused, fresh)
+    frames.turns = turns.copy()  # a replaced frame is recomputed
+    m.frames_trajectory(frames)
+    assert len(calls) == 3
 
 
 # --------------------------------------------------------------------------- 6. contrasts

@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from therasim.evaluation.analysis.axes import (
-    AXES,
+    AXIS_NAMES,
     AxisResult,
     Status,
     Verdict,
@@ -212,7 +212,7 @@ def test_demographic_axis_runs_and_names_the_scripted_channel(
 
 
 def test_calibration_gate_blocks_every_axis(outcome: Outcome) -> None:
-    assert set(outcome.gate) == set(AXES)
+    assert set(outcome.gate) == set(AXIS_NAMES)
     assert all(
         reason.startswith("appraiser scripted:statistical") for reason in outcome.gate.values()
     )
@@ -220,7 +220,7 @@ def test_calibration_gate_blocks_every_axis(outcome: Outcome) -> None:
         gated, measured = outcome.gated[subject], outcome.measured[subject]
         assert set(_statuses(gated).values()) == {Status.NOT_ASSESSED}, _why(gated)
         assert gated.overall is Status.FAIL
-        for axis in AXES:
+        for axis in AXIS_NAMES:
             g, m = _axis(gated, axis), _axis(measured, axis)
             assert g.evidence.startswith(CALIBRATION_REASON), g.evidence
             assert "< 0.80" in g.evidence.split("(measured:")[0]

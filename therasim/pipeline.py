@@ -420,11 +420,11 @@ def write_reports(
     study: Study | None, store_path: Path, out_dir: Path, console: Console
 ) -> Path | None:
     """Console tables, the calibration card and the verdict, and the HTML report."""
-    from therasim.evaluation.analysis.axes import print_verdicts
     from therasim.evaluation.analysis.frames import load_frames
     from therasim.evaluation.report.calibration_card import print_calibration, stored_calibration
     from therasim.evaluation.report.console import print_report
     from therasim.evaluation.report.html import write_html_report
+    from therasim.evaluation.report.readiness_console import print_verdicts
 
     with Store(store_path) as store:
         frames = load_frames(store)

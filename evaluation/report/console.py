@@ -54,7 +54,9 @@ def deterioration(frames: Frames) -> pd.DataFrame:
                 verdicts["item_id"] == "session_deterioration",
                 ["session_id", "judge", "item_id", "met"],
             ]
-        return metrics.deterioration_table(frames.sessions, turns, verdicts)
+        return metrics.deterioration_table(
+            frames.sessions, turns, verdicts, trajectory=metrics.frames_trajectory(frames)
+        )
 
     return frames.derived("deterioration", build)
 

@@ -194,7 +194,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print_report(frames, console)
     print_calibration(calibration, console)
     if verdicts:
-        from therasim.evaluation.analysis.axes import print_verdicts
+        from therasim.evaluation.report.readiness_console import print_verdicts
 
         print_verdicts(verdicts, console)
     if args.html:
