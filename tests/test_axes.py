@@ -614,7 +614,7 @@ def test_a_thresholds_file_is_validated_naming_file_and_key(tmp_path: Path) -> N
         "a string": ({"ci_level": "'high'"}, "field ci_level"),
         "not whole": ({"behavioural_consistency.k": 2.5}, "behavioural_consistency.k"),
         "too short": ({"behavioural_consistency.arc_turns": 1}, "arc_turns"),
-        "missing": ({"crisis_safety.min_specificity": None}, "Field required"),
+        "missing": ({"crisis_safety.min_specificity": None}, "min_specificity: is required"),
         "bad axis": ({"protocol_fidelty.min_adherence": 0.8}, "unknown axis 'protocol_fidelty'"),
         "bad key": ({"crisis_safety.min_sensitivty": 0.9}, "'crisis_safety.min_sensitivity'"),
     }

@@ -358,7 +358,7 @@ def validation_error(
     exc: ValidationError,
     root: type[BaseModel],
     *,
-    file: str,
+    file: str | None,
     doc: Any = None,
     object_id: str | None = None,
     overrides: Mapping[tuple[str, ...], str] | None = None,

@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, Valid
 
 from therasim.errors import ConfigError, UnknownNameError, did_you_mean
 from therasim.evaluation.analysis.axes.registry import AXES, AXIS_NAMES
+from therasim.loading import load_model, read_data_file, validation_error
 from therasim.vocab import BehaviourCode
 
 __all__ = [
@@ -153,22 +154,6 @@ class AxesFile(_Strict):
 # --------------------------------------------------------------------------- errors
 
 
-def _invalid(exc: ValidationError, file: str | None) -> ConfigError:
-    """Every problem of a failed validation in one ``ConfigError`` naming file and field."""
-    problems = []
-    for err in exc.errors():
-        field = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        reason = err["msg"]
-        if err["type"] != "missing":
-            reason = f"{reason}, got {err['input']!r}"
-        problems.append((field, reason))
-    if len(problems) == 1:
-        field, reason = problems[0]
-        return ConfigError(reason, file=file, field=field)
-    lines = "\n".join(f"  - {field}: {reason}" for field, reason in problems)
-    return ConfigError(f"{len(problems)} problems:\n{lines}", file=file)
-
-
 def _check_axis(name: str, *, file: str | None, field: str) -> None:
     """``ConfigError`` "unknown axis ..., did you mean ..." unless ``name`` is a registered axis."""
     try:
@@ -205,7 +190,7 @@ def _validated(flat: Mapping[str, Any], *, file: str | None) -> dict[str, float]
     try:
         return _flat(Thresholds.model_validate(_nested(flat)))
     except ValidationError as exc:
-        raise _invalid(exc, file) from None
+        raise validation_error(exc, Thresholds, file=file) from None
 
 
 def _unknown_keys(keys: list[str], known: Mapping[str, float], *, file: str | None) -> None:
@@ -226,12 +211,6 @@ def _unknown_keys(keys: list[str], known: Mapping[str, float], *, file: str | No
     )
 
 
-def _read_yaml(path: Path) -> Any:
-    from therasim.personas.loader import read_data_file
-
-    return read_data_file(path)
-
-
 def load_thresholds_file(path: Path) -> dict[str, float]:
     """A thresholds file (flat dotted keys, every key present) as a flat dict of floats.
 
@@ -239,7 +218,7 @@ def load_thresholds_file(path: Path) -> dict[str, float]:
     missing key, or a value out of range.
     """
     file = str(path)
-    doc = _read_yaml(path)
+    doc = read_data_file(path)
     if not isinstance(doc, dict):
         raise ConfigError("must be a mapping of threshold keys to numbers", file=file)
     known = {
@@ -288,10 +267,7 @@ def load_axes_file(path: Path) -> AxesFile:
     unknown behaviour code, a missing or unexpected field.
     """
     file = str(path)
-    try:
-        parsed = AxesFile.model_validate(_read_yaml(path))
-    except ValidationError as exc:
-        raise _invalid(exc, file) from None
+    parsed = load_model(path, AxesFile)
     for name in parsed.axes:
         _check_axis(name, file=file, field=f"axes.{name}")
     if tuple(parsed.axes) != AXIS_NAMES:
