@@ -31,6 +31,7 @@ from therasim.personas.schema import Persona
 
 __all__ = [
     "MAX_DATA_FILE_BYTES",
+    "PERSONA_MESSAGES",
     "SCHEMA_COMMENT",
     "YAMLLimitError",
     "check_yaml_limits",
@@ -53,7 +54,8 @@ SCHEMA_COMMENT = "# yaml-language-server: $schema=../../persona.schema.json"
 
 SCHEMA_FILE = Path(__file__).with_name("persona.schema.json")
 MODALITIES = ("pe", "cbt")
-_OVERRIDES: dict[tuple[str, ...], str] = {
+#: Reasons worded for clinicians where pydantic's own would mislead (used by the studio too).
+PERSONA_MESSAGES: dict[tuple[str, ...], str] = {
     ("fictional",): "must be true: personas describe synthetic patients, never real people"
 }
 
@@ -68,7 +70,7 @@ def parse_persona(text: str, source: str = "<string>") -> Persona:
     Raises ``ConfigError`` for any problem: YAML syntax, an empty document, a document that is
     not a mapping, or any schema violation (all of them listed in one error).
     """
-    return parse_model(text, Persona, source=source, overrides=_OVERRIDES)
+    return parse_model(text, Persona, source=source, overrides=PERSONA_MESSAGES)
 
 
 def load_persona(path: str | Path) -> Persona:

@@ -10,6 +10,7 @@ sessions   simulate, show                              simulate: 3 failed sessio
 studies    run, status, judge, report                  run: 2 over budget, 3 failures; status: 1
 demo       demo
 calibrate  calibrate                                   3 below a --min-f1/--min-recall threshold
+studio     studio                                      1 public --host without --token
 =========  ==========================================  ==========================================
 
 Each module has ``add_parsers(sub)`` and imports heavy packages inside its verbs, so that
@@ -27,14 +28,14 @@ import errno
 from collections.abc import Sequence
 
 from therasim import __version__
-from therasim.cli import calibrate, data, demo, models, sessions, studies
+from therasim.cli import calibrate, data, demo, models, sessions, studies, studio
 from therasim.cli.common import Handler, console, err_console
 from therasim.errors import ConfigError, ModelError, TherasimError
 
 __all__ = ["build_parser", "console", "err_console", "main"]
 
 #: The verb groups, in the order ``therasim --help`` lists their verbs.
-GROUPS = (models, data, sessions, studies, demo, calibrate)
+GROUPS = (models, data, sessions, studies, demo, calibrate, studio)
 
 
 def build_parser() -> argparse.ArgumentParser:
