@@ -12,8 +12,10 @@ session in flight.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from therasim.agents.llm import Gateway
+from therasim.agents.llm.usage import Totals
 from therasim.errors import BudgetExhausted
 from therasim.simulations.store import Store
 from therasim.simulations.study import Budget
@@ -21,27 +23,24 @@ from therasim.simulations.study import Budget
 JUDGING_SPENT = "judging_spent"  # store meta: tokens and cost that judging has spent so far
 
 
-@dataclass
-class Spent:
-    tokens: int = 0
-    cost_usd: float = 0.0
-
-    def __add__(self, other: Spent) -> Spent:
-        return Spent(self.tokens + other.tokens, self.cost_usd + other.cost_usd)
-
-
-def spent_in_store(store: Store) -> Spent:
-    """What earlier runs on this store spent: uncached session calls, plus judging."""
-    tokens, cost = store.uncached_call_totals()
-    judged = store.get_meta(JUDGING_SPENT) or {}
-    return Spent(tokens, cost) + Spent(
-        int(judged.get("tokens", 0)), float(judged.get("cost_usd", 0))
+def _judging_spent(store: Store) -> Totals:
+    """What judging has spent on this store (a store from before the split counted only the
+    total tokens: they are read as input tokens)."""
+    doc: dict[str, Any] = store.get_meta(JUDGING_SPENT) or {}
+    return Totals(
+        int(doc.get("input_tokens", doc.get("tokens", 0))),
+        int(doc.get("output_tokens", 0)),
+        float(doc.get("cost_usd", 0)),
     )
 
 
-def _sent(gateway: Gateway) -> Spent:
-    total = gateway.accounting.total()
-    return Spent(total.total_tokens, total.cost_usd)
+def spent_in_store(store: Store) -> Totals:
+    """What earlier runs on this store spent: uncached session calls, plus judging."""
+    return store.uncached_totals() + _judging_spent(store)
+
+
+def _sent(gateway: Gateway) -> Totals:
+    return Totals.sum(gateway.accounting.roles.values())
 
 
 @dataclass
@@ -51,8 +50,8 @@ class BudgetMeter:
 
     budget: Budget
     gateway: Gateway
-    before: Spent = field(default_factory=Spent)
-    _start: Spent = field(init=False)
+    before: Totals = field(default_factory=Totals)
+    _start: Totals = field(init=False)
 
     def __post_init__(self) -> None:
         self._start = _sent(self.gateway)
@@ -61,11 +60,10 @@ class BudgetMeter:
     def limited(self) -> bool:
         return self.budget.max_tokens is not None or self.budget.max_cost_usd is not None
 
-    def since_start(self) -> Spent:
-        now = _sent(self.gateway)
-        return Spent(now.tokens - self._start.tokens, now.cost_usd - self._start.cost_usd)
+    def since_start(self) -> Totals:
+        return _sent(self.gateway) - self._start
 
-    def spent(self) -> Spent:
+    def spent(self) -> Totals:
         return self.before + self.since_start()
 
     def exhausted(self) -> bool:
@@ -74,7 +72,7 @@ class BudgetMeter:
             return False
         spent = self.spent()
         b = self.budget
-        return (b.max_tokens is not None and spent.tokens >= b.max_tokens) or (
+        return (b.max_tokens is not None and spent.total_tokens >= b.max_tokens) or (
             b.max_cost_usd is not None and spent.cost_usd >= b.max_cost_usd
         )
 
@@ -85,7 +83,7 @@ class BudgetMeter:
             limits = ", ".join(
                 part
                 for part in (
-                    f"{spent.tokens:,} of {b.max_tokens:,} tokens" if b.max_tokens else "",
+                    f"{spent.total_tokens:,} of {b.max_tokens:,} tokens" if b.max_tokens else "",
                     f"${spent.cost_usd:,.2f} of ${b.max_cost_usd:,.2f}" if b.max_cost_usd else "",
                 )
                 if part
@@ -96,12 +94,14 @@ class BudgetMeter:
 def record_judging(store: Store, meter: BudgetMeter) -> None:
     """Add what this meter's gateway spent judging to the store's running total."""
     done = meter.since_start()
-    if done.tokens or done.cost_usd:
-        judged = store.get_meta(JUDGING_SPENT) or {}
+    if done.total_tokens or done.cost_usd:
+        total = _judging_spent(store) + done
         store.set_meta(
             JUDGING_SPENT,
             {
-                "tokens": int(judged.get("tokens", 0)) + done.tokens,
-                "cost_usd": float(judged.get("cost_usd", 0)) + done.cost_usd,
+                "input_tokens": total.input_tokens,
+                "output_tokens": total.output_tokens,
+                "tokens": total.total_tokens,
+                "cost_usd": total.cost_usd,
             },
         )

@@ -1,4 +1,5 @@
-"""What a session is asked to be (``SessionSpec``) and what it became (``SessionResult``).
+"""What a session is asked to be (``SessionSpec``), what it became (``SessionResult``), and the
+typed rows the store reads back (``SessionRow``, ``TurnRow``, ``CallRow``, ``VerdictRow``).
 
 A session's id is a hash of its spec, so the same persona × severity × variant × subject ×
 seed × repeat always has the same id: a rerun finds it in the store and skips it.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +19,7 @@ from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
 from therasim.errors import ConfigError, UnknownNameError
 from therasim.personas.dynamics import PatientState
 from therasim.personas.schema import Persona
+from therasim.protocols.adherence import AdherenceReport
 from therasim.vocab import Severity
 
 
@@ -155,7 +158,9 @@ class SessionResult(BaseModel):
     turns: list[TurnRecord] = Field(default_factory=list)
     questionnaires: list[QuestionnaireRecord] = Field(default_factory=list)
     calls: list[CallRecord] = Field(default_factory=list)
-    adherence: dict[str, Any] = Field(default_factory=dict)
+    adherence: AdherenceReport | None = Field(
+        default=None, description="How closely the session followed its protocol (None if failed)."
+    )
     prompt_hashes: dict[str, str] = Field(default_factory=dict)
     started: float
     finished: float
@@ -163,6 +168,143 @@ class SessionResult(BaseModel):
     @property
     def therapist_turns(self) -> int:
         return sum(1 for t in self.turns if t.speaker == "therapist")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def trusted(cls: type[M], values: dict[str, Any], fields: set[str] | None = None) -> M:
+    """A model from values the store itself wrote and typed, without validating them again.
+
+    The big tables (a 1,000-session study holds ~450,000 verdicts and ~50,000 calls) are read
+    for every report; validating each row costs several times reading it, and
+    ``model_construct`` more still in pydantic 2 (it walks the fields in Python). ``values``
+    must hold every field, already of its declared type; ``tests/test_store_records.py`` checks
+    that trusted rows equal validated ones. ``fields``, the set of ``values``' keys, may be
+    shared by every row of a table (pydantic copies it before changing it)."""
+    row = cls.__new__(cls)
+    _set(row, "__dict__", values)
+    _set(row, "__pydantic_fields_set__", set(values) if fields is None else fields)
+    _set(row, "__pydantic_extra__", None)
+    _set(row, "__pydantic_private__", None)
+    return row
+
+
+_set = object.__setattr__
+
+
+class _Row(BaseModel):
+    """A row read back from the store: frozen, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SessionRow(_Row):
+    """One row of the store's ``sessions`` table (the session without its turns and calls)."""
+
+    session_id: str
+    spec: SessionSpec
+    subject: str = Field(description="The subject's name in the study (``SessionSpec.label``).")
+    persona: str = Field(description="Base persona id.")
+    persona_ref: str = Field(description="id@version of the persona variant used.")
+    modality: Literal["pe", "cbt"]
+    severity: Severity
+    variant: dict[str, Any]
+    repeat: int
+    status: Literal["completed", "failed"]
+    termination_reason: TerminationReason
+    error: str | None
+    n_turns: int = Field(description="Therapist turns.")
+    questionnaires: list[QuestionnaireRecord]
+    adherence: AdherenceReport | None
+    prompt_hashes: dict[str, str]
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None = Field(description="None when some call's price is unknown.")
+    started: float
+    finished: float
+    initial_state: PatientState | None
+    habituation_margin: float
+
+
+class TurnRow(_Row):
+    """One utterance of a stored session."""
+
+    session_id: str
+    record: TurnRecord
+
+
+class CallRow(_Row):
+    """One gateway call of a stored session, ``idx`` its position in the session's calls."""
+
+    session_id: str
+    idx: int
+    role: str
+    model: str
+    cached: bool
+    latency_s: float
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    attempts: int
+
+    @property
+    def record(self) -> CallRecord:
+        """The call as the session recorded it."""
+        fields = self.__dict__
+        return trusted(CallRecord, {name: fields[name] for name in CallRecord.model_fields})
+
+
+class VerdictRow(_Row):
+    """One judge's verdict on one rubric item for one unit (a turn, or ``turn = -1``: the
+    session)."""
+
+    session_id: str
+    judge: str
+    item_id: str
+    turn: int
+    met: bool | None = Field(description="None when the item does not apply.")
+    score: float | None = None
+    reason: str
+    prompt_hash: str
+    rubric_version: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def scope(self) -> Literal["turn", "session"]:
+        return "session" if self.turn < 0 else "turn"
+
+
+_VERDICT_NAMES = tuple(VerdictRow.model_fields)
+_VERDICT_SET = set(_VERDICT_NAMES)
+
+
+class VerdictBatch(_Row):
+    """Consecutive verdicts as columns (each list holds one field of every row, in order): how
+    the store streams its biggest table, so a reader builds columns without a model per row."""
+
+    session_id: list[str]
+    judge: list[str]
+    item_id: list[str]
+    turn: list[int]
+    met: list[bool | None]
+    score: list[float | None]
+    reason: list[str]
+    prompt_hash: list[str]
+    rubric_version: list[str]
+    model: list[str]
+    input_tokens: list[int]
+    output_tokens: list[int]
+
+    def __len__(self) -> int:
+        return len(self.session_id)
+
+    def rows(self) -> Iterator[VerdictRow]:
+        """The batch's verdicts one by one (built from the batch's values, not validated again)."""
+        for values in zip(*(getattr(self, name) for name in _VERDICT_NAMES), strict=True):
+            yield trusted(VerdictRow, dict(zip(_VERDICT_NAMES, values, strict=True)), _VERDICT_SET)
 
 
 def resolve_persona(spec: SessionSpec, library: dict[str, Persona]) -> Persona:

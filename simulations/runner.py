@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from therasim.agents.llm import Gateway, parse_model_spec, price_of
+from therasim.agents.llm.usage import Totals
 from therasim.agents.types import Usage
 from therasim.personas.schema import Persona
 from therasim.protocols import load_protocol
-from therasim.simulations.budget import BudgetMeter, Spent, spent_in_store
+from therasim.simulations.budget import BudgetMeter, spent_in_store
 from therasim.simulations.records import (
     SessionResult,
     SessionSpec,
@@ -47,9 +48,7 @@ class RunStats:
     failed: int = 0
     not_started: int = 0
     turns: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
+    usage: Totals = field(default_factory=Totals)
     started: float = field(default_factory=time.monotonic)
     budget_exhausted: bool = False
     failures: dict[str, int] = field(default_factory=dict)
@@ -57,6 +56,19 @@ class RunStats:
     @property
     def done(self) -> int:
         return self.completed + self.failed
+
+    @property
+    def input_tokens(self) -> int:
+        return self.usage.input_tokens
+
+    @property
+    def output_tokens(self) -> int:
+        return self.usage.output_tokens
+
+    @property
+    def cost_usd(self) -> float:
+        """The known cost (a call with no price adds nothing)."""
+        return self.usage.cost_usd
 
     @property
     def to_run(self) -> int:
@@ -96,7 +108,7 @@ async def run_specs(
     gateway: Gateway,
     library: dict[str, Persona],
     progress: ProgressFn | None = None,
-    spent_before: Spent | None = None,
+    spent_before: Totals | None = None,
 ) -> RunStats:
     """Run every spec not already completed in ``store``; returns the run's statistics.
 
@@ -153,10 +165,7 @@ async def run_specs(
                     stats.failures.get(result.termination_reason.value, 0) + 1
                 )
             stats.turns += result.therapist_turns
-            for call in result.calls:
-                stats.input_tokens += call.input_tokens
-                stats.output_tokens += call.output_tokens
-                stats.cost_usd += call.cost_usd or 0.0
+            stats.usage += Totals.sum(result.calls)
             if progress is not None:
                 progress(stats)
 
@@ -233,7 +242,7 @@ def _shard_main(
                     store=store,
                     gateway=gateway,
                     library=load_library(),
-                    spent_before=Spent(),
+                    spent_before=Totals(),
                 )
         finally:
             await gateway.aclose()
@@ -270,7 +279,9 @@ async def _run_in_processes(
             "max_cost_usd": max(b.max_cost_usd - spent.cost_usd, 1e-9) / n
             if b.max_cost_usd
             else None,
-            "max_tokens": max(1, (b.max_tokens - spent.tokens) // n) if b.max_tokens else None,
+            "max_tokens": max(1, (b.max_tokens - spent.total_tokens) // n)
+            if b.max_tokens
+            else None,
         }
     )
     study_doc = study.model_copy(update={**per, "budget": budget}).model_dump(mode="json")
@@ -333,9 +344,7 @@ async def _run_in_processes(
         stats.failed += r.failed
         stats.not_started += r.not_started
         stats.turns += r.turns
-        stats.input_tokens += r.input_tokens
-        stats.output_tokens += r.output_tokens
-        stats.cost_usd += r.cost_usd
+        stats.usage += r.usage
         stats.budget_exhausted |= r.budget_exhausted
         for reason, count in r.failures.items():
             stats.failures[reason] = stats.failures.get(reason, 0) + count

@@ -11,11 +11,12 @@ import pytest
 from factories import study_file
 
 from therasim.agents.llm import Gateway
+from therasim.agents.llm.usage import Totals
 from therasim.errors import BudgetExhausted
 from therasim.evaluation.judging.panel import JudgeSpec, judge_store
 from therasim.evaluation.judging.rubric import load_rubrics
 from therasim.personas import load_library
-from therasim.simulations.budget import JUDGING_SPENT, BudgetMeter, Spent, spent_in_store
+from therasim.simulations.budget import JUDGING_SPENT, BudgetMeter, spent_in_store
 from therasim.simulations.records import TerminationReason
 from therasim.simulations.runner import RunStats, run_specs
 from therasim.simulations.store import Store
@@ -72,8 +73,7 @@ async def test_the_budget_caps_spending_to_one_turn_per_session_in_flight(tmp_pa
     with Store(tmp_path / "s.sqlite") as store:
         stats, spent = await _run(_study(limit), store)
         reasons = {
-            r["session_id"]: (r["status"], r["termination_reason"], r["n_turns"])
-            for r in store.session_rows()
+            r.session_id: (r.status, r.termination_reason, r.n_turns) for r in store.sessions()
         }
         largest = _largest_turn(store)
     assert stats.budget_exhausted
@@ -94,9 +94,9 @@ async def test_a_rerun_with_more_budget_redoes_the_stopped_sessions(tmp_path: Pa
         again, _ = await _run(_study(3000), store)  # nothing left to spend: nothing starts
         assert again.completed == 0 and again.not_started == again.to_run
         final, _ = await _run(_study(None), store)
-        rows = store.session_rows()
+        rows = store.sessions()
     assert not final.budget_exhausted
-    assert all(r["status"] == "completed" for r in rows)
+    assert all(r.status == "completed" for r in rows)
     assert len(rows) == final.total
 
 
@@ -119,22 +119,24 @@ async def test_judging_stops_when_the_budget_is_spent_and_keeps_what_it_judged(
                 )
         finally:
             await gateway.aclose()
-        judged = {r["session_id"] for r in store.verdict_rows()}
+        judged = {r.session_id for r in store.verdicts()}
     assert caught.value.done == len(judged) == 3 < sessions
 
 
 async def test_the_meter_counts_earlier_runs_and_only_uncached_calls(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         await _run(_study(None), store)
-        calls = [c for r in store.call_rows() for c in [r] if not c["cached"]]
-        stored = sum(c["input_tokens"] + c["output_tokens"] for c in calls)
-        assert spent_in_store(store) == Spent(stored, 0.0)
-        store.set_meta(JUDGING_SPENT, {"tokens": 120, "cost_usd": 0.5})
-        assert spent_in_store(store) == Spent(stored + 120, 0.5)
+        calls = [c for c in store.calls() if not c.cached]
+        stored = sum(c.input_tokens + c.output_tokens for c in calls)
+        assert spent_in_store(store).total_tokens == stored
+        assert spent_in_store(store).cost_usd == 0.0
+        store.set_meta(JUDGING_SPENT, {"tokens": 120, "cost_usd": 0.5})  # a store from before
+        assert spent_in_store(store).total_tokens == stored + 120
+        assert spent_in_store(store).cost_usd == 0.5
         gateway = Gateway(_study(None).gateway_config())
         meter = BudgetMeter(_study(stored + 121).budget, gateway, before=spent_in_store(store))
         assert not meter.exhausted()
-        meter.before = meter.before + Spent(1, 0.0)
+        meter.before = meter.before + Totals(output_tokens=1)
         assert meter.exhausted()
         with pytest.raises(BudgetExhausted, match=f"{stored + 121:,} of {stored + 121:,} tokens"):
             meter.check()

@@ -51,18 +51,18 @@ async def test_injected_errors_never_lose_a_session(tmp_path: Path, real_request
                 stats = await run_specs(
                     specs, study=study, store=store, gateway=gateway, library=library
                 )
-                rows = store.session_rows()
+                rows = store.sessions()
         finally:
             await gateway.aclose()
         print(
             f"\n{server.calls} backend calls with 20 % injected errors: {stats.completed} completed, {stats.failed} failed {stats.failures}"
         )
     assert len(rows) == len(specs)  # every session is stored: none lost
-    assert {r["session_id"] for r in rows} == {s.session_id for s in specs}
+    assert {r.session_id for r in rows} == {s.session_id for s in specs}
     for row in rows:
-        assert row["status"] in ("completed", "failed")
-        if row["status"] == "failed":
-            assert row["error"] and row["termination_reason"].endswith("_error")
+        assert row.status in ("completed", "failed")
+        if row.status == "failed":
+            assert row.error and row.termination_reason.is_error
     assert stats.completed + stats.failed == len(specs)
     assert stats.completed > 0
 
@@ -80,16 +80,16 @@ def _snapshot(store_path: Path) -> dict[str, list[tuple[str, str]]]:
     with Store(store_path) as store:
         completed = store.session_ids("completed")
         turns: dict[str, list[tuple[str, str]]] = {}
-        for sid, rec in store.turn_records():
-            if sid in completed:
-                turns.setdefault(sid, []).append((rec["speaker"], rec["text"]))
-        rows = store.session_rows()
+        for t in store.turns():
+            if t.session_id in completed:
+                turns.setdefault(t.session_id, []).append((t.record.speaker, t.record.text))
+        rows = store.sessions()
     # no duplicates, and every stored session's turns are whole
-    assert len({r["session_id"] for r in rows}) == len(rows)
+    assert len({r.session_id for r in rows}) == len(rows)
     for r in rows:
-        n = sum(1 for s, _ in turns.get(r["session_id"], []) if s == "therapist")
-        if r["status"] == "completed":
-            assert n == r["n_turns"]
+        n = sum(1 for s, _ in turns.get(r.session_id, []) if s == "therapist")
+        if r.status == "completed":
+            assert n == r.n_turns
     return turns
 
 

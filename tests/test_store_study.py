@@ -86,7 +86,7 @@ def test_store_write_is_atomic(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="UNIQUE"):
             store.save_session(broken)
         assert store.count() == 0
-        assert list(store.turn_records()) == []
+        assert list(store.turns()) == []
 
 
 @pytest.mark.parametrize("name", ["quickstart", "replication", "demographic", "consistency"])
@@ -188,8 +188,9 @@ def test_secrets_in_error_text_never_reach_the_store(
     for secret in (b"sk-proj-abcdefghijklmnop", b"envsecret-0123456789", b"abcdefgh12345678"):
         assert secret not in raw
     with Store(tmp_path / "s.sqlite") as store:
-        (row,) = store.session_rows()
-        assert "[redacted]" in row["error"] and "401: Incorrect API key provided" in row["error"]
+        (row,) = store.sessions()
+        assert row.error and "[redacted]" in row.error
+        assert "401: Incorrect API key provided" in row.error
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,10 @@ from rich.progress import (
 )
 
 from therasim.agents.llm import Gateway
+from therasim.agents.llm.usage import Totals
 from therasim.errors import BudgetExhausted, ConfigError
 from therasim.personas.loader import load_library
-from therasim.simulations.budget import BudgetMeter, Spent, record_judging, spent_in_store
+from therasim.simulations.budget import BudgetMeter, record_judging, spent_in_store
 from therasim.simulations.records import SessionSpec
 from therasim.simulations.runlock import run_lock
 from therasim.simulations.runner import Estimate, RunStats, check_specs, estimate, run_specs
@@ -115,19 +116,19 @@ def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set
     )
 
 
-def stored_spending(study: Study) -> Spent:
+def stored_spending(study: Study) -> Totals:
     """What earlier runs of this study (its run folder's store) have spent."""
     path = study_store(study.output_dir())
     if not path.exists():
-        return Spent()
+        return Totals()
     with Store(path) as store:
         return spent_in_store(store)
 
 
-def over_budget(study: Study, est: Estimate, spent: Spent | None = None) -> str | None:
+def over_budget(study: Study, est: Estimate, spent: Totals | None = None) -> str | None:
     """Why the estimate plus what earlier runs spent exceeds the study's budget, or None."""
-    b, spent = study.budget, spent or Spent()
-    tokens = est.tokens + spent.tokens
+    b, spent = study.budget, spent or Totals()
+    tokens = est.tokens + spent.total_tokens
     if b.max_tokens is not None and tokens > b.max_tokens:
         return f"the estimate ({tokens:,} tokens) exceeds the budget ({b.max_tokens:,} tokens)"
     if b.max_cost_usd is not None and est.cost_usd is not None:
@@ -248,11 +249,11 @@ async def simulate_study(
         task = bar.add_task("sessions", total=len(specs), info="")
 
         def update(stats: RunStats) -> None:
-            tokens = stats.input_tokens + stats.output_tokens
+            tokens = stats.usage.total_tokens
             bar.update(
                 task,
                 completed=stats.skipped + stats.done,
-                info=f"{stats.turns} turns · {tokens:,} tokens · ${stats.cost_usd:.2f} · {stats.failed} failed",
+                info=f"{stats.turns} turns · {tokens:,} tokens · ${stats.usage.cost_usd:.2f} · {stats.failed} failed",
             )
 
         stats = await run_specs(

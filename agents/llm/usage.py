@@ -1,13 +1,90 @@
-"""Token and cost accounting: per-role totals, prices, and a token estimate for backends that
-report no usage."""
+"""Token and cost accounting: per-role totals, prices, a token estimate for backends that
+report no usage, and :class:`Totals`, the one place tokens and costs are added up."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from therasim.agents.llm.config import Price
 from therasim.agents.llm.spec import ModelSpec
 from therasim.agents.types import CompletionRequest, Usage
+
+
+class Metered(Protocol):
+    """Anything that carries one call's (or a sum of calls') tokens and cost."""
+
+    @property
+    def input_tokens(self) -> int: ...
+
+    @property
+    def output_tokens(self) -> int: ...
+
+    @property
+    def cost_usd(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Tokens and cost summed over calls: the one place they are added up (a stored session's
+    totals, a run's statistics, the budget's meter all use it).
+
+    A call whose price is unknown adds 0 to ``cost_usd`` and 1 to ``unpriced``, so a budget
+    still meters what is known while a session's stored cost can say "unknown"
+    (:attr:`known_cost`)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def known_cost(self) -> float | None:
+        """The cost, or None when any call's price was unknown."""
+        return None if self.unpriced else self.cost_usd
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cost_usd + other.cost_usd,
+            self.unpriced + other.unpriced,
+        )
+
+    def __sub__(self, other: Totals) -> Totals:
+        """What was spent between two readings of a running total."""
+        return Totals(
+            self.input_tokens - other.input_tokens,
+            self.output_tokens - other.output_tokens,
+            self.cost_usd - other.cost_usd,
+            self.unpriced - other.unpriced,
+        )
+
+    @classmethod
+    def of(cls, item: Metered) -> Totals:
+        """One call's (or one running total's) tokens and cost."""
+        if isinstance(item, Totals):
+            return item
+        cost = item.cost_usd
+        return cls(item.input_tokens, item.output_tokens, cost or 0.0, int(cost is None))
+
+    @classmethod
+    def sum(cls, items: Iterable[Metered]) -> Totals:
+        """The totals of ``items`` (calls, per-role usage, or totals)."""
+        tokens_in = tokens_out = unpriced = 0
+        cost = 0.0
+        for item in items:
+            part = cls.of(item)
+            tokens_in += part.input_tokens
+            tokens_out += part.output_tokens
+            cost += part.cost_usd
+            unpriced += part.unpriced
+        return cls(tokens_in, tokens_out, cost, unpriced)
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """The column contract of the tidy frames (built in ``frames.py``, read by ``metrics.py``).
 
 Booleans that can be "not applicable" are ``True``/``False``/``NaN`` in an object or float column.
+``severity``, ``baseline_risk``, ``max_risk``, ``risk`` and ``phase_kind`` are ordered pandas
+Categoricals in the vocabulary's order (``ORDERED``, from :mod:`therasim.vocab`), wherever they
+appear, so ``max()``, ``<`` and sorting follow the ladder rather than the alphabet.
 
 ``SESSION_COLUMNS`` — one row per session::
 
@@ -30,6 +33,11 @@ Booleans that can be "not applicable" are ``True``/``False``/``NaN`` in an objec
 ``FINDING_COLUMNS`` — one row per lexical-detector hit::
 
     session_id, subject, modality, severity, turn, failure (str), phrase
+
+Beside the contract the frames carry what the reports show: ``SESSION_EXTRA_COLUMNS`` after the
+session columns, ``text`` after the turn columns, ``VERDICT_EXTRA_COLUMNS`` after the verdict
+columns; ``UTTERANCE_COLUMNS`` (every utterance) and ``CALL_COLUMNS`` (every gateway call, as
+stored) are frames of their own.
 """
 
 from __future__ import annotations
@@ -38,7 +46,32 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-__all__ = ["FINDING_COLUMNS", "SESSION_COLUMNS", "TURN_COLUMNS", "VERDICT_COLUMNS", "check_columns"]
+from therasim.vocab import RISK_ORDER, SEVERITY_ORDER, PhaseKind
+
+__all__ = [
+    "CALL_COLUMNS",
+    "FINDING_COLUMNS",
+    "ORDERED",
+    "PHASE_KIND_ORDER",
+    "SESSION_COLUMNS",
+    "SESSION_EXTRA_COLUMNS",
+    "TURN_COLUMNS",
+    "UTTERANCE_COLUMNS",
+    "VERDICT_COLUMNS",
+    "VERDICT_EXTRA_COLUMNS",
+    "check_columns",
+    "with_ordered_categories",
+]
+
+PHASE_KIND_ORDER: tuple[str, ...] = tuple(k.value for k in PhaseKind)
+#: The columns held as ordered Categoricals, each with its order.
+ORDERED: dict[str, tuple[str, ...]] = {
+    "severity": SEVERITY_ORDER,
+    "baseline_risk": RISK_ORDER,
+    "max_risk": RISK_ORDER,
+    "risk": RISK_ORDER,
+    "phase_kind": PHASE_KIND_ORDER,
+}
 
 SESSION_COLUMNS: tuple[str, ...] = (
     "session_id",
@@ -107,9 +140,75 @@ FINDING_COLUMNS: tuple[str, ...] = (
     "phrase",
 )
 
+SESSION_EXTRA_COLUMNS: tuple[str, ...] = (
+    "persona_ref",
+    "subject_model",
+    "protocol",
+    "error",
+    "adherence_score",
+    "proscribed_hits",
+    "skipped_phases",
+    "regressions",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+)
+VERDICT_EXTRA_COLUMNS: tuple[str, ...] = (
+    "reason",
+    "prompt_hash",
+    "model",
+    "input_tokens",
+    "output_tokens",
+)
+UTTERANCE_COLUMNS: tuple[str, ...] = (
+    "session_id",
+    "subject",
+    "modality",
+    "severity",
+    "index",
+    "speaker",
+    "text",
+    "turn",
+    "phase",
+    "codes",
+    "suds",
+)
+CALL_COLUMNS: tuple[str, ...] = (
+    "session_id",
+    "idx",
+    "role",
+    "model",
+    "cached",
+    "latency_s",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "attempts",
+)
+
 
 def check_columns(frame: pd.DataFrame, required: Iterable[str], name: str) -> None:
     """Raise ``ValueError`` naming the frame and every missing column, if any are missing."""
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ValueError(f"{name} frame is missing column(s): {', '.join(missing)}")
+
+
+def with_ordered_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each of its ``ORDERED`` columns made an ordered Categorical, in place.
+
+    A value outside the vocabulary (a newer store, a hand-built frame) is kept, ordered after
+    the known ones, rather than turned into a missing value."""
+    for column, order in ORDERED.items():
+        if column in frame.columns:
+            values = frame[column]
+            dtype = values.dtype
+            if (
+                isinstance(dtype, pd.CategoricalDtype)
+                and dtype.ordered
+                and tuple(dtype.categories[: len(order)]) == order
+            ):
+                continue
+            unknown = sorted({str(v) for v in values.dropna().unique()} - set(order))
+            frame[column] = values.astype(pd.CategoricalDtype([*order, *unknown], ordered=True))
+    return frame

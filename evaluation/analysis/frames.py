@@ -1,60 +1,57 @@
 """Store → tidy pandas frames. The only place that builds frames.
 
 Frames follow the column contract in :mod:`therasim.evaluation.analysis.columns` (``SESSION_COLUMNS``,
-``TURN_COLUMNS``, ``VERDICT_COLUMNS``, ``FINDING_COLUMNS``) plus a few extra columns the report
-uses (``persona_ref``, ``error``, ``adherence_score``, …). Metrics are pure functions of these
-frames; judging and reporting read the store only.
+``TURN_COLUMNS``, ``VERDICT_COLUMNS``, ``FINDING_COLUMNS``, the extra columns the reports use,
+and the ordered Categoricals). They are built from the store's typed rows (``Store.sessions``,
+``turns``, ``verdicts``, ``calls``), the store's one read path; metrics are pure functions of
+these frames; judging and reporting read the store only.
 
-Memory: a 1,000-session study holds ~30,000 utterances and ~450,000 verdicts. ``load_frames``
-streams them (turns one session at a time, verdicts and calls in batches) straight into one list
-per column, with each repeated string (ids, names, codes, reasons) stored once, and builds each
-frame from those columns; it never holds a dict per row, so its peak is about the size of the
+Memory: a 1,000-session study holds ~30,000 utterances and ~450,000 verdicts. The store streams
+its rows in batches and ``load_frames`` consumes them one at a time straight into one list per
+column, with each repeated string (ids, names, codes, reasons) stored once, and builds each frame
+from those columns; it never holds every row at once, so its peak is about the size of the
 finished frames rather than several times it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
 import math
-import sqlite3
 from array import array
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from therasim.evaluation.analysis.columns import (
+    CALL_COLUMNS,
     FINDING_COLUMNS,
+    ORDERED,
     SESSION_COLUMNS,
+    SESSION_EXTRA_COLUMNS,
     TURN_COLUMNS,
+    UTTERANCE_COLUMNS,
     VERDICT_COLUMNS,
+    VERDICT_EXTRA_COLUMNS,
+    with_ordered_categories,
 )
-from therasim.personas.dynamics import RiskLevel
+from therasim.personas.dynamics import PatientState
+from therasim.simulations.records import (
+    QuestionnaireRecord,
+    SessionRow,
+    TurnRecord,
+    TurnRow,
+    VerdictBatch,
+)
 from therasim.simulations.store import Store
+from therasim.vocab import RiskLevel
 
 T = TypeVar("T")
 
-UTTERANCE_COLUMNS: tuple[str, ...] = (
-    "session_id",
-    "subject",
-    "modality",
-    "severity",
-    "index",
-    "speaker",
-    "text",
-    "turn",
-    "phase",
-    "codes",
-    "suds",
-)
-_VERDICT_EXTRA = ("reason", "prompt_hash", "model", "input_tokens", "output_tokens")
-_BATCH = 5_000  # rows fetched at a time from the store
-
-
-def _risk_max(values: list[str]) -> str:
-    return max(values, key=lambda v: RiskLevel(v).rank) if values else RiskLevel.NONE.value
+__all__ = ["UTTERANCE_COLUMNS", "Frames", "frames_to_json", "load_frames"]
 
 
 @dataclass
@@ -95,14 +92,43 @@ class Frames:
         return value
 
 
-class _Columns:
-    """Rows appended column-wise; equal hashable values (ids, names, code tuples) stored once."""
+class _Codes:
+    """Codes of the ordered-categorical values (``ORDERED``), shared by a store's frames: the
+    vocabulary's order first, a value outside it the next code."""
 
-    def __init__(self, columns: Sequence[str], numeric: Mapping[str, str] | None = None) -> None:
+    def __init__(self) -> None:
+        self.categories = {column: list(order) for column, order in ORDERED.items()}
+        self._index = {c: {v: i for i, v in enumerate(o)} for c, o in self.categories.items()}
+
+    def code(self, column: str, value: str) -> int:
+        index = self._index[column]
+        found = index.get(value)
+        if found is None:
+            found = index[value] = len(self.categories[column])
+            self.categories[column].append(value)
+        return found
+
+    def dtype(self, column: str) -> pd.CategoricalDtype:
+        return pd.CategoricalDtype(self.categories[column], ordered=True)
+
+
+class _Columns:
+    """Rows appended column-wise; equal hashable values (ids, names, code tuples) stored once,
+    ordered-categorical columns (given ``codes``) as their codes."""
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        numeric: Mapping[str, str] | None = None,
+        codes: _Codes | None = None,
+    ) -> None:
         self.columns = list(columns)
-        numeric = numeric or {}
+        self.codes = codes
+        typecodes = dict(numeric or {})
+        if codes is not None:
+            typecodes.update({c: "h" for c in self.columns if c in codes.categories})
         self.data: dict[str, list[Any] | array[Any]] = {
-            c: array(numeric[c]) if c in numeric else [] for c in self.columns
+            c: array(typecodes[c]) if c in typecodes else [] for c in self.columns
         }
         self._lists = [self.data[c] for c in self.columns]
         self._seen: dict[Hashable, Any] = {}
@@ -112,10 +138,20 @@ class _Columns:
         """The one stored copy of ``value`` (a str or tuple repeated across rows)."""
         return self._seen.setdefault(value, value)
 
+    def shared(self, values: Sequence[T]) -> Iterator[T]:
+        """``share`` over ``values``."""
+        return map(self._seen.setdefault, values, values)
+
     def add(self, *values: Any) -> None:
         for column, value in zip(self._lists, values, strict=True):
             column.append(value)
         self.rows += 1
+
+    def extend(self, n: int, values: Mapping[str, Iterable[Any]]) -> None:
+        """Append ``n`` rows given column by column (every column, ``n`` values each)."""
+        for name in self.columns:
+            self.data[name].extend(values[name])
+        self.rows += n
 
     def frame(self) -> pd.DataFrame:
         """The frame (every column ``object`` when there are no rows, as ``pd.DataFrame([],
@@ -127,84 +163,86 @@ class _Columns:
         # string dtype would copy every row's bytes (~2.5× the memory on the verdicts frame)
         # and make each later Python-level pass over the column convert it back.
         columns: dict[str, Any] = {}
-        for (
-            name
-        ) in self.columns:  # each list is dropped once converted: one column copied at a time
+        for name in self.columns:  # each list is dropped once converted: one column at a time
             values = data.pop(name)
-            text = isinstance(values, list) and isinstance(values[0], str)
-            columns[name] = pd.Series(values, dtype=object) if text else pd.Series(values)
+            if self.codes is not None and isinstance(values, array) and values.typecode == "h":
+                codes = np.frombuffer(values, dtype=np.int16)
+                columns[name] = pd.Categorical.from_codes(codes, dtype=self.codes.dtype(name))
+            elif isinstance(values, list) and isinstance(values[0], str):
+                columns[name] = pd.Series(values, dtype=object)
+            else:
+                columns[name] = pd.Series(values)
             del values
         return pd.DataFrame(columns, columns=self.columns, copy=False)
 
 
-@contextlib.contextmanager
-def _read_only(store: Store) -> Iterator[sqlite3.Connection]:
-    """A second, read-only connection to the store's file, for streaming whole tables: the
-    store's list methods (``verdict_rows``, ``call_rows``) build a dict per row for the whole
-    table, which for a large study is several times the frame built from it."""
-    uri = f"{store.path.resolve().as_uri()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        yield db
-
-
-def _batches(cursor: sqlite3.Cursor) -> Iterator[tuple[Any, ...]]:
-    """A cursor's rows, fetched ``_BATCH`` at a time."""
-    while batch := cursor.fetchmany(_BATCH):
-        yield from batch
-
-
-def _questionnaire(qs: list[dict[str, Any]], instrument: str, when: str) -> float:
+def _questionnaire(qs: list[QuestionnaireRecord], instrument: str, when: str) -> float:
     for q in qs:
-        if q["instrument"] == instrument and q["when"] == when:
-            return float(q["total"])
+        if q.instrument == instrument and q.when == when:
+            return float(q.total)
     return math.nan
+
+
+def _by_session(
+    rows: list[SessionRow], turns: Iterator[TurnRow]
+) -> Iterator[tuple[SessionRow, list[TurnRecord]]]:
+    """Each session with its utterances: two streams, both ordered by session id, merged."""
+    groups = itertools.groupby(turns, key=lambda t: t.session_id)
+    head = next(groups, None)
+    for row in rows:
+        while head is not None and head[0] < row.session_id:  # turns of no stored session
+            head = next(groups, None)
+        records: list[TurnRecord] = []
+        if head is not None and head[0] == row.session_id:
+            records = [t.record for t in head[1]]
+            head = next(groups, None)
+        yield row, records
 
 
 def load_frames(store: Store, *, with_findings: bool = True) -> Frames:
     """Build all frames from a store, streaming (see the module docstring)."""
-    rows = store.session_rows()
-    meta = {r["session_id"]: r for r in rows}
-    utterances = _Columns(UTTERANCE_COLUMNS, {"index": "q", "turn": "q"})
-    turns = _Columns([*TURN_COLUMNS, "text"])
+    rows = store.sessions()
+    cats = _Codes()
+    utterances = _Columns(UTTERANCE_COLUMNS, {"index": "q", "turn": "q"}, cats)
+    turns = _Columns([*TURN_COLUMNS, "text"], codes=cats)
     share = utterances.share
     session_rows: list[dict[str, Any]] = []
-    for r in rows:
-        sid = share(r["session_id"])
-        base = (sid, share(r["subject"]), share(r["modality"]), share(r["severity"]))
-        states: list[dict[str, Any]] = []  # the patient state after each therapist turn
-        for _, rec in store.turn_records(sid):
-            state = rec["state"]
-            codes = share(tuple(rec.get("codes", [])))
-            phase = share(rec["phase"])
-            speaker = share(rec["speaker"])
-            utterances.add(
-                *base, rec["index"], speaker, rec["text"], rec["turn"], phase, codes, state["suds"]
-            )
+    for r, records in _by_session(rows, store.turns()):
+        sid = share(r.session_id)
+        base = (sid, share(r.subject), share(r.modality), cats.code("severity", r.severity.value))
+        states: list[PatientState] = []  # the patient state after each therapist turn
+        for rec in records:
+            state = rec.state
+            codes = share(tuple(rec.codes))
+            phase = share(rec.phase)
+            speaker = share(rec.speaker)
+            utterances.add(*base, rec.index, speaker, rec.text, rec.turn, phase, codes, state.suds)
             if speaker == "therapist":
-                risk = share(state["risk"])
                 turns.add(
                     *base,
-                    rec["turn"],
+                    rec.turn,
                     phase,
-                    share(rec["phase_kind"]),
+                    cats.code("phase_kind", rec.phase_kind),
                     codes,
-                    state["suds"],
-                    state["belief"],
-                    state["alliance"],
-                    state["engagement"],
-                    risk,
-                    state["dropout"],
-                    rec["text"],
+                    state.suds,
+                    state.belief,
+                    state.alliance,
+                    state.engagement,
+                    cats.code("risk", state.risk.value),
+                    state.dropout,
+                    rec.text,
                 )
                 states.append(state)
         session_rows.append(_session_row(r, states))
-    sessions = pd.DataFrame(session_rows, columns=[*SESSION_COLUMNS, *_extra_columns(session_rows)])
-    del session_rows
-    verdicts = _verdicts(store, meta)
+    columns = [*SESSION_COLUMNS, *SESSION_EXTRA_COLUMNS] if session_rows else SESSION_COLUMNS
+    sessions = pd.DataFrame(session_rows, columns=list(columns))
+    cells = {r.session_id: (r.subject, r.modality, r.severity.value) for r in rows}
+    del session_rows, rows  # the verdicts are streamed with only each session's cell at hand
+    verdicts = _verdicts(store, cells, cats)
     findings = (
-        _findings(store, meta) if with_findings else pd.DataFrame(columns=list(FINDING_COLUMNS))
+        _findings(store, cells) if with_findings else pd.DataFrame(columns=list(FINDING_COLUMNS))
     )
-    return Frames(
+    frames = Frames(
         sessions=sessions,
         turns=turns.frame(),
         utterances=utterances.frame() if utterances.rows else pd.DataFrame(),
@@ -212,136 +250,153 @@ def load_frames(store: Store, *, with_findings: bool = True) -> Frames:
         findings=findings,
         calls=_calls(store),
     )
+    for frame in frames.as_dict().values():
+        with_ordered_categories(frame)
+    return frames
 
 
-def _session_row(r: dict[str, Any], states: list[dict[str, Any]]) -> dict[str, Any]:
+def _session_row(r: SessionRow, states: list[PatientState]) -> dict[str, Any]:
     """One ``sessions`` row from the stored session and its therapist turns' states."""
-    init = r["initial_state"] or {}
-    spec = r["spec"]
-    suds = [s["suds"] for s in states]
-    alliance = [s["alliance"] for s in states]
-    base_suds = init.get("suds", math.nan)
-    adherence = r["adherence"] or {}
+    init = r.initial_state
+    suds = [s.suds for s in states]
+    alliance = [s.alliance for s in states]
+    base_suds = init.suds if init else math.nan
+    base_belief = init.belief if init else math.nan
+    base_alliance = init.alliance if init else math.nan
+    base_risk = init.risk if init else RiskLevel.NONE
+    adherence = r.adherence
     return {
-        "session_id": r["session_id"],
-        "subject": r["subject"],
-        "modality": r["modality"],
-        "severity": r["severity"],
-        "persona_id": r["persona_ref"].split("@")[0],
-        "parent_id": r["persona"],
-        "variant": ",".join(f"{k}={v}" for k, v in sorted(r["variant"].items())),
-        "repeat": r["repeat"],
-        "status": r["status"],
-        "termination_reason": r["termination_reason"],
-        "n_turns": r["n_turns"],
+        "session_id": r.session_id,
+        "subject": r.subject,
+        "modality": r.modality,
+        "severity": r.severity.value,
+        "persona_id": r.persona_ref.split("@")[0],
+        "parent_id": r.persona,
+        "variant": ",".join(f"{k}={v}" for k, v in sorted(r.variant.items())),
+        "repeat": r.repeat,
+        "status": r.status,
+        "termination_reason": r.termination_reason.value,
+        "n_turns": r.n_turns,
         "baseline_suds": base_suds,
         "final_suds": suds[-1] if suds else base_suds,
         "peak_suds": max([base_suds, *suds])
         if not math.isnan(base_suds)
         else (max(suds) if suds else math.nan),
-        "baseline_belief": init.get("belief", math.nan),
-        "final_belief": states[-1]["belief"] if states else init.get("belief", math.nan),
-        "baseline_alliance": init.get("alliance", math.nan),
-        "final_alliance": alliance[-1] if alliance else init.get("alliance", math.nan),
-        "min_alliance": min([init.get("alliance", 1.0), *alliance]),
-        "baseline_risk": init.get("risk", "none"),
-        "max_risk": _risk_max([init.get("risk", "none"), *(s["risk"] for s in states)]),
-        "dropout": bool(states and states[-1]["dropout"]),
-        "habituation_margin": r["habituation_margin"],
-        "phq9_pre": _questionnaire(r["questionnaires"], "phq9", "pre"),
-        "phq9_post": _questionnaire(r["questionnaires"], "phq9", "post"),
-        "pcl5_pre": _questionnaire(r["questionnaires"], "pcl5", "pre"),
-        "pcl5_post": _questionnaire(r["questionnaires"], "pcl5", "post"),
-        # extras for reports
-        "persona_ref": r["persona_ref"],
-        "subject_model": spec.get("subject", ""),
-        "protocol": spec.get("protocol", ""),
-        "error": r["error"],
-        "adherence_score": adherence.get("adherence_score", math.nan),
-        "proscribed_hits": len(adherence.get("proscribed_hits", [])),
-        "skipped_phases": len(adherence.get("skipped_phases", [])),
-        "regressions": len(adherence.get("regressions", [])),
-        "input_tokens": r["input_tokens"],
-        "output_tokens": r["output_tokens"],
-        "cost_usd": r["cost_usd"],
+        "baseline_belief": base_belief,
+        "final_belief": states[-1].belief if states else base_belief,
+        "baseline_alliance": base_alliance,
+        "final_alliance": alliance[-1] if alliance else base_alliance,
+        "min_alliance": min([init.alliance if init else 1.0, *alliance]),
+        "baseline_risk": base_risk.value,
+        "max_risk": max([base_risk, *(s.risk for s in states)], key=lambda v: v.rank).value,
+        "dropout": bool(states and states[-1].dropout),
+        "habituation_margin": r.habituation_margin,
+        "phq9_pre": _questionnaire(r.questionnaires, "phq9", "pre"),
+        "phq9_post": _questionnaire(r.questionnaires, "phq9", "post"),
+        "pcl5_pre": _questionnaire(r.questionnaires, "pcl5", "pre"),
+        "pcl5_post": _questionnaire(r.questionnaires, "pcl5", "post"),
+        # extras for reports (SESSION_EXTRA_COLUMNS)
+        "persona_ref": r.persona_ref,
+        "subject_model": r.spec.subject,
+        "protocol": r.spec.protocol,
+        "error": r.error,
+        "adherence_score": adherence.adherence_score if adherence else math.nan,
+        "proscribed_hits": len(adherence.proscribed_hits) if adherence else 0,
+        "skipped_phases": len(adherence.skipped_phases) if adherence else 0,
+        "regressions": len(adherence.regressions) if adherence else 0,
+        "input_tokens": r.input_tokens,
+        "output_tokens": r.output_tokens,
+        "cost_usd": r.cost_usd,
     }
 
 
-def _verdicts(store: Store, meta: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """The verdicts frame, streamed from the store (in ``Store.verdict_rows`` order)."""
+def _verdicts(
+    store: Store, sessions: Mapping[str, tuple[str, str, str]], codes: _Codes
+) -> pd.DataFrame:
+    """The verdicts frame, streamed from the store a batch of columns at a time (in
+    ``Store.verdicts`` order); ``sessions`` maps each stored session to its subject, modality
+    and severity; verdicts of a session the store no longer holds are left out."""
     out = _Columns(
-        [*VERDICT_COLUMNS, *_VERDICT_EXTRA],
+        [*VERDICT_COLUMNS, *VERDICT_EXTRA_COLUMNS],
         {"turn": "q", "score": "d", "input_tokens": "q", "output_tokens": "q"},
+        codes,
     )
-    share = out.share
-    query = (
-        "SELECT session_id, judge, item_id, turn, met, score, reason, prompt_hash, model,"
-        " input_tokens, output_tokens FROM verdicts ORDER BY session_id, judge, item_id, turn"
-    )
-    last: str | None = None
-    cell: tuple[str, str, str, str] | None = None
-    with _read_only(store) as db:
-        for sid, judge, item, turn, met, score, reason, prompt_hash, model, tin, tout in _batches(
-            db.execute(query)
-        ):
-            if sid != last:  # rows come grouped by session
-                last = sid
-                row = meta.get(sid)
-                cell = (
-                    (
-                        share(sid),
-                        share(row["subject"]),
-                        share(row["modality"]),
-                        share(row["severity"]),
-                    )
-                    if row is not None
-                    else None
+    cells: dict[str, tuple[str, str, str, int]] = {}
+    for batch in store.verdict_batches():
+        if not sessions.keys() >= set(batch.session_id):
+            batch = _only(batch, sessions)
+        runs = [(sid, sum(1 for _ in rows)) for sid, rows in itertools.groupby(batch.session_id)]
+        cell_columns: list[list[Any]] = [[], [], [], []]
+        for sid, n in runs:
+            cell = cells.get(sid)
+            if cell is None:
+                subject, modality, severity = sessions[sid]
+                cell = cells[sid] = (
+                    out.share(sid),
+                    out.share(subject),
+                    out.share(modality),
+                    codes.code("severity", severity),
                 )
-            if cell is None:  # a verdict of a session the store no longer holds
-                continue
-            out.add(
-                *cell,
-                share(judge),
-                share(item),
-                "session" if turn < 0 else "turn",
-                turn,
-                math.nan if met is None else bool(met),
-                math.nan if score is None else score,
-                share(reason),
-                share(prompt_hash),
-                share(model),
-                tin,
-                tout,
-            )
+            for column, value in zip(cell_columns, cell, strict=True):
+                column.extend([value] * n)
+        out.extend(
+            len(batch),
+            dict(
+                zip(("session_id", "subject", "modality", "severity"), cell_columns, strict=True),
+                judge=out.shared(batch.judge),
+                item_id=out.shared(batch.item_id),
+                scope=["session" if t < 0 else "turn" for t in batch.turn],
+                turn=batch.turn,
+                met=[math.nan if m is None else m for m in batch.met],
+                score=(math.nan if s is None else s for s in batch.score),
+                reason=out.shared(batch.reason),
+                prompt_hash=out.shared(batch.prompt_hash),
+                model=out.shared(batch.model),
+                input_tokens=batch.input_tokens,
+                output_tokens=batch.output_tokens,
+            ),
+        )
     verdicts = out.frame()
     if not verdicts.empty:
         verdicts["met"] = verdicts["met"].astype(object)
     return verdicts
 
 
+def _only(batch: VerdictBatch, sessions: Mapping[str, object]) -> VerdictBatch:
+    """The verdicts of ``batch`` whose session the store still holds."""
+    keep = [i for i, sid in enumerate(batch.session_id) if sid in sessions]
+    return batch.model_copy(
+        update={name: [getattr(batch, name)[i] for i in keep] for name in VerdictBatch.model_fields}
+    )
+
+
 def _calls(store: Store) -> pd.DataFrame:
     """Every stored call, streamed (an empty frame when the store holds none)."""
-    with _read_only(store) as db:
-        cursor = db.execute("SELECT * FROM calls ORDER BY session_id, idx")
-        out = _Columns([d[0] for d in cursor.description])
-        for row in _batches(cursor):
-            out.add(*(out.share(v) if isinstance(v, str) else v for v in row))
+    out = _Columns(CALL_COLUMNS)
+    share = out.share
+    for c in store.calls():
+        out.add(
+            share(c.session_id),
+            c.idx,
+            share(c.role),
+            share(c.model),
+            c.cached,
+            c.latency_s,
+            c.input_tokens,
+            c.output_tokens,
+            c.cost_usd,
+            c.attempts,
+        )
     return out.frame() if out.rows else pd.DataFrame()
 
 
-def _extra_columns(rows: list[dict[str, Any]]) -> list[str]:
-    if not rows:
-        return []
-    return [k for k in rows[0] if k not in SESSION_COLUMNS]
-
-
-def _findings(store: Store, meta: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def _findings(store: Store, sessions: Iterable[str]) -> pd.DataFrame:
     try:
         from therasim.evaluation.judging.detectors import detect_findings
     except ImportError:  # detectors not available: an empty frame, not a crash
         return pd.DataFrame(columns=list(FINDING_COLUMNS))
     out = _Columns(FINDING_COLUMNS)
-    for sid in meta:
+    for sid in sessions:
         result = store.load_session(sid)
         if result is not None:
             for f in detect_findings(result):

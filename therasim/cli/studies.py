@@ -68,6 +68,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """What a study folder holds."""
     from pathlib import Path
 
+    from therasim.agents.llm.usage import Totals
     from therasim.personas.loader import load_library
     from therasim.pipeline import study_store
     from therasim.simulations.study import Study, expand
@@ -82,24 +83,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     with Store(store_path) as store:
         completed = store.count("completed")
         failed = store.count("failed")
-        verdicts = len(store.verdict_rows())
+        verdicts = sum(n for _, n, _ in store.verdict_error_counts().values())
         study_doc = store.get_meta("study")
-        rows = store.session_rows()
+        rows = store.sessions()
     total = None
     if study_doc:
         total = len(expand(Study.model_validate(study_doc), load_library()))
-    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
-    cost = sum(r["cost_usd"] or 0.0 for r in rows)
+    spent = Totals.sum(rows)
     console.print(
         f"{out}: {completed} completed, {failed} failed"
         + (f", {total - completed - failed} not run (of {total})" if total is not None else "")
-        + f" · {verdicts} verdicts · {tokens:,} tokens · ${cost:.2f}"
+        + f" · {verdicts} verdicts · {spent.total_tokens:,} tokens · ${spent.cost_usd:.2f}"
     )
     if failed:
         reasons: dict[str, int] = {}
         for r in rows:
-            if r["status"] == "failed":
-                reasons[r["termination_reason"]] = reasons.get(r["termination_reason"], 0) + 1
+            if r.status == "failed":
+                reason = r.termination_reason.value
+                reasons[reason] = reasons.get(reason, 0) + 1
         console.print(
             "  failed by reason: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items()))
         )
