@@ -306,6 +306,45 @@ def _parse(text: str) -> _Tags:
     return parser
 
 
+class _Scripts(HTMLParser):
+    """Every ``<script>`` element as the browser's tokenizer sees it: (attributes, content)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
+        self._open: dict[str, str | None] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script":
+            self._open = dict(attrs)
+            self.scripts.append((self._open, ""))
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            attrs, content = self.scripts[-1]
+            self.scripts[-1] = (attrs, content + data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._open = None
+
+
+def scripts(text: str) -> list[tuple[dict[str, str | None], str]]:
+    parser = _Scripts()
+    parser.feed(text)
+    parser.close()
+    return parser.scripts
+
+
+def figure_blocks(text: str) -> dict[str, Any]:
+    """Chart id → its figure, parsed from the ``<script type="application/json">`` blocks."""
+    return {
+        str(attrs["data-chart"]): json.loads(content)
+        for attrs, content in scripts(text)
+        if attrs.get("type") == "application/json" and "data-chart" in attrs
+    }
+
+
 # --------------------------------------------------------------------------- unit
 
 
@@ -324,7 +363,7 @@ def test_file_is_written_and_self_contained(report: tuple[Path, str]) -> None:
     assert external == []
     # plotly.js is inlined exactly once, however many charts there are
     assert text.count(get_plotlyjs()[:300]) == 1
-    assert text.count("Plotly.newPlot") >= 5
+    assert len(figure_blocks(text)) >= 5
 
 
 def test_sections_and_nav(report: tuple[Path, str]) -> None:
@@ -387,6 +426,89 @@ def html_escaped(value: str) -> str:
     return html.escape(value, quote=True)
 
 
+HOSTILE = "</script><script>alert(1)</script><!--"
+
+
+def hostile_frames() -> Frames:
+    """``build_frames`` with model output and names that try to close a script block: a subject
+    (it reaches the chart JSON), a transcript line, a judge's reason and a detector phrase."""
+    frames = build_frames(injected=False)
+    for frame in (
+        frames.sessions,
+        frames.turns,
+        frames.utterances,
+        frames.verdicts,
+        frames.findings,
+    ):
+        frame["subject"] = frame["subject"].replace("adherent", HOSTILE)
+    utterances = frames.utterances
+    utterances.loc[0, "text"] = "ok <script>alert(1)</script> and </script> and </SCRIPT >"
+    frames.verdicts["reason"] = "</script><script>alert(1)</script>"
+    frames.findings["phrase"] = "</script>"
+    return frames
+
+
+@pytest.fixture(scope="module")
+def hostile_report() -> str:
+    verdicts = fake_verdicts()
+    verdicts[0].subject = HOSTILE
+    return render_html_report(hostile_frames(), verdicts=verdicts)
+
+
+def test_untrusted_text_cannot_leave_its_element(hostile_report: str) -> None:
+    text = hostile_report
+    found = scripts(text)
+    # every script tag in the file is one of the report's own: none was opened or closed by data
+    assert text.lower().count("<script") == len(found)
+    assert text.lower().count("</script") == len(found)
+    assert "<script>alert(1)</script>" not in text
+    # the text is still there, escaped
+    assert html_escaped("ok <script>alert(1)</script> and </script>") in text
+    assert html_escaped(HOSTILE) in text
+    for attrs, content in found:
+        if "alert(1)" in content:
+            assert attrs.get("type") == "application/json", attrs
+
+
+def test_scripts_are_plotly_once_the_figures_as_json_and_one_page_script(
+    hostile_report: str,
+) -> None:
+    found = scripts(hostile_report)
+    plotly = [c for _, c in found if c.startswith(get_plotlyjs()[:300])]
+    assert len(plotly) == 1 and hostile_report.count(get_plotlyjs()[:300]) == 1
+    code = [c for a, c in found if a.get("type") != "application/json" and c not in plotly]
+    assert len(code) == 1 and "Plotly.newPlot" in code[0]
+    blocks = [(a, c) for a, c in found if a.get("type") == "application/json"]
+    assert len(blocks) == len(found) - 2
+    for _, content in blocks:
+        # every block parses (no NaN, nothing cut short) to a figure or the shared template
+        assert isinstance(json.loads(content), dict)
+    figures = figure_blocks(hostile_report)
+    assert len(figures) >= 5
+    for chart_id, figure in figures.items():
+        assert set(figure) == {"data", "layout", "config"}
+        assert f'id="{chart_id}"' in hostile_report  # the div it is drawn into
+        assert "template" not in figure["layout"]  # shared, written once
+    shared = [json.loads(c) for a, c in blocks if a.get("id") == "fig-template"]
+    assert len(shared) == 1 and "layout" in shared[0]
+    # the hostile subject reaches the chart data intact, as a JSON string
+    names = {t.get("name") for f in figures.values() for t in f["data"]}
+    assert HOSTILE in names
+
+
+def test_templates_escape_and_fail_on_missing_data() -> None:
+    from jinja2 import UndefinedError
+
+    from therasim.evaluation.report.html import environment
+
+    env = environment()
+    note = env.from_string('{% import "macros.html.j2" as m %}{{ m.note(n) }}')
+    rendered = note.render(n=SimpleNamespace(text="<b>x</b> & y", kind="info"))
+    assert rendered == '<p class="note note-info">&lt;b&gt;x&lt;/b&gt; &amp; y</p>'
+    with pytest.raises(UndefinedError):
+        note.render(n=SimpleNamespace(text="no kind"))
+
+
 def test_session_cap_keeps_every_cell(tmp_path: Path) -> None:
     frames = build_frames(injected=False)
     text = render_html_report(frames, verdicts=[], max_sessions=8)
@@ -401,7 +523,7 @@ def test_empty_frames_render_with_notes(tmp_path: Path) -> None:
     path = write_html_report(empty_frames(), tmp_path / "empty.html", verdicts=[])
     text = path.read_text(encoding="utf-8")
     assert "could not be drawn" not in text
-    assert "Plotly.newPlot" not in text
+    assert figure_blocks(text) == {}
     assert "no sessions" in text.lower()
 
 

@@ -3,7 +3,7 @@ item 11)."""
 
 from __future__ import annotations
 
-from therasim.evaluation.report.html import _toy_models_note
+from therasim.evaluation.report.html_sections import toy_models_note as _toy_models_note
 from therasim.simulations.study import Study
 
 
