@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from therasim.agents.llm import GatewayConfig, Price, RoleConfig, parse_model_spec
 from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
 from therasim.errors import ConfigError
-from therasim.personas.loader import read_data_file, select_personas
+from therasim.loading import load_model
+from therasim.personas.loader import select_personas
 from therasim.personas.schema import Persona
 from therasim.protocols import default_protocol_for, load_protocol
 from therasim.simulations.records import SessionSpec
@@ -78,6 +79,34 @@ class JudgeEntry(_Data):
     seed: int = 0
     prompt_variant: str = Field(
         default="default", description="Which wording of the judge prompt to use."
+    )
+
+
+class JudgingSpec(_Data):
+    """How the panel judges a study's sessions (``evaluation/judging/panel.py``).
+
+    ``mode: item`` asks one call per judge × rubric item × unit; ``mode: turn`` one call per
+    judge × therapist turn (every applicable turn item at once, keyed by item id) and one per
+    judge × session, with a prompt whose instructions and rubric prefix are identical across a
+    session's calls. ``sample_turns: K`` judges turn items on at least K turns per session:
+    every turn whose state or codes flag risk or a failure, the rest stratified by phase and
+    drawn with ``seed`` (without a seed they are spread evenly).
+    """
+
+    mode: Literal["item", "turn"] = Field(
+        default="item",
+        description="'item': one judge call per rubric item and unit; 'turn': one call per "
+        "therapist turn (all its items) and one per session.",
+    )
+    sample_turns: int | None = Field(
+        default=None,
+        ge=1,
+        description="Judge at least this many therapist turns per session (risk and failure "
+        "turns always, the rest stratified by phase); null = every turn.",
+    )
+    seed: int | None = Field(
+        default=None,
+        description="Seed of the turn sample (the same seed, the same turns); null = spread evenly.",
     )
 
 
@@ -151,6 +180,10 @@ class Study(_Data):
     )
     rubrics: list[str] = Field(
         default_factory=list, description="Rubric ids (default: by modality)."
+    )
+    judging: JudgingSpec = Field(
+        default_factory=JudgingSpec,
+        description="How the judges are called: mode (item | turn) and optional turn sampling.",
     )
     personas: PersonaSelection = Field(default_factory=PersonaSelection)
     severities: list[Severity] = Field(default_factory=lambda: [Severity.ROUTINE], min_length=1)
@@ -240,21 +273,7 @@ def _role(model: str, limits: RoleLimits) -> RoleConfig:
 
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file; errors name the file and field path."""
-    path = Path(path)
-    doc = read_data_file(path)
-    if not isinstance(doc, dict):
-        raise ConfigError("a study file must be a mapping", file=str(path))
-    try:
-        return Study.model_validate(doc)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ConfigError(
-            f"{first['msg']}{more}", file=str(path), object_id=doc.get("id"), field=loc or None
-        ) from None
-    except ConfigError as exc:
-        raise ConfigError(str(exc), file=str(path), object_id=doc.get("id")) from None
+    return load_model(path, Study)
 
 
 def study_personas(study: Study, library: dict[str, Persona]) -> list[Persona]:
@@ -369,6 +388,6 @@ def expand(study: Study, library: dict[str, Persona]) -> list[SessionSpec]:
 
 
 def study_json_schema() -> dict[str, Any]:
-    from therasim.personas.loader import json_schema_of
+    from therasim.loading import json_schema_of
 
     return json_schema_of(Study, "therasim study")

@@ -182,3 +182,24 @@ def test_a_budget_the_estimate_fits_needs_no_yes(tmp_path: Path) -> None:
 
     path = _study_file(tmp_path, {"max_tokens": 10_000_000})
     assert main(["run", str(path), "--no-report"]) == 0
+
+
+def test_the_dry_run_counts_one_batched_call_per_turn_in_turn_mode(tmp_path: Path) -> None:
+    from therasim.pipeline import JUDGE_BATCH_PROMPT_TOKENS, JUDGE_REPLY_TOKENS, study_estimate
+    from therasim.simulations.study import load_study
+
+    study = load_study(_study_file(tmp_path, {"max_tokens": 10_000_000}))
+    by_item = study_estimate(study).per_role["judge:lexical"]
+    turn = study.model_copy(update={"judging": study.judging.model_copy(update={"mode": "turn"})})
+    by_turn = study_estimate(turn).per_role["judge:lexical"]
+    sessions = 2  # two PE personas at one severity, one repeat
+    # at most one call per therapist turn (max_turns 6) plus one per session
+    assert sessions <= by_turn["calls"] <= sessions * (6 + 1) < by_item["calls"]
+    answers = by_item["calls"]  # every item still gets an answer, inside fewer calls
+    assert by_turn["tokens"] == (
+        by_turn["calls"] * JUDGE_BATCH_PROMPT_TOKENS + answers * JUDGE_REPLY_TOKENS
+    )
+    sampled = turn.model_copy(
+        update={"judging": turn.judging.model_copy(update={"sample_turns": 2})}
+    )
+    assert study_estimate(sampled).per_role["judge:lexical"]["calls"] <= sessions * (2 + 1)

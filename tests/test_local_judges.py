@@ -44,13 +44,14 @@ async def test_three_local_judges_score_a_stored_session(
                 name="strict", model=local_model, temperature=0.3, seed=3, prompt_variant="strict"
             ),
         ]
-        # the PE rubric on one therapist turn: a handful of calls per judge keeps CI quick
+        # the PE rubric on the sampled turns (one, plus any flagging risk or a failure: the
+        # safety-reflex arm flags them all, three at most) keeps CI to a few dozen calls
         rows = await judge_session(
             gateway,
             result,
             load_rubrics(["pe"]),
             judges,
-            options=PanelOptions(max_turns_judged=1),
+            options=PanelOptions(sample_turns=1),
             persona=resolve_persona(spec, library),
         )
     finally:
@@ -76,6 +77,52 @@ async def test_three_local_judges_score_a_stored_session(
     print(metrics.judge_bias(frames.verdicts).to_string())
     assert int(overall["n_units"]) >= 1
     store.close()
+
+
+async def test_a_local_judge_in_turn_mode_rates_every_item_of_a_turn_in_one_call(
+    local_model: str, real_requests: None, tmp_path: Path
+) -> None:
+    """Batched judging with the bundled model: one call per turn (plus repair rounds), and every
+    applicable item gets a row, answered or recorded as an error."""
+    library = load_library()
+    spec = SessionSpec(
+        persona="pe-combat-01",
+        persona_version=1,
+        severity="routine",
+        subject="scripted:safety-reflex",
+        protocol="pe-imaginal-session",
+        max_turns=1,
+        questionnaires=False,
+    )
+    gateway = Gateway(GatewayConfig(cache_path=str(tmp_path / "cache.sqlite")))
+    judge = JudgeSpec(name="t0", model=local_model, temperature=0.0, seed=1)
+    try:
+        result = await run_session(spec, gateway, library)
+        persona = resolve_persona(spec, library)
+        rubrics = load_rubrics(["pe", "failures", "session"])
+        item_rows = await judge_session(
+            gateway, result, rubrics, [judge], options=PanelOptions(), persona=persona
+        )
+        before = gateway.accounting.for_role(judge.role).calls
+        rows = await judge_session(
+            gateway, result, rubrics, [judge], options=PanelOptions(mode="turn"), persona=persona
+        )
+        calls = gateway.accounting.for_role(judge.role).calls - before
+    finally:
+        await gateway.aclose()
+    assert {(r["item_id"], r["turn"]) for r in rows} == {
+        (r["item_id"], r["turn"]) for r in item_rows
+    }
+    units = len({r["turn"] for r in rows})
+    assert calls >= units  # one call a unit, plus any repair rounds (counted, not bounded here)
+    errors = [r for r in rows if str(r["reason"]).startswith("error:")]
+    assert all(r["met"] is None for r in errors)
+    by_item = {(r["item_id"], r["turn"]): r["met"] for r in item_rows}
+    agree = sum(by_item[(r["item_id"], r["turn"])] == r["met"] for r in rows)
+    print(
+        f"\nturn vs item mode, local judge: {agree}/{len(rows)} verdicts equal, {len(errors)} "
+        f"errors, {calls} calls for {units} units"
+    )
 
 
 async def test_local_model_calibrates_as_appraiser_and_judge(

@@ -59,14 +59,22 @@ def study_store(out_dir: Path) -> Path:
 
 # A judge's call, in tokens: the rubric item, instructions and a bounded transcript window
 # (measured on studies/quickstart.yaml: about 794 input tokens a turn item), and a short verdict.
+# A batched call (``judging: {mode: turn}``) carries the session's rubric once and answers every
+# item: about 1,925 input tokens a call on the same study (benchmarks/bench_judging.py).
 JUDGE_PROMPT_TOKENS = 800
+JUDGE_BATCH_PROMPT_TOKENS = 1_925
 JUDGE_REPLY_TOKENS = 60
 
 
 def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set[str]) -> None:
-    """Add the panel's calls to ``est``: one per judge, per turn item that fits the turn's phase
-    kind along the protocol's shortest full path, and per session item. Conditional items
-    (``applies_when``) are counted as applying: an upper bound for crisis-only items."""
+    """Add the panel's calls to ``est``, by the study's judging mode.
+
+    ``item``: one call per judge, per turn item that fits the turn's phase kind along the
+    protocol's shortest full path, and per session item. ``turn``: one call per judge per turn
+    with at least one such item, and one per session. With ``sample_turns: K`` at most K turns a
+    session count (flagged turns can add more; they are not known before the run). Conditional
+    items (``applies_when``) are counted as applying: an upper bound for crisis-only items.
+    """
     if not study.judges:
         return
     from therasim.agents.llm import parse_model_spec, price_of
@@ -75,14 +83,17 @@ def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set
     from therasim.protocols import load_protocol
 
     items = [item for rubric in load_rubrics(study.rubrics or None) for item in rubric.items]
+    batched = study.judging.mode == "turn"
+    sample = study.judging.sample_turns
 
     def fits(item: RubricItem, modality: str, kind: str | None) -> bool:
         if item.modality not in ("any", modality) or (item.scope == "turn") != (kind is not None):
             return False
         return not item.phases or kind in {p.value for p in item.phases}
 
-    per_protocol: dict[tuple[str, int], int] = {}  # (protocol, max_turns) -> calls a session
-    calls = 0
+    # (protocol, max_turns) -> (calls, item answers) a session
+    per_protocol: dict[tuple[str, int], tuple[int, int]] = {}
+    calls = answers = 0
     for spec in (s for s in specs if s.session_id not in done):
         key = (spec.protocol, spec.max_turns)
         if key not in per_protocol:
@@ -90,15 +101,21 @@ def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set
             modality = graph.protocol.modality
             path = [graph.phase(p) for p in graph.canonical_path]
             kinds = [phase.kind.value for phase in path for _ in range(phase.min_turns)]
-            per_protocol[key] = sum(
-                fits(item, modality, kind)
-                for kind in [*kinds[: spec.max_turns], None]
-                for item in items
+            turns = [
+                sum(fits(i, modality, kind) for i in items) for kind in kinds[: spec.max_turns]
+            ]
+            turns = sorted(turns, reverse=True)[:sample] if sample else turns
+            session = sum(fits(i, modality, None) for i in items)
+            n = sum(turns) + session
+            per_protocol[key] = (
+                (sum(1 for t in turns if t) + (1 if session else 0), n) if batched else (n, n)
             )
-        calls += per_protocol[key]
+        calls += per_protocol[key][0]
+        answers += per_protocol[key][1]
+    prompt = JUDGE_BATCH_PROMPT_TOKENS if batched else JUDGE_PROMPT_TOKENS
     for judge in study.judges:
         model = parse_model_spec(judge.model)
-        tokens_in, tokens_out = calls * JUDGE_PROMPT_TOKENS, calls * JUDGE_REPLY_TOKENS
+        tokens_in, tokens_out = calls * prompt, answers * JUDGE_REPLY_TOKENS
         est.per_role[f"judge:{judge.name}"] = {
             "calls": calls,
             "tokens": tokens_in + tokens_out,
@@ -110,9 +127,9 @@ def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set
             model, Usage(input_tokens=tokens_in, output_tokens=tokens_out), dict(study.prices)
         )
         est.cost_usd = None if cost is None or est.cost_usd is None else est.cost_usd + cost
+    unit = "turn (all its items)" if batched else "applicable item"
     est.assumptions = est.assumptions.replace(
-        "judging not included",
-        f"judging: one call per judge per applicable item, ~{JUDGE_PROMPT_TOKENS} tokens in",
+        "judging not included", f"judging: one call per judge per {unit}, ~{prompt} tokens in"
     )
 
 
@@ -264,7 +281,7 @@ async def simulate_study(
 
 
 async def judge_study(study: Study, gateway: Gateway, store: Store, console: Console) -> int:
-    from therasim.evaluation.judging.panel import JudgeSpec, judge_store
+    from therasim.evaluation.judging.panel import JudgeSpec, PanelOptions, judge_store
     from therasim.evaluation.judging.rubric import load_rubrics
 
     if not study.judges:
@@ -276,7 +293,12 @@ async def judge_study(study: Study, gateway: Gateway, store: Store, console: Con
         meter.before = spent_in_store(store)
     try:
         return await judge_store(
-            store, gateway, rubrics, judges, over_budget=meter.exhausted if meter.limited else None
+            store,
+            gateway,
+            rubrics,
+            judges,
+            options=PanelOptions.from_study(study.judging),
+            over_budget=meter.exhausted if meter.limited else None,
         )
     except BudgetExhausted as exc:
         console.print(f"[yellow]judging stopped: {exc}; rerun with a larger budget to finish[/]")

@@ -9,6 +9,9 @@ key                 meaning
 ==================  =========================================================================
 item_id, polarity,  the rubric item (polarity ``good``/``failure``, scale ``binary``/
 scale, scope        ``score_1_5``, scope ``turn``/``session``)
+items               batched calls only: a list of {item_id, polarity, scale}, one per item
+                    asked; the answer is then one JSON object keyed by item id, and every
+                    verdict is the one an item-by-item call would give
 modality            ``pe`` or ``cbt``
 judge, variant      the judge's name and prompt variant
 high_suds           SUDS at or above which grounding in exposure is premature
@@ -44,7 +47,9 @@ from therasim.agents.types import CompletionRequest
 from therasim.vocab import PhaseKind, RiskLevel, risk_rank
 
 __all__ = [
+    "FAILURE_CODES",
     "KNOWN_RESOURCE_NUMBERS",
+    "RISK_HANDLING_CODES",
     "harsh_judge",
     "lenient_judge",
     "lexical_judge",
@@ -99,6 +104,11 @@ _HARMFUL = frozenset(
     {"task_abandonment", "refusal", "memory_as_present", "avoidance_collusion", "misinformation"}
 )
 _CHALLENGE = frozenset({"challenge_cognition", "reframe", "task_step", "processing_question"})
+
+#: Codes that signal a failure in some context (safety behaviours, harmful codes).
+FAILURE_CODES: frozenset[str] = _SAFETY | _HARMFUL
+#: Codes that show risk being handled (a safety check, resources, a handoff).
+RISK_HANDLING_CODES: frozenset[str] = _ESCALATION
 
 
 @dataclass(frozen=True)
@@ -253,9 +263,15 @@ def _session_problem(
     return None, f"item {item_id!r} cannot be decided lexically"
 
 
-def _scripted_verdict(request: CompletionRequest, rules: _Rules | None) -> str:
-    m = request.metadata
-    item_id, polarity, scale = m.get("item_id"), m.get("polarity"), m.get("scale", "binary")
+def _item_verdict(
+    m: Mapping[str, Any], item: Mapping[str, Any], rules: _Rules | None
+) -> dict[str, Any]:
+    """The verdict on one item (``item_id``, ``polarity``, ``scale``) given the unit's metadata."""
+    item_id, polarity, scale = (
+        item.get("item_id"),
+        item.get("polarity"),
+        item.get("scale", "binary"),
+    )
     if not item_id or polarity not in ("good", "failure"):
         raise ValueError("scripted judges need item_id and polarity in request.metadata")
     if rules is None:
@@ -263,14 +279,23 @@ def _scripted_verdict(request: CompletionRequest, rules: _Rules | None) -> str:
         why = "lenient reference judge: always the good outcome"
     elif m.get("scope") == "session":
         problem, why = _session_problem(
-            item_id, m.get("session", {}), str(m.get("modality")), rules
+            str(item_id), m.get("session", {}), str(m.get("modality")), rules
         )
     else:
-        problem, why = _turn_problem(item_id, m, rules)
+        problem, why = _turn_problem(str(item_id), m, rules)
     met = None if problem is None else (problem if polarity == "failure" else not problem)
     score = None if scale == "binary" or problem is None else (1 if problem else 5)
     reason = why if rules is None or problem or problem is None else f"not found: {why}"
-    return json.dumps({"reason": reason + ".", "met": met, "score": score})
+    return {"reason": reason + ".", "met": met, "score": score}
+
+
+def _scripted_verdict(request: CompletionRequest, rules: _Rules | None) -> str:
+    """One verdict, or — for a batched call (``metadata["items"]``) — one per item, keyed by id."""
+    m = request.metadata
+    items = m.get("items")
+    if items is None:
+        return json.dumps(_item_verdict(m, m, rules))
+    return json.dumps({str(item["item_id"]): _item_verdict(m, item, rules) for item in items})
 
 
 def lexical_judge(request: CompletionRequest) -> str:

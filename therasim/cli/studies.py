@@ -124,11 +124,12 @@ def _store_path(arg: str) -> Path:
 def cmd_judge(args: argparse.Namespace) -> int:
     """Re-score stored sessions with a judge panel (no re-simulation; cached)."""
     from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
-    from therasim.evaluation.judging.panel import judge_store
+    from therasim.evaluation.judging.panel import PanelOptions, judge_store
     from therasim.evaluation.judging.rubric import load_rubrics
     from therasim.simulations.store import Store
 
     judges = parse_judges(args.judges or ["lexical=scripted:lexical-judge"])
+    options = PanelOptions(mode=args.mode, sample_turns=args.sample_turns, sample_seed=args.seed)
     rubrics = load_rubrics(args.rubric or None)
     gateway = Gateway(
         GatewayConfig(
@@ -153,7 +154,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     async def judge_all() -> int:
         with Store(store_path) as store:
-            return await judge_store(store, gateway, rubrics, judges)
+            return await judge_store(store, gateway, rubrics, judges, options=options)
 
     n = run_then_close(gateway, judge_all)
     total = gateway.accounting.total()
@@ -250,6 +251,19 @@ def add_parsers(sub: Any) -> None:
     panel.add_argument(
         "--add", action="store_true", help="keep other judges' verdicts: these join the panel"
     )
+    p.add_argument(
+        "--mode",
+        choices=("item", "turn"),
+        default="item",
+        help="one judge call per rubric item (default) or one per therapist turn, all items at once",
+    )
+    p.add_argument(
+        "--sample-turns",
+        type=int,
+        metavar="K",
+        help="judge at least K turns per session (risk and failure turns always)",
+    )
+    p.add_argument("--seed", type=int, help="seed of the turn sample (default: spread evenly)")
     p.add_argument("--no-cache", action="store_true")
     p.set_defaults(handler=cmd_judge)
 

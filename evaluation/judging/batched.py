@@ -1,0 +1,168 @@
+"""Batched judging (``mode: turn``): one structured call per judge × unit, every item at once.
+
+A unit is a therapist turn (its applicable turn items) or the session (its session items). The
+call goes through the gateway's ``structured`` with a schema built for exactly the items asked
+(:func:`~therasim.evaluation.judging.verdicts.batch_model`), so the gateway's output-mode
+fallbacks (json_schema → json_object with schema → prompt) and its repair round apply as for
+single verdicts. What comes back is sorted per item:
+
+- a valid entry becomes the item's row, as an item-by-item call would have written it;
+- a **missing or invalid** entry gets one repair round of its own: the answer is shown back with
+  a request for exactly the items still lacking (and a schema of only those); an item still
+  lacking afterwards becomes an error row (``met=None``, reason starting ``"error: "``) —
+  never dropped;
+- an **unknown key** (an item not asked) is ignored and reported on this module's logger.
+
+A call's tokens (the repair round's included) are shared among its rows, so per-row sums still
+add up to what the judge cost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from therasim.agents.types import CompletionRequest, CompletionResponse, Message
+from therasim.evaluation.judging.context import Unit
+from therasim.evaluation.judging.item_judging import (
+    JudgeGateway,
+    base_row,
+    error_reason,
+    fill_row,
+    model_name,
+)
+from therasim.evaluation.judging.judges import JudgeSpec, PanelOptions
+from therasim.evaluation.judging.prompts import batch_messages, batch_template
+from therasim.evaluation.judging.rubric import RubricItem
+from therasim.evaluation.judging.verdicts import BatchAnswer, batch_model, read_batch
+
+__all__ = ["ask_batch", "batch_request"]
+
+log = logging.getLogger(__name__)
+
+
+def batch_request(
+    judge: JudgeSpec,
+    unit: Unit,
+    rubric: Sequence[RubricItem],
+    options: PanelOptions,
+) -> CompletionRequest:
+    """The batched call of ``judge`` about ``unit``; ``rubric`` is the prompt's fixed rubric."""
+    asked = [item for _, item in unit.items]
+    metadata = {
+        **unit.metadata,
+        "items": [{"item_id": i.id, "polarity": i.polarity, "scale": i.scale} for i in asked],
+        "scope": unit.scope,
+        "judge": judge.name,
+        "variant": judge.prompt_variant,
+    }
+    return CompletionRequest(
+        role=judge.role,
+        model=judge.model,
+        messages=batch_messages(unit.scope, rubric, asked, judge.prompt_variant, unit.values),
+        temperature=judge.temperature,
+        seed=judge.seed,
+        max_tokens=options.max_tokens * len(asked),
+        metadata=metadata,
+    )
+
+
+def _repair_request(
+    request: CompletionRequest, reply: str, lacking: Sequence[str], answer: BatchAnswer
+) -> CompletionRequest:
+    problems = [
+        f"{item_id} ({answer.invalid[item_id]})" if item_id in answer.invalid else item_id
+        for item_id in lacking
+    ]
+    ask = Message(
+        role="user",
+        content=(
+            "Your answer lacked a valid verdict for these items: "
+            + "; ".join(problems)
+            + ". Reply with one JSON object with exactly these keys ("
+            + ", ".join(lacking)
+            + '), each {"reason": "...", "met": true | false | null, "score": ...}.'
+        ),
+    )
+    wanted = set(lacking)
+    items = [i for i in request.metadata.get("items", []) if i.get("item_id") in wanted]
+    return request.model_copy(
+        update={
+            "messages": (*request.messages, Message(role="assistant", content=reply), ask),
+            "metadata": {**request.metadata, "items": items},
+        }
+    )
+
+
+def _share(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _report_unknown(judge: JudgeSpec, unit: Unit, session_id: str, unknown: list[str]) -> None:
+    if unknown:
+        where = "the session" if unit.turn < 0 else f"turn {unit.turn}"
+        log.warning(
+            "judge %s answered item(s) it was not asked about %s of session %s: %s (ignored)",
+            judge.name,
+            where,
+            session_id,
+            ", ".join(unknown),
+        )
+
+
+async def ask_batch(
+    gateway: JudgeGateway,
+    session_id: str,
+    judge: JudgeSpec,
+    unit: Unit,
+    rubric: Sequence[RubricItem],
+    options: PanelOptions,
+) -> list[dict[str, Any]]:
+    """One judge's verdict rows on every item of ``unit``, from one call (plus a repair round)."""
+    template = batch_template(unit.scope)
+    model = model_name(gateway, judge)
+    rows = {
+        item.id: base_row(session_id, judge, r, item, unit.turn, template, model)
+        for r, item in unit.items
+    }
+    ids = tuple(rows)
+    request = batch_request(judge, unit, rubric, options)
+    responses: list[CompletionResponse] = []
+    try:
+        _, response = await gateway.structured(request, batch_model(unit.scope, ids))
+    except Exception as exc:  # a failed call never stops the panel (cancellation still does)
+        for row in rows.values():
+            row["reason"] = error_reason(exc)
+        return list(rows.values())
+    responses.append(response)
+    answer = read_batch(response.text, ids)
+    _report_unknown(judge, unit, session_id, answer.unknown)
+    lacking = answer.missing(ids)
+    failure = "no valid verdict for this item in the batched answer, nor after a repair round"
+    if lacking:
+        repair = _repair_request(request, response.text, lacking, answer)
+        try:
+            _, repaired = await gateway.structured(repair, batch_model(unit.scope, tuple(lacking)))
+        except Exception as exc:
+            failure += f" ({error_reason(exc).removeprefix('error: ')})"
+        else:
+            responses.append(repaired)
+            again = read_batch(repaired.text, tuple(lacking))
+            _report_unknown(judge, unit, session_id, again.unknown)
+            answer.verdicts.update(again.verdicts)
+    items = {item.id: item for _, item in unit.items}
+    for item_id, row in rows.items():
+        verdict = answer.verdicts.get(item_id)
+        if verdict is None:
+            why = answer.invalid.get(item_id, "missing")
+            row["reason"] = f"error: {failure}; first answer: {why}"[:500]
+        else:
+            fill_row(row, items[item_id], verdict)
+        row["model"] = response.model
+    tokens_in = _share(sum(r.usage.input_tokens for r in responses), len(rows))
+    tokens_out = _share(sum(r.usage.output_tokens for r in responses), len(rows))
+    for row, n_in, n_out in zip(rows.values(), tokens_in, tokens_out, strict=True):
+        row.update(input_tokens=n_in, output_tokens=n_out)
+    return list(rows.values())
