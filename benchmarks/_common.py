@@ -234,14 +234,14 @@ def run_inprocess(
                     specs, study=study, store=store, gateway=gateway, library=library
                 )
                 wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
-                rows = store.session_rows()
+                rows = store.sessions()
         finally:
             await gateway.aclose()
         return wall, cpu, stats, rows, gateway
 
     wall, cpu, stats, rows, gateway = asyncio.run(go())
     ids = {s.session_id for s in specs}
-    mine = [r for r in rows if r["session_id"] in ids]
+    mine = [r for r in rows if r.session_id in ids]
     return RunResult(
         wall_s=wall,
         cpu_s=cpu,
@@ -249,8 +249,8 @@ def run_inprocess(
         session_ids=[s.session_id for s in specs],
         completed=stats.completed,
         failed=stats.failed,
-        turns=[r["n_turns"] for r in mine],
-        reasons=Counter(r["termination_reason"] for r in mine),
+        turns=[r.n_turns for r in mine],
+        reasons=Counter(r.termination_reason.value for r in mine),
         backend_calls=(backend.calls - calls_before) if backend else 0,
         accounting={
             role: (u.calls, u.cached_calls, u.backend_calls)

@@ -70,12 +70,12 @@ def store_stats(out: Path) -> tuple[float, int, dict[str, int], dict[int, int]]:
 
     size = sum(p.stat().st_size for p in out.glob("sessions.sqlite*")) / 2**20
     with Store(out / "sessions.sqlite") as store:
-        rows = store.session_rows()
+        rows = store.sessions()
     reasons: dict[str, int] = {}
     turns: dict[int, int] = {}
     for r in rows:
-        reasons[r["termination_reason"]] = reasons.get(r["termination_reason"], 0) + 1
-        turns[r["n_turns"]] = turns.get(r["n_turns"], 0) + 1
+        reasons[r.termination_reason.value] = reasons.get(r.termination_reason.value, 0) + 1
+        turns[r.n_turns] = turns.get(r.n_turns, 0) + 1
     completed = sum(1 for r in rows if r["status"] == "completed")
     return size, completed, reasons, dict(sorted(turns.items()))
 

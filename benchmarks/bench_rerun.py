@@ -83,8 +83,8 @@ def store_summary(store_path: Path) -> tuple[int, set[int]]:
     from therasim.simulations.store import Store
 
     with Store(store_path) as store:
-        rows = [r for r in store.session_rows() if r["status"] == "completed"]
-    return len(rows), {r["n_turns"] for r in rows}
+        rows = [r for r in store.sessions() if r.status == "completed"]
+    return len(rows), {r.n_turns for r in rows}
 
 
 def timed(command: list[str]) -> float:

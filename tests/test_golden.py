@@ -46,15 +46,28 @@ def golden(run_dir: Path) -> dict[str, Any]:
     """What must not move: ids, transcripts with states, verdicts, and the verdict numbers."""
     with Store(run_dir / "sessions.sqlite") as store:
         sessions = sorted(
-            (r["session_id"], r["termination_reason"], r["n_turns"]) for r in store.session_rows()
+            (r.session_id, r.termination_reason.value, r.n_turns) for r in store.sessions()
         )
         turns = [
-            (sid, rec["speaker"], rec["text"], rec.get("state"), rec.get("codes"))
-            for sid, rec in store.turn_records()
+            (
+                t.session_id,
+                t.record.speaker,
+                t.record.text,
+                None if t.record.state is None else t.record.state.model_dump(mode="json"),
+                t.record.codes,
+            )
+            for t in store.turns()
         ]
         verdicts = sorted(
-            (r["session_id"], r["judge"], r["item_id"], r["turn"], r["met"], r["score"])
-            for r in store.verdict_rows()
+            (
+                v.session_id,
+                v.judge,
+                v.item_id,
+                v.turn,
+                None if v.met is None else int(v.met),
+                v.score,
+            )
+            for v in store.verdicts()
         )
         frames = load_frames(store)
     axes = {

@@ -461,12 +461,12 @@ async def test_judge_store_skips_sessions_already_judged(tmp_path: Path) -> None
         store, gateway, RUBRICS, judges, progress=lambda d, t: calls.append((d, t)), personas={}
     )
     assert n == 2 and calls[-1] == (2, 2)
-    first = store.verdict_rows()
-    assert {r["session_id"] for r in first} == {s.session_id for s in sessions}
-    assert {r["judge"] for r in first} == {"lexical", "lenient", "harsh"}
+    first = list(store.verdicts())
+    assert {r.session_id for r in first} == {s.session_id for s in sessions}
+    assert {r.judge for r in first} == {"lexical", "lenient", "harsh"}
 
     assert await judge_store(store, gateway, RUBRICS, judges, personas={}) == 0
-    assert len(store.verdict_rows()) == len(first)
+    assert len(list(store.verdicts())) == len(first)
 
     # a new judge is run alone; a judge whose rows hold errors is retried
     broken = JudgeSpec(name="flaky", model="scripted:broken-judge")
@@ -478,8 +478,8 @@ async def test_judge_store_skips_sessions_already_judged(tmp_path: Path) -> None
         )
         == 0
     )
-    rows = store.verdict_rows()
-    assert len([r for r in rows if r["judge"] != "flaky"]) == len(first)
+    rows = list(store.verdicts())
+    assert len([r for r in rows if r.judge != "flaky"]) == len(first)
     store.close()
 
 

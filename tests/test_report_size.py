@@ -73,14 +73,16 @@ def _simulate(path: Path) -> int:
 def _grow(store: Store, copies: int) -> None:
     """Add ``copies`` copies of every stored session (new ids), with their verdicts."""
     ids = sorted(store.session_ids())
-    verdicts = store.verdict_rows()
+    verdicts = list(store.verdicts())
     for k in range(1, copies + 1):
         for sid in ids:
             result = store.load_session(sid)
             assert result is not None
             store.save_session(result.model_copy(update={"session_id": f"{sid}-copy{k}"}))
         store.save_verdicts(
-            {**v, "session_id": f"{v['session_id']}-copy{k}"} for v in verdicts if v["turn"] >= -1
+            v.model_copy(update={"session_id": f"{v.session_id}-copy{k}"})
+            for v in verdicts
+            if v.turn >= -1
         )
 
 

@@ -76,8 +76,8 @@ async def test_offline_session_is_deterministic(
             store.save_session(result)
             rows.append(
                 [
-                    {k: v for k, v in rec.items() if k != "latency_s"}
-                    for _, rec in store.turn_records()
+                    {k: v for k, v in t.record.model_dump(mode="json").items() if k != "latency_s"}
+                    for t in store.turns()
                 ]
             )
     assert rows[0] == rows[1]
