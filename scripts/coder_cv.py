@@ -41,7 +41,12 @@ def main() -> int:
 
     all_dev = dev_turns()
     if args.by_voice:
+        # one fold per voices file: the first three by id prefix, the dev-only voices_dev2_*
+        # files by their 'd2<voice>-' prefix
         prefixes = ("vpe-", "vmx-", "vcbt-")
+        prefixes += tuple(
+            sorted({t.id.split("-")[0] + "-" for t in all_dev if t.id.startswith("d2")})
+        )
         folds = [
             (
                 [i for i, t in enumerate(all_dev) if not t.id.startswith(p)],
