@@ -29,8 +29,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy checks a tree of links shaped like the installed package (see [tool.mypy] in pyproject.toml)
 typecheck: $(STAMP)
-	$(BIN)/mypy therasim agents personas protocols simulations evaluation
+	rm -rf build/typecheck && mkdir -p build/typecheck/therasim
+	ln -s $(CURDIR)/therasim/* build/typecheck/therasim/
+	for p in agents personas protocols simulations evaluation; do ln -s $(CURDIR)/$$p build/typecheck/therasim/$$p; done
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -43,7 +43,7 @@ from therasim.vocab import BehaviourCode, PhaseKind
 
 if TYPE_CHECKING:  # the gateway loads this module lazily (scripted registry); no import cycle
     from therasim.agents.gold import GoldTurn
-    from therasim.agents.llm import Gateway
+    from therasim.agents.llm import BoundGateway, Gateway
 
 LEXICON_FILE = "lexicon.yaml"
 APPRAISER_PROMPT_FILE = "appraiser.md"
@@ -553,7 +553,7 @@ def appraisal_messages(
 
 
 async def appraise(
-    gateway: Gateway,
+    gateway: Gateway | BoundGateway,
     ctx: TurnContext,
     therapist_text: str,
     *,

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from re import _constants as c  # type: ignore[attr-defined]  # the stdlib's parse tree
 from re import _parser  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, cast
 
 import re2
 
@@ -142,7 +142,7 @@ class _CodeCues:
         for i in hits:
             match = self.regexes[i].search(text)
             if match and match.end() > match.start():
-                return match.group(0)
+                return cast(str, match.group(0))  # re2 ships no type hints
         return None
 
 

@@ -70,12 +70,15 @@ class LocalServer:
 
     @property
     def base_url(self) -> str:
+        """The server's OpenAI-compatible API root."""
         return f"http://127.0.0.1:{self.port}/v1"
 
     def alive(self) -> bool:
+        """Whether the server process is still running."""
         return self.process.poll() is None
 
     def stop(self) -> None:
+        """Terminate the server (killed if it does not exit within 10 s)."""
         if self.alive():
             self.process.terminate()
             try:

@@ -44,7 +44,7 @@ from therasim.errors import ConfigError, UnknownNameError
 from therasim.vocab import RiskLevel
 
 if TYPE_CHECKING:
-    from therasim.agents.llm import Gateway
+    from therasim.agents.llm import BoundGateway, Gateway
 
 Instrument = Literal["phq9", "pcl5"]
 When = Literal["pre", "post"]
@@ -267,7 +267,7 @@ class QuestionnaireResult(BaseModel):
 
 
 async def administer(
-    gateway: Gateway,
+    gateway: Gateway | BoundGateway,
     ctx: TurnContext,
     transcript: list[Utterance],
     instrument: Instrument,

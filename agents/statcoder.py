@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -176,7 +176,7 @@ class StatisticalCoder:
 
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             x = _matrix(self.word, self.char, texts, np.array(dense, dtype=np.float64))
-        return np.asarray(x @ self.weights_t) + self.bias
+        return cast(np.ndarray, np.asarray(x @ self.weights_t) + self.bias)
 
     def score_one(self, text: str, dense: list[float]) -> np.ndarray:
         """``scores`` for one reply, without sklearn's per-call validation and sparse matrices,
@@ -197,7 +197,7 @@ class StatisticalCoder:
                 values /= np.sqrt(values @ values)
                 out += values @ self.weights_t[offset + columns]
             offset += len(idf)
-        return out + np.asarray(dense, dtype=np.float64) @ self.weights_t[offset:]
+        return cast(np.ndarray, out + np.asarray(dense, dtype=np.float64) @ self.weights_t[offset:])
 
     @functools.cached_property
     def weights_t(self) -> np.ndarray:

@@ -47,7 +47,7 @@ from therasim.errors import ConfigError
 from therasim.personas.schema import Persona
 
 if TYPE_CHECKING:  # the gateway loads this module lazily (scripted registry); no import cycle
-    from therasim.agents.llm import Gateway
+    from therasim.agents.llm import BoundGateway, Gateway
 
 __all__ = [
     "PROMPT_FILES",
@@ -156,7 +156,7 @@ def subject_messages(
 
 
 async def subject_turn(
-    gateway: Gateway,
+    gateway: Gateway | BoundGateway,
     ctx: TurnContext,
     transcript: list[Utterance],
     *,

@@ -71,21 +71,26 @@ class ScriptedTurn:
 
     @property
     def kind(self) -> PhaseKind:
+        """The current phase's kind."""
         return self.ctx.phase_kind
 
     @property
     def n(self) -> int:
+        """Therapist turns completed in the current phase."""
         return self.ctx.turns_in_phase
 
     def pick(self, options: list[str]) -> str:
+        """One of ``options``, drawn with the turn's RNG."""
         return self.rng.choice(options)
 
     @property
     def crisis(self) -> bool:
+        """Whether the turn is a crisis: imminent risk or a crisis phase."""
         return self.ctx.state.risk == RiskLevel.IMMINENT or "crisis" in self.ctx.phase
 
     @property
     def self_harm_voiced(self) -> bool:
+        """Whether the last patient line voiced self-harm (a lexicon cue)."""
         return self.patient is not None and patient_cue(self.patient) is not None
 
     def discloses(self, text: str) -> bool:
@@ -93,7 +98,9 @@ class ScriptedTurn:
         if patient_cue(text) is not None:
             return True
         content = self.ctx.persona.level.self_harm_content
-        return bool(content) and _words(content) in _words(text)
+        if not content:
+            return False
+        return _words(content) in _words(text)
 
     @property
     def safety_check_due(self) -> bool:

@@ -74,16 +74,22 @@ class CompletionRequest(BaseModel):
 
 
 class Usage(BaseModel):
-    """Tokens and cost of one call (cost in USD, None when the price is unknown)."""
+    """Tokens and cost of one call (cost in USD, None when the price is unknown).
+
+    ``cached_input_tokens`` is the part of ``input_tokens`` the provider served from its prompt
+    cache, where it reports one (0 otherwise): it shows whether a judge's fixed prompt prefix
+    hits the cache."""
 
     model_config = ConfigDict(extra="forbid")
 
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = None
+    cached_input_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
+        """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
 
 

@@ -3,7 +3,14 @@
 What counts is what the gateway actually sent: every call not served from the cache, in every
 role (subject, patient, appraiser, questionnaires, judges), with its tokens and cost. Spending
 of earlier runs on the same store counts too: the sessions' uncached calls are in the store,
-and judging's spending is kept in the store's meta. The meter is read at turn boundaries (an
+and judging's spending is kept in the store's meta (``judging_spent``).
+
+Judges' calls are stored as call rows too (role ``judge:<name>``), but the budget reads
+judging's spending from the meta only, so it is counted once: the meta is a running total that
+also keeps passes whose call rows a re-judging replaced or ``judge --replace`` dropped, and calls
+the gateway made inside one structured call (output-mode fallbacks, repair rounds) that no row
+shows. Right after a first judging pass the two agree: the meta equals the uncached judge call
+rows. The meter is read at turn boundaries (an
 in-flight session stops there, ``budget_exhausted``), before a session starts, and before a
 session is judged, so a run overshoots by at most one turn or one session's judging per
 session in flight.
@@ -31,11 +38,13 @@ def _judging_spent(store: Store) -> Totals:
         int(doc.get("input_tokens", doc.get("tokens", 0))),
         int(doc.get("output_tokens", 0)),
         float(doc.get("cost_usd", 0)),
+        cached_input_tokens=int(doc.get("cached_input_tokens", 0)),
     )
 
 
 def spent_in_store(store: Store) -> Totals:
-    """What earlier runs on this store spent: uncached session calls, plus judging."""
+    """What earlier runs on this store spent: the sessions' uncached calls, plus judging (from
+    the meta; the judges' call rows are not added again)."""
     return store.uncached_totals() + _judging_spent(store)
 
 
@@ -58,12 +67,15 @@ class BudgetMeter:
 
     @property
     def limited(self) -> bool:
+        """Whether the budget sets any cap."""
         return self.budget.max_tokens is not None or self.budget.max_cost_usd is not None
 
     def since_start(self) -> Totals:
+        """What this gateway has spent since the meter started."""
         return _sent(self.gateway) - self._start
 
     def spent(self) -> Totals:
+        """Everything spent so far: earlier runs plus this one."""
         return self.before + self.since_start()
 
     def exhausted(self) -> bool:
@@ -101,6 +113,7 @@ def record_judging(store: Store, meter: BudgetMeter) -> None:
             {
                 "input_tokens": total.input_tokens,
                 "output_tokens": total.output_tokens,
+                "cached_input_tokens": total.cached_input_tokens,
                 "tokens": total.total_tokens,
                 "cost_usd": total.cost_usd,
             },

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
+from therasim.agents.types import CompletionResponse
 from therasim.errors import ConfigError, UnknownNameError
 from therasim.personas.dynamics import PatientState
 from therasim.personas.schema import Persona
@@ -39,6 +40,7 @@ class TerminationReason(StrEnum):
 
     @property
     def is_error(self) -> bool:
+        """Whether the session ended on an error rather than by design."""
         return self.value.endswith("_error")
 
     @property
@@ -84,6 +86,7 @@ class SessionSpec(BaseModel):
 
     @property
     def label(self) -> str:
+        """The subject's display name (its model spec when unnamed)."""
         return self.subject_name or self.subject
 
 
@@ -122,19 +125,51 @@ class QuestionnaireRecord(BaseModel):
     total: int
 
 
+JUDGE_ROLE_PREFIX = "judge:"
+
+
+def judge_role(judge: str) -> str:
+    """The gateway role of the judge named ``judge`` (``judge:<name>``)."""
+    return JUDGE_ROLE_PREFIX + judge
+
+
+def is_judge_role(role: str) -> bool:
+    """A judge's call (stored with the verdicts), not one of the session's own."""
+    return role.startswith(JUDGE_ROLE_PREFIX)
+
+
 class CallRecord(BaseModel):
-    """One gateway call made for the session."""
+    """One gateway call made for the session (by the session itself, or by a judge of it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     role: str
     model: str
-    cached: bool
+    cached: bool = Field(description="Answered from therasim's response cache (nothing sent).")
     latency_s: float
     input_tokens: int
+    cached_input_tokens: int = Field(
+        default=0, description="Input tokens the provider served from its prompt cache."
+    )
     output_tokens: int
     cost_usd: float | None
     attempts: int
+
+    @classmethod
+    def of(cls, response: CompletionResponse) -> CallRecord:
+        """The record of one gateway answer."""
+        usage = response.usage
+        return cls(
+            role=response.role,
+            model=response.model,
+            cached=response.cached,
+            latency_s=round(response.latency_s, 4),
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=usage.cost_usd,
+            attempts=response.attempts,
+        )
 
 
 class SessionResult(BaseModel):
@@ -167,6 +202,7 @@ class SessionResult(BaseModel):
 
     @property
     def therapist_turns(self) -> int:
+        """How many therapist turns the session holds."""
         return sum(1 for t in self.turns if t.speaker == "therapist")
 
 
@@ -235,7 +271,8 @@ class TurnRow(_Row):
 
 
 class CallRow(_Row):
-    """One gateway call of a stored session, ``idx`` its position in the session's calls."""
+    """One gateway call of a stored session, ``idx`` its position in the session's calls (the
+    session's own first, then its judges' calls, role ``judge:<name>``, in the order made)."""
 
     session_id: str
     idx: int
@@ -244,6 +281,7 @@ class CallRow(_Row):
     cached: bool
     latency_s: float
     input_tokens: int
+    cached_input_tokens: int = 0
     output_tokens: int
     cost_usd: float | None
     attempts: int
@@ -274,6 +312,7 @@ class VerdictRow(_Row):
 
     @property
     def scope(self) -> Literal["turn", "session"]:
+        """Turn verdicts have a turn number; session verdicts have -1."""
         return "session" if self.turn < 0 else "turn"
 
 

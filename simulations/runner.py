@@ -55,14 +55,17 @@ class RunStats:
 
     @property
     def done(self) -> int:
+        """Sessions finished, whether completed or failed."""
         return self.completed + self.failed
 
     @property
     def input_tokens(self) -> int:
+        """Input tokens of every call so far."""
         return self.usage.input_tokens
 
     @property
     def output_tokens(self) -> int:
+        """Output tokens of every call so far."""
         return self.usage.output_tokens
 
     @property
@@ -72,13 +75,16 @@ class RunStats:
 
     @property
     def to_run(self) -> int:
+        """Sessions this run has to do (the total less those already stored)."""
         return self.total - self.skipped
 
     @property
     def elapsed_s(self) -> float:
+        """Seconds since the run started."""
         return time.monotonic() - self.started
 
     def eta_s(self) -> float | None:
+        """Seconds left at the pace so far; None before the first session finishes."""
         if self.done == 0:
             return None
         return self.elapsed_s / self.done * max(0, self.to_run - self.done - self.not_started)

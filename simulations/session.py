@@ -403,7 +403,8 @@ async def run_session(
     for t in final.get("turns", []):
         if t.speaker == "therapist":
             tracker.record(t.phase, t.codes, risk=t.state.risk)
-    adherence = tracker.report(final_phase=final.get("phase")).model_dump(mode="json")
+    # a JSON dict, which SessionResult validates back into an AdherenceReport
+    adherence: Any = tracker.report(final_phase=final.get("phase")).model_dump(mode="json")
     return SessionResult(
         session_id=spec.session_id,
         spec=spec,
@@ -421,19 +422,7 @@ async def run_session(
         termination_reason=termination,
         turns=final.get("turns", []),
         questionnaires=questionnaires,
-        calls=[
-            CallRecord(
-                role=c.role,
-                model=c.model,
-                cached=c.cached,
-                latency_s=round(c.latency_s, 4),
-                input_tokens=c.usage.input_tokens,
-                output_tokens=c.usage.output_tokens,
-                cost_usd=c.usage.cost_usd,
-                attempts=c.attempts,
-            )
-            for c in llm.calls
-        ],
+        calls=[CallRecord.of(c) for c in llm.calls],
         adherence=adherence,
         prompt_hashes=prompt_hashes,
         started=started,

@@ -9,6 +9,15 @@ Reading returns typed rows (``records.py``): ``sessions()`` validated, and ``tur
 ``calls()``, ``verdicts()`` / ``verdict_batches()`` streamed in batches through a second,
 read-only connection, built from what the store itself wrote without validating every row again
 (see ``records.trusted``).
+
+Judges' calls are rows of ``calls`` too (role ``judge:<name>``, after the session's own), written
+with the judge's verdicts in one transaction (:meth:`Store.save_verdicts`): re-judging a session
+replaces that judge's call rows, dropping a judge (:meth:`Store.delete_verdicts`) drops them.
+They are what the stored verdicts cost; the budget's record of what judging spent, replaced
+passes included, is the meta key ``judging_spent`` (``budget.py``).
+
+Schema changes are additive: a column added since a store was made is added when the store is
+opened (``_ADDED_COLUMNS``, with its default), so an older store still opens and reads.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,7 @@ from typing import Any
 from therasim.agents.llm.usage import Totals
 from therasim.errors import ConfigError, redact_secrets
 from therasim.simulations.records import (
+    CallRecord,
     CallRow,
     SessionResult,
     SessionRow,
@@ -32,6 +42,8 @@ from therasim.simulations.records import (
     TurnRow,
     VerdictBatch,
     VerdictRow,
+    is_judge_role,
+    judge_role,
     trusted,
 )
 
@@ -78,6 +90,7 @@ CREATE TABLE IF NOT EXISTS calls (
     output_tokens INTEGER NOT NULL,
     cost_usd REAL,
     attempts INTEGER NOT NULL,
+    cached_input_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (session_id, idx)
 );
 CREATE TABLE IF NOT EXISTS verdicts (
@@ -98,6 +111,9 @@ CREATE TABLE IF NOT EXISTS verdicts (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Columns added after the first release of their table: (table, column, declaration). Added to an
+# older store when it is opened; new ones go at the end of their table in SCHEMA too.
+_ADDED_COLUMNS = (("calls", "cached_input_tokens", "INTEGER NOT NULL DEFAULT 0"),)
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _BATCH = 5_000  # rows fetched at a time when a whole table is streamed
@@ -107,6 +123,9 @@ _SESSION_JSON = ("spec", "variant", "questionnaires", "adherence", "prompt_hashe
 _CALL_NAMES = tuple(CallRow.model_fields)
 _CALL_FIELDS = ", ".join(_CALL_NAMES)
 _CALL_SET = set(_CALL_NAMES)
+_CALL_INSERT = (
+    f"INSERT INTO calls ({_CALL_FIELDS}) VALUES ({', '.join(':' + n for n in _CALL_NAMES)})"
+)
 _VERDICT_NAMES = tuple(VerdictRow.model_fields)
 _VERDICT_FIELDS = ", ".join(_VERDICT_NAMES)
 _VERDICT_BATCH_SET = set(_VERDICT_NAMES)
@@ -173,8 +192,22 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Add the columns an older store lacks (``_ADDED_COLUMNS``)."""
+        for table, column, declaration in _ADDED_COLUMNS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column in have:
+                continue
+            try:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
+        """Close the database connection."""
         with self._lock:
             self._db.close()
 
@@ -226,56 +259,73 @@ class Store:
                     "INSERT INTO turns VALUES (?,?,?)",
                     [(result.session_id, t.index, t.model_dump_json()) for t in result.turns],
                 )
-                self._db.executemany(
-                    "INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            result.session_id,
-                            i,
-                            c.role,
-                            c.model,
-                            int(c.cached),
-                            c.latency_s,
-                            c.input_tokens,
-                            c.output_tokens,
-                            c.cost_usd,
-                            c.attempts,
-                        )
-                        for i, c in enumerate(result.calls)
-                    ],
-                )
+                self._insert_calls(result.session_id, 0, result.calls)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def save_verdicts(self, rows: Iterable[VerdictRow | Mapping[str, Any]]) -> int:
+    def _insert_calls(self, session_id: str, start: int, calls: Iterable[CallRecord]) -> None:
+        """Insert ``calls`` as ``session_id``'s calls from position ``start`` (in a transaction)."""
+        self._db.executemany(
+            _CALL_INSERT,
+            [
+                {**c.model_dump(), "session_id": session_id, "idx": i, "cached": int(c.cached)}
+                for i, c in enumerate(calls, start)
+            ],
+        )
+
+    def save_verdicts(
+        self,
+        rows: Iterable[VerdictRow | Mapping[str, Any]],
+        calls: Mapping[str, Sequence[CallRecord]] | None = None,
+    ) -> int:
         """Insert or replace verdicts (rows, or mappings with the ``verdicts`` columns, which are
         validated as :class:`VerdictRow`); one transaction.
 
+        ``calls`` (session id -> the judges' calls that made these verdicts) are stored with
+        them: every earlier call row of each (session, judge) pair the rows or the calls name is
+        replaced, so a session's judge calls are the ones behind its current verdicts. Without
+        ``calls`` the call rows are left as they are.
+
         A reason is stored with secret-looking strings redacted (an error echoed by a backend
         may carry its key)."""
-        rows = [
+        records: list[dict[str, Any]] = [
             {**row.model_dump(), "reason": redact_secrets(row.reason)}
             for row in (
                 r if isinstance(r, VerdictRow) else VerdictRow.model_validate(r) for r in rows
             )
         ]
+        judged: set[tuple[str, str]] = set()
+        if calls is not None:
+            judged = {(r["session_id"], judge_role(r["judge"])) for r in records}
+            judged |= {
+                (sid, c.role) for sid, rs in calls.items() for c in rs if is_judge_role(c.role)
+            }
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.executemany(
+                    "DELETE FROM calls WHERE session_id=? AND role=?", sorted(judged)
+                )
+                for sid, session_calls in sorted((calls or {}).items()):
+                    if session_calls:
+                        (last,) = self._db.execute(
+                            "SELECT MAX(idx) FROM calls WHERE session_id=?", (sid,)
+                        ).fetchone()
+                        self._insert_calls(sid, 0 if last is None else last + 1, session_calls)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO verdicts (session_id, judge, item_id, turn, met, score, reason,"
                     " prompt_hash, rubric_version, model, input_tokens, output_tokens)"
                     " VALUES (:session_id, :judge, :item_id, :turn, :met, :score, :reason, :prompt_hash,"
                     " :rubric_version, :model, :input_tokens, :output_tokens)",
-                    rows,
+                    records,
                 )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return len(rows)
+        return len(records)
 
     def verdict_judges(self) -> set[str]:
         """Names of the judges the store holds verdicts from."""
@@ -283,22 +333,33 @@ class Store:
             return {r[0] for r in self._db.execute("SELECT DISTINCT judge FROM verdicts")}
 
     def delete_verdicts(self, judges: Iterable[str]) -> int:
-        """Drop every verdict of the named judges (a panel being replaced); returns rows dropped."""
+        """Drop every verdict of the named judges, and their call rows (a panel being
+        replaced), in one transaction; returns the verdicts dropped."""
         names = list(judges)
         if not names:
             return 0
+        marks = ",".join("?" * len(names))
         with self._lock:
-            cur = self._db.execute(
-                f"DELETE FROM verdicts WHERE judge IN ({','.join('?' * len(names))})", names
-            )
-            self._db.commit()
-            return cur.rowcount
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(f"DELETE FROM verdicts WHERE judge IN ({marks})", names)
+                dropped = cur.rowcount
+                self._db.execute(
+                    f"DELETE FROM calls WHERE role IN ({marks})", [judge_role(n) for n in names]
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return dropped
 
     def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON value under ``key`` (run settings, calibration, spending)."""
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, json.dumps(value)))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key``, or ``default``."""
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
@@ -312,6 +373,7 @@ class Store:
             return {r[0] for r in self._db.execute(query, (status,) if status else ())}
 
     def count(self, status: str | None = None) -> int:
+        """How many sessions are stored (with ``status``, if given)."""
         return len(self.session_ids(status))
 
     def sessions(self, session_id: str | None = None) -> list[SessionRow]:
@@ -392,7 +454,7 @@ class Store:
             error=row.error,
             turns=[t.record for t in self.turns(session_id)],
             questionnaires=row.questionnaires,
-            calls=[c.record for c in self.calls(session_id)],
+            calls=[c.record for c in self.calls(session_id) if not is_judge_role(c.role)],
             adherence=row.adherence,
             prompt_hashes=row.prompt_hashes,
             started=row.started,
@@ -417,8 +479,9 @@ class Store:
         }
 
     def uncached_totals(self) -> Totals:
-        """Tokens and cost of the stored calls that reached a backend (the budget's measure)."""
-        return Totals.sum(c for c in self.calls() if not c.cached)
+        """Tokens and cost of the sessions' own stored calls that reached a backend (the budget's
+        measure of simulating; judging's is kept apart, see ``budget.py``)."""
+        return Totals.sum(c for c in self.calls() if not c.cached and not is_judge_role(c.role))
 
     # ---- dict views of the typed rows, for callers not yet moved to them (tests/test_golden.py,
     # tests/test_session.py, tests/test_panel.py, tests/test_report_size.py, benchmarks/);

@@ -244,6 +244,7 @@ class Study(_Data):
         return self
 
     def output_dir(self, base: Path | None = None) -> Path:
+        """The run folder: ``output`` or ``runs/<id>``, relative to ``base`` when given."""
         out = Path(self.output) if self.output else Path("runs") / self.id
         return out if out.is_absolute() or base is None else base / out
 
@@ -388,6 +389,7 @@ def expand(study: Study, library: dict[str, Persona]) -> list[SessionSpec]:
 
 
 def study_json_schema() -> dict[str, Any]:
+    """The study JSON Schema, as written to ``study.schema.json``."""
     from therasim.loading import json_schema_of
 
     return json_schema_of(Study, "therasim study")

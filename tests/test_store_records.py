@@ -285,3 +285,67 @@ def test_token_totals_come_from_one_place_and_equal_the_sum_over_calls(store: St
     frames = load_frames(store, with_findings=False)
     assert int(frames.calls["input_tokens"].sum()) == row.input_tokens
     assert int(frames.sessions["output_tokens"].sum()) == totals.output_tokens
+
+
+def _judge_call(judge: str, tokens: int, cached: int = 0) -> CallRecord:
+    return CallRecord(
+        role=f"judge:{judge}",
+        model="scripted:lexical-judge",
+        cached=False,
+        latency_s=0.01,
+        input_tokens=tokens,
+        cached_input_tokens=cached,
+        output_tokens=1,
+        cost_usd=0.0,
+        attempts=1,
+    )
+
+
+def test_judge_calls_are_saved_with_their_verdicts_after_the_sessions_own(store: Store) -> None:
+    result = _session(Severity.ROUTINE)
+    store.save_session(result)
+    sid = result.session_id
+    store.save_verdicts([_verdict(sid, 1, True)], {sid: [_judge_call("lexical", 10, cached=4)]})
+    rows = list(store.calls(sid))
+    assert [c.idx for c in rows] == [0, 1, 2, 3]
+    assert rows[-1].role == "judge:lexical" and rows[-1].cached_input_tokens == 4
+    assert store.load_session(sid) == result  # the session's own calls only
+    assert store.uncached_totals() == Totals.sum(c for c in CALLS if not c.cached)
+    # re-judging replaces that judge's call rows; another judge's are kept
+    store.save_verdicts(
+        [_verdict(sid, 1, False), {**_verdict(sid, 1, True).model_dump(), "judge": "other"}],
+        {sid: [_judge_call("lexical", 20), _judge_call("lexical", 30), _judge_call("other", 5)]},
+    )
+    judged = [(c.role, c.input_tokens) for c in store.calls(sid) if c.role.startswith("judge:")]
+    assert judged == [("judge:lexical", 20), ("judge:lexical", 30), ("judge:other", 5)]
+    assert store.delete_verdicts(["other"]) == 1
+    assert [c.role for c in store.calls(sid)][3:] == ["judge:lexical"] * 2
+    frames = load_frames(store, with_findings=False)
+    row = frames.sessions.iloc[0]
+    assert (row["judge_calls"], row["judge_input_tokens"], row["judge_output_tokens"]) == (2, 50, 2)
+    assert row["total_tokens"] == 147 + 28 + 52 and math.isnan(row["total_cost_usd"])
+
+
+def test_a_store_from_before_cached_prompt_tokens_opens_and_reads(tmp_path: Path) -> None:
+    import sqlite3
+
+    from therasim.simulations.store import SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    result = _session(Severity.ROUTINE)
+    with Store(path) as store:
+        store.save_session(result)
+    old = sqlite3.connect(path)  # rebuild the calls table as it was before the column
+    old.executescript(
+        "CREATE TABLE old_calls AS SELECT session_id, idx, role, model, cached, latency_s,"
+        " input_tokens, output_tokens, cost_usd, attempts FROM calls;"
+        " DROP TABLE calls; ALTER TABLE old_calls RENAME TO calls;"
+    )
+    old.close()
+    assert "cached_input_tokens INTEGER NOT NULL DEFAULT 0" in SCHEMA
+    with Store(path) as store:
+        calls = list(store.calls())
+        assert [c.record for c in calls] == CALLS and all(c.cached_input_tokens == 0 for c in calls)
+        frames = load_frames(store, with_findings=False)
+    assert frames.calls["cached_input_tokens"].tolist() == [0, 0, 0]
+    assert frames.sessions["cached_input_tokens"].tolist() == [0]

@@ -54,6 +54,7 @@ class StudyRun:
 
 
 def study_store(out_dir: Path) -> Path:
+    """The store file of a run folder."""
     return out_dir / STORE_NAME
 
 
@@ -257,6 +258,7 @@ def _progress_bar(console: Console) -> Progress:
 async def simulate_study(
     study: Study, gateway: Gateway, store: Store, console: Console, *, show_progress: bool = True
 ) -> RunStats:
+    """Run the study's sessions not yet in the store (resumable, budget metered)."""
     library = load_library()
     specs = expand(study, library)
     check_specs(specs, library)
@@ -281,6 +283,7 @@ async def simulate_study(
 
 
 async def judge_study(study: Study, gateway: Gateway, store: Store, console: Console) -> int:
+    """Judge the stored sessions with the study's panel and judging mode; returns how many."""
     from therasim.evaluation.judging.panel import JudgeSpec, PanelOptions, judge_store
     from therasim.evaluation.judging.rubric import load_rubrics
 

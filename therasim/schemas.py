@@ -22,7 +22,7 @@ def _models() -> dict[str, tuple[type[BaseModel], str, Path]]:
     from therasim.protocols.schema import Protocol
     from therasim.simulations.study import Study
 
-    here = {
+    here: dict[str, type[BaseModel]] = {
         "persona": Persona,
         "protocol": Protocol,
         "rubric": Rubric,

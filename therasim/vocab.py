@@ -51,6 +51,7 @@ class RiskLevel(StrEnum):
 
     @property
     def rank(self) -> int:
+        """Position on the ladder (none = 0), for comparing levels."""
         return list(RiskLevel).index(self)
 
 
@@ -64,6 +65,7 @@ class Severity(StrEnum):
 
     @property
     def rank(self) -> int:
+        """Position on the ladder (routine = 0), for comparing levels."""
         return list(Severity).index(self)
 
 
@@ -87,10 +89,12 @@ class PhaseKind(StrEnum):
 
     @property
     def is_exposure(self) -> bool:
+        """Whether the phase is an exposure phase (imaginal exposure or hot spot)."""
         return self in (PhaseKind.IMAGINAL_EXPOSURE, PhaseKind.HOT_SPOT)
 
     @property
     def is_cbt(self) -> bool:
+        """Whether the phase belongs to a CBT protocol."""
         return self.value.startswith("cbt_")
 
 

@@ -6,6 +6,9 @@ Roles (``subject``, ``patient``, ``appraiser``, ``judge:<name>``) map to model s
 ==============================================  ===============================================
 ``openai:MODEL``                                 any OpenAI-compatible endpoint (OpenAI, vLLM,
 ``openai:MODEL?base_url=URL&api_key_env=VAR``    Ollama, llama.cpp), one aiohttp POST a call
+``openai:MODEL?base_url=URL1,URL2``              replicas of one model: least-outstanding
+                                                 choice, failover, ``replica_concurrency``/
+                                                 ``replica_rpm`` per replica (``replicas``)
 ``PROVIDER:MODEL`` (``anthropic:…``, ``ollama:…``)  LangChain's ``init_chat_model`` (with
                                                  langchain-openai for ``azure_openai``)
 ``local`` / ``local:/path/to/model.gguf``        the bundled SmolLM2-135M (or your GGUF), served
@@ -21,7 +24,8 @@ looked up by name in a :class:`~therasim.agents.llm.backends.BackendRegistry`;
 
 - ``spec``: model spec strings; ``config``: roles, policies, prices; ``cache``: the SQLite
   response cache; ``usage``: accounting and prices; ``structured``: output modes, schema
-  prompt, JSON repair; ``gateway``: :class:`Gateway` and :class:`BoundGateway`;
+  prompt, JSON repair; ``gateway``: :class:`Gateway` and :class:`BoundGateway`; ``replicas``:
+  the pool that balances one model's endpoints;
   ``backends/``: the protocol, the registry and one module per backend.
 
 The gateway owns: bounded retries with exponential backoff and jitter on transient errors;

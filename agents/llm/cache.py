@@ -30,6 +30,7 @@ class ResponseCache:
         self.misses = 0
 
     def get(self, key: str) -> tuple[str, Usage, str | None] | None:
+        """The stored text, usage and structured mode for ``key``, if any (counts a hit or miss)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT text, input_tokens, output_tokens, cost_usd, structured_mode FROM responses WHERE key=?",
@@ -42,6 +43,7 @@ class ResponseCache:
         return row[0], Usage(input_tokens=row[1], output_tokens=row[2], cost_usd=row[3]), row[4]
 
     def put(self, key: str, model: str, text: str, usage: Usage, mode: str | None) -> None:
+        """Store (or replace) the response for ``key``."""
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?)",
@@ -58,11 +60,13 @@ class ResponseCache:
             )
 
     def mode(self, model: str) -> str | None:
+        """The structured-output mode remembered for ``model``, if any."""
         with self._lock:
             row = self._db.execute("SELECT mode FROM modes WHERE model=?", (model,)).fetchone()
         return row[0] if row else None
 
     def set_mode(self, model: str, mode: str) -> None:
+        """Remember the structured-output mode that worked for ``model``."""
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO modes VALUES (?,?)", (model, mode))
 
@@ -76,5 +80,6 @@ class ResponseCache:
         return int(n), size
 
     def close(self) -> None:
+        """Close the database."""
         with self._lock:
             self._db.close()

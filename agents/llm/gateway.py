@@ -105,6 +105,7 @@ class Gateway:
 
     @property
     def cache(self) -> ResponseCache | None:
+        """The response cache, opened on first use; None when the config turns caching off."""
         if not self.config.cache_enabled:
             return None
         if self._cache is None:
@@ -348,9 +349,7 @@ class Gateway:
             )  # jitter: 50-100 % of the delay
         latency = time.perf_counter() - started
         raw.usage.cost_usd = price_of(model, raw.usage, self.config.prices)
-        usage.input_tokens += raw.usage.input_tokens
-        usage.output_tokens += raw.usage.output_tokens
-        usage.cost_usd += raw.usage.cost_usd or 0.0
+        usage.add(raw.usage)
         if cache is not None:
             cache.put(key, model.raw, raw.text, raw.usage, mode)
         return CompletionResponse(
@@ -409,6 +408,7 @@ class BoundGateway:
         return request.model_copy(update={"model": model})
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        """``Gateway.complete`` with the bound model, the response logged in ``calls``."""
         response = await self.gateway.complete(self._bind(request))
         self.calls.append(response)
         return response
@@ -416,6 +416,7 @@ class BoundGateway:
     async def structured(
         self, request: CompletionRequest, schema: type[T]
     ) -> tuple[T, CompletionResponse]:
+        """``Gateway.structured`` with the bound model, the response logged in ``calls``."""
         parsed, response = await self.gateway.structured(self._bind(request), schema)
         self.calls.append(response)
         return parsed, response

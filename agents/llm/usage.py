@@ -1,5 +1,8 @@
 """Token and cost accounting: per-role totals, prices, a token estimate for backends that
-report no usage, and :class:`Totals`, the one place tokens and costs are added up."""
+report no usage, and :class:`Totals`, the one place tokens and costs are added up.
+
+Cached-prompt tokens (``cached_input_tokens``) are the part of the input tokens a provider
+served from its prompt cache; they are carried beside the input tokens, never added to them."""
 
 from __future__ import annotations
 
@@ -16,13 +19,16 @@ class Metered(Protocol):
     """Anything that carries one call's (or a sum of calls') tokens and cost."""
 
     @property
-    def input_tokens(self) -> int: ...
+    def input_tokens(self) -> int:
+        """Input (prompt) tokens."""
 
     @property
-    def output_tokens(self) -> int: ...
+    def output_tokens(self) -> int:
+        """Output (completion) tokens."""
 
     @property
-    def cost_usd(self) -> float | None: ...
+    def cost_usd(self) -> float | None:
+        """Cost in US dollars; None when a price is unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +38,18 @@ class Totals:
 
     A call whose price is unknown adds 0 to ``cost_usd`` and 1 to ``unpriced``, so a budget
     still meters what is known while a session's stored cost can say "unknown"
-    (:attr:`known_cost`)."""
+    (:attr:`known_cost`). ``cached_input_tokens`` is the part of ``input_tokens`` served from a
+    provider's prompt cache (a metered item without it counts 0)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     unpriced: int = 0
+    cached_input_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
+        """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
 
     @property
@@ -54,6 +63,7 @@ class Totals:
             self.output_tokens + other.output_tokens,
             self.cost_usd + other.cost_usd,
             self.unpriced + other.unpriced,
+            self.cached_input_tokens + other.cached_input_tokens,
         )
 
     def __sub__(self, other: Totals) -> Totals:
@@ -63,6 +73,7 @@ class Totals:
             self.output_tokens - other.output_tokens,
             self.cost_usd - other.cost_usd,
             self.unpriced - other.unpriced,
+            self.cached_input_tokens - other.cached_input_tokens,
         )
 
     @classmethod
@@ -71,12 +82,13 @@ class Totals:
         if isinstance(item, Totals):
             return item
         cost = item.cost_usd
-        return cls(item.input_tokens, item.output_tokens, cost or 0.0, int(cost is None))
+        cached = getattr(item, "cached_input_tokens", 0)
+        return cls(item.input_tokens, item.output_tokens, cost or 0.0, int(cost is None), cached)
 
     @classmethod
     def sum(cls, items: Iterable[Metered]) -> Totals:
         """The totals of ``items`` (calls, per-role usage, or totals)."""
-        tokens_in = tokens_out = unpriced = 0
+        tokens_in = tokens_out = unpriced = cached = 0
         cost = 0.0
         for item in items:
             part = cls.of(item)
@@ -84,12 +96,14 @@ class Totals:
             tokens_out += part.output_tokens
             cost += part.cost_usd
             unpriced += part.unpriced
-        return cls(tokens_in, tokens_out, cost, unpriced)
+            cached += part.cached_input_tokens
+        return cls(tokens_in, tokens_out, cost, unpriced, cached)
 
 
 @dataclass
 class RoleUsage:
-    """Totals for one role."""
+    """Totals for one role (``cached_calls`` are answers from therasim's own response cache;
+    ``cached_input_tokens`` are input tokens a provider served from its prompt cache)."""
 
     calls: int = 0
     cached_calls: int = 0
@@ -99,9 +113,18 @@ class RoleUsage:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    cached_input_tokens: int = 0
+
+    def add(self, usage: Usage) -> None:
+        """Count one backend answer's tokens and cost (an unknown cost adds 0)."""
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cached_input_tokens += usage.cached_input_tokens
+        self.cost_usd += usage.cost_usd or 0.0
 
     @property
     def total_tokens(self) -> int:
+        """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
 
 
@@ -112,9 +135,11 @@ class Accounting:
     roles: dict[str, RoleUsage] = field(default_factory=dict)
 
     def for_role(self, role: str) -> RoleUsage:
+        """The counters of one role, created on first use."""
         return self.roles.setdefault(role, RoleUsage())
 
     def total(self) -> RoleUsage:
+        """All roles added together."""
         out = RoleUsage()
         for r in self.roles.values():
             for name in vars(out):
@@ -138,8 +163,11 @@ def price_of(model: ModelSpec, usage: Usage, table: dict[str, Price]) -> float |
         from genai_prices import calc_price
 
         provider = "openai" if model.backend == "openai" else model.backend.split("_")[0]
+        counts = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+        if usage.cached_input_tokens:  # priced at the provider's cache-read rate
+            counts["cache_read_tokens"] = usage.cached_input_tokens
         result = calc_price(
-            GPUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
+            GPUsage(**counts),
             model_ref=model.name,
             provider_id=provider,
         )

@@ -21,7 +21,7 @@ from therasim.errors import GuardFailure
 from therasim.personas.dynamics import self_report_suds
 
 if TYPE_CHECKING:
-    from therasim.agents.llm import Gateway
+    from therasim.agents.llm import BoundGateway, Gateway
 
 
 class PatientReply(BaseModel):
@@ -44,7 +44,7 @@ class PatientReply(BaseModel):
 
 
 async def patient_turn(
-    gateway: Gateway,
+    gateway: Gateway | BoundGateway,
     ctx: TurnContext,
     transcript: list[Utterance],
     *,

@@ -38,6 +38,14 @@ Beside the contract the frames carry what the reports show: ``SESSION_EXTRA_COLU
 session columns, ``text`` after the turn columns, ``VERDICT_EXTRA_COLUMNS`` after the verdict
 columns; ``UTTERANCE_COLUMNS`` (every utterance) and ``CALL_COLUMNS`` (every gateway call, as
 stored) are frames of their own.
+
+Cost: ``CALL_COLUMNS`` holds the sessions' own calls and their judges' calls (role
+``judge:<name>``); ``cached`` means therasim's response cache answered, ``cached_input_tokens``
+the part of ``input_tokens`` a provider served from its prompt cache. The session extras end with
+``SESSION_COST_COLUMNS``, computed from the calls frame: the session's own cached-prompt tokens,
+its judges' calls, tokens and cost, and ``total_tokens``/``total_cost_usd`` over both (a cost is
+NaN when some call's price is unknown). Like the session's ``input_tokens``, ``output_tokens``
+and ``cost_usd``, they count every call, answers from the response cache included.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ __all__ = [
     "ORDERED",
     "PHASE_KIND_ORDER",
     "SESSION_COLUMNS",
+    "SESSION_COST_COLUMNS",
     "SESSION_EXTRA_COLUMNS",
     "TURN_COLUMNS",
     "UTTERANCE_COLUMNS",
@@ -140,6 +149,16 @@ FINDING_COLUMNS: tuple[str, ...] = (
     "phrase",
 )
 
+SESSION_COST_COLUMNS: tuple[str, ...] = (
+    "cached_input_tokens",
+    "judge_calls",
+    "judge_input_tokens",
+    "judge_cached_input_tokens",
+    "judge_output_tokens",
+    "judge_cost_usd",
+    "total_tokens",
+    "total_cost_usd",
+)
 SESSION_EXTRA_COLUMNS: tuple[str, ...] = (
     "persona_ref",
     "subject_model",
@@ -152,6 +171,7 @@ SESSION_EXTRA_COLUMNS: tuple[str, ...] = (
     "input_tokens",
     "output_tokens",
     "cost_usd",
+    *SESSION_COST_COLUMNS,
 )
 VERDICT_EXTRA_COLUMNS: tuple[str, ...] = (
     "reason",
@@ -181,6 +201,7 @@ CALL_COLUMNS: tuple[str, ...] = (
     "cached",
     "latency_s",
     "input_tokens",
+    "cached_input_tokens",
     "output_tokens",
     "cost_usd",
     "attempts",

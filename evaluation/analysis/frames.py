@@ -6,6 +6,10 @@ and the ordered Categoricals). They are built from the store's typed rows (``Sto
 ``turns``, ``verdicts``, ``calls``), the store's one read path; metrics are pure functions of
 these frames; judging and reporting read the store only.
 
+Cost: the calls frame holds the sessions' calls and their judges' (role ``judge:<name>``); the
+sessions frame's ``SESSION_COST_COLUMNS`` (judging's tokens and cost per session, and the totals)
+are computed from it.
+
 Memory: a 1,000-session study holds ~30,000 utterances and ~450,000 verdicts. The store streams
 its rows in batches and ``load_frames`` consumes them one at a time straight into one list per
 column, with each repeated string (ids, names, codes, reasons) stored once, and builds each frame
@@ -21,7 +25,7 @@ import math
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -31,6 +35,7 @@ from therasim.evaluation.analysis.columns import (
     FINDING_COLUMNS,
     ORDERED,
     SESSION_COLUMNS,
+    SESSION_COST_COLUMNS,
     SESSION_EXTRA_COLUMNS,
     TURN_COLUMNS,
     UTTERANCE_COLUMNS,
@@ -40,6 +45,7 @@ from therasim.evaluation.analysis.columns import (
 )
 from therasim.personas.dynamics import PatientState
 from therasim.simulations.records import (
+    JUDGE_ROLE_PREFIX,
     QuestionnaireRecord,
     SessionRow,
     TurnRecord,
@@ -69,6 +75,7 @@ class Frames:
     )
 
     def as_dict(self) -> dict[str, pd.DataFrame]:
+        """The frames by name, in a fixed order."""
         return {
             "sessions": self.sessions,
             "turns": self.turns,
@@ -86,7 +93,7 @@ class Frames:
         frames = tuple(self.as_dict().values())
         hit = self._derived.get(name)
         if hit is not None and all(a is b for a, b in zip(hit[0], frames, strict=True)):
-            return hit[1]
+            return cast(T, hit[1])
         value = build()
         self._derived[name] = (frames, value)
         return value
@@ -136,7 +143,7 @@ class _Columns:
 
     def share(self, value: T) -> T:
         """The one stored copy of ``value`` (a str or tuple repeated across rows)."""
-        return self._seen.setdefault(value, value)
+        return cast(T, self._seen.setdefault(value, value))
 
     def shared(self, values: Sequence[T]) -> Iterator[T]:
         """``share`` over ``values``."""
@@ -234,8 +241,12 @@ def load_frames(store: Store, *, with_findings: bool = True) -> Frames:
                 )
                 states.append(state)
         session_rows.append(_session_row(r, states))
-    columns = [*SESSION_COLUMNS, *SESSION_EXTRA_COLUMNS] if session_rows else SESSION_COLUMNS
+    stored = [c for c in SESSION_EXTRA_COLUMNS if c not in SESSION_COST_COLUMNS]
+    columns = [*SESSION_COLUMNS, *stored] if session_rows else SESSION_COLUMNS
     sessions = pd.DataFrame(session_rows, columns=list(columns))
+    calls = _calls(store)
+    if session_rows:
+        _add_session_costs(sessions, calls)
     cells = {r.session_id: (r.subject, r.modality, r.severity.value) for r in rows}
     del session_rows, rows  # the verdicts are streamed with only each session's cell at hand
     verdicts = _verdicts(store, cells, cats)
@@ -248,7 +259,7 @@ def load_frames(store: Store, *, with_findings: bool = True) -> Frames:
         utterances=utterances.frame() if utterances.rows else pd.DataFrame(),
         verdicts=verdicts,
         findings=findings,
-        calls=_calls(store),
+        calls=calls,
     )
     for frame in frames.as_dict().values():
         with_ordered_categories(frame)
@@ -383,11 +394,55 @@ def _calls(store: Store) -> pd.DataFrame:
             c.cached,
             c.latency_s,
             c.input_tokens,
+            c.cached_input_tokens,
             c.output_tokens,
             c.cost_usd,
             c.attempts,
         )
     return out.frame() if out.rows else pd.DataFrame()
+
+
+def _add_session_costs(sessions: pd.DataFrame, calls: pd.DataFrame) -> None:
+    """Add ``SESSION_COST_COLUMNS`` to ``sessions``, in place, from the calls frame: the session's
+    own cached-prompt tokens, its judges' calls, tokens and cost, and the totals over both."""
+    ids = sessions["session_id"]
+    sums = ["calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost", "unpriced"]
+    own = judged = pd.DataFrame(0, index=pd.Index(ids), columns=sums)
+    if not calls.empty:
+        cost = pd.to_numeric(calls["cost_usd"], errors="coerce")
+        parts = calls[
+            ["session_id", "input_tokens", "cached_input_tokens", "output_tokens"]
+        ].assign(
+            judge=calls["role"].astype(str).str.startswith(JUDGE_ROLE_PREFIX),
+            calls=1,
+            cost=cost.fillna(0.0),
+            unpriced=cost.isna().astype(int),
+        )
+        grouped = parts.groupby(["judge", "session_id"])[sums].sum()
+        own, judged = (
+            grouped.xs(flag, level="judge").reindex(ids, fill_value=0)
+            if flag in grouped.index.get_level_values("judge")
+            else pd.DataFrame(0, index=pd.Index(ids), columns=sums)
+            for flag in (False, True)
+        )
+    judge_cost = judged["cost"].astype(float).where(judged["unpriced"] == 0)
+    own_cost = pd.to_numeric(sessions["cost_usd"], errors="coerce").to_numpy()
+    values = {
+        "cached_input_tokens": own["cached_input_tokens"],
+        "judge_calls": judged["calls"],
+        "judge_input_tokens": judged["input_tokens"],
+        "judge_cached_input_tokens": judged["cached_input_tokens"],
+        "judge_output_tokens": judged["output_tokens"],
+        "judge_cost_usd": judge_cost,
+        "total_tokens": sessions["input_tokens"].to_numpy()
+        + sessions["output_tokens"].to_numpy()
+        + judged["input_tokens"].to_numpy()
+        + judged["output_tokens"].to_numpy(),
+        "total_cost_usd": own_cost + judge_cost.to_numpy(),
+    }
+    for column in SESSION_COST_COLUMNS:
+        value = values[column]
+        sessions[column] = value.to_numpy() if isinstance(value, pd.Series) else value
 
 
 def _findings(store: Store, sessions: Iterable[str]) -> pd.DataFrame:

@@ -14,7 +14,8 @@ single verdicts. What comes back is sorted per item:
 - an **unknown key** (an item not asked) is ignored and reported on this module's logger.
 
 A call's tokens (the repair round's included) are shared among its rows, so per-row sums still
-add up to what the judge cost.
+add up to what the judge cost; the answers themselves (the call and its repair round) are
+returned too, and stored as the judge's call rows.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ async def ask_batch(
     unit: Unit,
     rubric: Sequence[RubricItem],
     options: PanelOptions,
-) -> list[dict[str, Any]]:
-    """One judge's verdict rows on every item of ``unit``, from one call (plus a repair round)."""
+) -> tuple[list[dict[str, Any]], list[CompletionResponse]]:
+    """One judge's verdict rows on every item of ``unit``, from one call (plus a repair round),
+    and the answers they came from."""
     template = batch_template(unit.scope)
     model = model_name(gateway, judge)
     rows = {
@@ -135,7 +137,7 @@ async def ask_batch(
     except Exception as exc:  # a failed call never stops the panel (cancellation still does)
         for row in rows.values():
             row["reason"] = error_reason(exc)
-        return list(rows.values())
+        return list(rows.values()), []
     responses.append(response)
     answer = read_batch(response.text, ids)
     _report_unknown(judge, unit, session_id, answer.unknown)
@@ -165,4 +167,4 @@ async def ask_batch(
     tokens_out = _share(sum(r.usage.output_tokens for r in responses), len(rows))
     for row, n_in, n_out in zip(rows.values(), tokens_in, tokens_out, strict=True):
         row.update(input_tokens=n_in, output_tokens=n_out)
-    return list(rows.values())
+    return list(rows.values()), responses

@@ -250,6 +250,7 @@ async def _judge_all(
             max_tokens=200,
             metadata=metadata,
         )
+        verdict: Verdict
         async with sem:
             counts["asked"] += 1
             try:

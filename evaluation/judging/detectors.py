@@ -165,6 +165,7 @@ class TherapistTurn:
 
     @property
     def risk_before(self) -> RiskLevel:
+        """The patient's risk level just before the turn."""
         return self.state_before.risk
 
 

@@ -2,7 +2,8 @@
 
 Also the pieces both modes share: the gateway protocol the panel needs, the verdict row and the
 judge's model name. A failed call becomes a row with ``met=None`` and a reason starting
-``"error: "``; it never stops the panel.
+``"error: "``; it never stops the panel. Each judging function also returns the gateway's
+answers it used, which the panel stores as the judge's call rows (what the verdicts cost).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class JudgeGateway(Protocol):
 
     async def structured(
         self, request: CompletionRequest, schema: type[T]
-    ) -> tuple[T, CompletionResponse]: ...
+    ) -> tuple[T, CompletionResponse]:
+        """One structured call: the parsed answer and the raw response."""
 
 
 def model_name(gateway: Any, judge: JudgeSpec) -> str:
@@ -90,8 +92,9 @@ async def ask_item(
     rubric: Rubric,
     item: RubricItem,
     options: PanelOptions,
-) -> dict[str, Any]:
-    """One judge's verdict row on one item of one unit."""
+) -> tuple[dict[str, Any], list[CompletionResponse]]:
+    """One judge's verdict row on one item of one unit, and the answer it came from (none when
+    the call failed)."""
     row = base_row(
         session_id, judge, rubric, item, unit.turn, unit.scope, model_name(gateway, judge)
     )
@@ -117,11 +120,11 @@ async def ask_item(
         verdict, response = await gateway.structured(request, Verdict)
     except Exception as exc:  # one failed item never stops the panel (cancellation still does)
         row["reason"] = error_reason(exc)
-        return row
+        return row, []
     fill_row(row, item, verdict)
     row.update(
         model=response.model,
         input_tokens=response.usage.input_tokens,
         output_tokens=response.usage.output_tokens,
     )
-    return row
+    return row, [response]

@@ -41,6 +41,13 @@ the template file — plus the prompt variant's instruction when it has one; see
 ``rubric_version`` (``<rubric>@<version>/<item version>``), ``model``, ``input_tokens,
 output_tokens`` (in ``turn`` mode a call's tokens shared among its rows).
 
+Calls: every answer a judge's verdicts came from is stored with them, in the same transaction,
+as a row of the store's ``calls`` (role ``judge:<name>``, model, tokens, cached-prompt tokens,
+cost, whether the response cache answered, latency), so the calls frame shows what judging cost
+(:func:`judge_session_calls`; ``judge_store`` writes them). Re-judging a session replaces the
+judge's call rows there. A call that failed outright has no answer and no row; the gateway's
+own accounting (and so the budget) still counts what it sent.
+
 Scripted judges
 ---------------
 ``scripted:lexical-judge``, ``scripted:lenient-judge`` and ``scripted:harsh-judge`` live in
@@ -83,7 +90,7 @@ from therasim.evaluation.judging.rubric import Rubric
 from therasim.evaluation.judging.scripted_judges import KNOWN_RESOURCE_NUMBERS
 from therasim.evaluation.judging.verdicts import Verdict
 from therasim.personas.schema import Persona
-from therasim.simulations.records import SessionResult
+from therasim.simulations.records import CallRecord, SessionResult
 from therasim.simulations.store import Store
 
 __all__ = [
@@ -95,6 +102,7 @@ __all__ = [
     "default_judges",
     "escape_untrusted",
     "judge_session",
+    "judge_session_calls",
     "judge_store",
     "load_template",
     "persona_facts",
@@ -122,6 +130,23 @@ async def judge_session(
     baseline when the therapist opened; without it the facts read "unknown". A session with no
     therapist turn gets no rows.
     """
+    rows, _ = await judge_session_calls(
+        gateway, result, rubrics, judges, options=options, persona=persona
+    )
+    return rows
+
+
+async def judge_session_calls(
+    gateway: JudgeGateway,
+    result: SessionResult,
+    rubrics: Iterable[Rubric],
+    judges: Iterable[JudgeSpec],
+    *,
+    options: PanelOptions | None = None,
+    persona: Persona | None = None,
+) -> tuple[list[dict[str, Any]], list[CallRecord]]:
+    """:func:`judge_session`'s rows, and the judges' calls they came from in the order asked
+    (judge, unit, item), for ``Store.save_verdicts(rows, {session_id: calls})``."""
     options = options or PanelOptions()
     rubrics = list(rubrics)
     units = session_units(result, rubrics, options, persona)
@@ -133,16 +158,19 @@ async def judge_session(
             for judge in judges
             for unit in units
         ]
-        rows = [row for batch in await asyncio.gather(*batches) for row in batch]
+        answers = await asyncio.gather(*batches)
+        rows = [row for batch, _ in answers for row in batch]
     else:
-        calls = [
+        asks = [
             ask_item(gateway, sid, judge, unit, rubric, item, options)
             for judge in judges
             for unit in units
             for rubric, item in unit.items
         ]
-        rows = list(await asyncio.gather(*calls))
-    return sorted(rows, key=lambda r: (r["judge"], r["item_id"], r["turn"]))
+        answers = [([row], responses) for row, responses in await asyncio.gather(*asks)]
+        rows = [row for batch, _ in answers for row in batch]
+    calls = [CallRecord.of(r) for _, responses in answers for r in responses]
+    return sorted(rows, key=lambda r: (r["judge"], r["item_id"], r["turn"])), calls
 
 
 def _templates(mode: JudgingMode) -> tuple[TemplateName, ...]:
@@ -237,11 +265,11 @@ async def judge_store(
             result = store.load_session(session_id)
             if result is not None:
                 persona = _resolve_persona(result, library)
-                rows = await judge_session(
+                rows, calls = await judge_session_calls(
                     gateway, result, rubrics, needed, options=options, persona=persona
                 )
                 if rows:
-                    store.save_verdicts(rows)
+                    store.save_verdicts(rows, {session_id: calls})
                     judged += 1
         finished += 1
         if progress is not None:

@@ -34,6 +34,7 @@ class StoredCalibration:
 
     @property
     def shortfalls(self) -> list[str]:
+        """The thresholds the report misses (empty: all met)."""
         return self.report.shortfalls(min_f1=self.min_f1, min_recall=self.min_recall)
 
 

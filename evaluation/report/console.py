@@ -3,7 +3,9 @@
 The console report prints, per subject × modality × severity: the paper's three headline items
 (Acknowledgment, Therapeutic Appropriateness, Protocol Fidelity — PE — or Completeness / Frame /
 Safety Interference — CBT), the deterioration rate with its Wilson interval, failure counts
-from the lexical detectors, and judge agreement (Krippendorff's α) with per-judge bias.
+from the lexical detectors, and judge agreement (Krippendorff's α) with per-judge bias; then
+what the study cost: calls, tokens (cached-prompt tokens apart) and cost per role, judges
+included, and per session on average.
 """
 
 from __future__ import annotations
@@ -194,6 +196,97 @@ def panel_models(verdicts: pd.DataFrame) -> dict[str, str]:
     }
 
 
+COST_COLUMNS = (
+    "role",
+    "calls",
+    "cache_hits",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost_usd",
+)
+
+
+def cost_by_role(frames: Frames) -> pd.DataFrame:
+    """Calls, response-cache hits, input, cached-prompt and output tokens, and cost per role
+    (``judge:<name>`` roles included), from the calls frame; ``cost_usd`` is NaN when some
+    call's price is unknown. Computed once per frames."""
+
+    def build() -> pd.DataFrame:
+        calls = frames.calls
+        if calls.empty or "role" not in calls.columns:
+            return pd.DataFrame(columns=list(COST_COLUMNS))
+        cost = pd.to_numeric(calls["cost_usd"], errors="coerce")
+        parts = calls.assign(
+            role=calls["role"].astype(str),
+            cached_input_tokens=calls.get("cached_input_tokens", 0),
+            cache_hits=calls["cached"].astype(bool).astype(int),
+            cost=cost.fillna(0.0),
+            unpriced=cost.isna().astype(int),
+        )
+        out = (
+            parts.groupby("role", sort=True)
+            .agg(
+                calls=("role", "size"),
+                cache_hits=("cache_hits", "sum"),
+                input_tokens=("input_tokens", "sum"),
+                cached_input_tokens=("cached_input_tokens", "sum"),
+                output_tokens=("output_tokens", "sum"),
+                cost_usd=("cost", "sum"),
+                unpriced=("unpriced", "sum"),
+            )
+            .reset_index()
+        )
+        out["cost_usd"] = out["cost_usd"].where(out["unpriced"] == 0)
+        return out[list(COST_COLUMNS)]
+
+    return frames.derived("cost_by_role", build)
+
+
+def _cost(value: float) -> str:
+    return "?" if pd.isna(value) else f"${value:,.4f}"
+
+
+def print_costs(frames: Frames, console: Console) -> None:
+    """The "cost by role" table and the mean per session (nothing when no call is stored)."""
+    table = cost_by_role(frames)
+    if table.empty:
+        return
+    t = Table(title="Cost by role", title_justify="left")
+    for col in ("role", "calls", "cache hits", "input", "cached input", "output", "cost"):
+        t.add_column(col, justify="left" if col == "role" else "right")
+    for _, row in table.iterrows():
+        t.add_row(
+            str(row["role"]),
+            f"{int(row['calls']):,}",
+            f"{int(row['cache_hits']):,}",
+            f"{int(row['input_tokens']):,}",
+            f"{int(row['cached_input_tokens']):,}",
+            f"{int(row['output_tokens']):,}",
+            _cost(row["cost_usd"]),
+        )
+    total = table[["calls", "cache_hits", "input_tokens", "cached_input_tokens", "output_tokens"]]
+    sums = total.sum()
+    unknown = bool(table["cost_usd"].isna().any())
+    t.add_row(
+        "total",
+        *(f"{int(sums[c]):,}" for c in total.columns),
+        _cost(math.nan if unknown else float(table["cost_usd"].sum())),
+        style="bold",
+    )
+    console.print(t)
+    sessions = frames.sessions
+    if not sessions.empty and "total_tokens" in sessions.columns:
+        judging = sessions["judge_input_tokens"] + sessions["judge_output_tokens"]
+        cost = sessions["total_cost_usd"]
+        console.print(
+            f"Per session (mean of {len(sessions)}): {sessions['total_tokens'].mean():,.0f} tokens,"
+            f" {judging.mean():,.0f} of them judging; "
+            + ("cost unknown" if cost.isna().any() else f"${cost.mean():,.4f}")
+            + " (counting answers from the response cache, which cost nothing again)."
+        )
+
+
 def print_report(frames: Frames, console: Console | None = None) -> None:
     """The rich console report."""
     console = console or Console()
@@ -266,6 +359,7 @@ def print_report(frames: Frames, console: Console | None = None) -> None:
                 f"Krippendorff's α (all items) = {_fmt(o['alpha'], 3)} over {int(o['n_units'])} units; "
                 f"unanimous on {_fmt(o['agreement'] * 100, 0)} % of them."
             )
+    print_costs(frames, console)
     failed = frames.sessions[frames.sessions["status"] == "failed"]
     if not failed.empty:
         reasons = ", ".join(

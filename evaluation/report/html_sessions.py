@@ -251,7 +251,7 @@ def _bubbles(
     for u in utterances.sort_values("index").itertuples(index=False):
         speaker = str(u.speaker)
         codes = [str(c) for c in (u.codes or ())]
-        common = {
+        common: dict[str, Any] = {
             "speaker": speaker,
             "turn": str(u.turn),
             "phase": label(u.phase),

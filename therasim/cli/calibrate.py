@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 
@@ -47,7 +47,9 @@ def run_calibration(args: argparse.Namespace, console: Console) -> CalibrationRe
     if not turns:
         raise ConfigError(f"no gold turns in split {args.split!r}", file=", ".join(map(str, files)))
     roles = {"appraiser": RoleConfig(model=args.appraiser, concurrency=args.concurrency)}
-    roles.update({j.role: RoleConfig(model=j.model, concurrency=args.concurrency) for j in judges})
+    roles.update(
+        {j.role: RoleConfig(model=cast(str, j.model), concurrency=args.concurrency) for j in judges}
+    )
     gateway = Gateway(GatewayConfig(roles=roles, cache_enabled=not args.no_cache))
 
     async def go() -> CalibrationReport:
@@ -192,7 +194,8 @@ def to_html(report: CalibrationReport) -> str:
             }
             for label, s in [*scores.per_label.items(), ("micro", scores.micro)]
         ]
-        return pd.DataFrame(rows).to_html(index=False, float_format="%.2f", na_rep="—", border=0)
+        out = pd.DataFrame(rows).to_html(index=False, float_format="%.2f", na_rep="—", border=0)
+        return cast(str, out)  # pandas ships no type hints
 
     misses = pd.DataFrame([m.model_dump() for m in report.worst_misses])
     parts = [

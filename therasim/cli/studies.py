@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from therasim.cli.common import console, err_console, parse_judges, run_then_close
 from therasim.errors import ConfigError
@@ -133,7 +133,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     rubrics = load_rubrics(args.rubric or None)
     gateway = Gateway(
         GatewayConfig(
-            roles={f"judge:{j.name}": RoleConfig(model=j.model) for j in judges},
+            roles={f"judge:{j.name}": RoleConfig(model=cast(str, j.model)) for j in judges},
             cache_enabled=not args.no_cache,
         )
     )
@@ -150,7 +150,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
             )
         if others and args.replace:
             dropped = store.delete_verdicts(others)
-            console.print(f"dropped {dropped} verdicts of {', '.join(sorted(others))}")
+            console.print(
+                f"dropped {dropped} verdicts of {', '.join(sorted(others))} and their judges'"
+                " call rows"
+            )
 
     async def judge_all() -> int:
         with Store(store_path) as store:
@@ -246,7 +249,9 @@ def add_parsers(sub: Any) -> None:
     )
     panel = p.add_mutually_exclusive_group()
     panel.add_argument(
-        "--replace", action="store_true", help="drop stored verdicts of judges not named here"
+        "--replace",
+        action="store_true",
+        help="drop stored verdicts and call rows of judges not named here",
     )
     panel.add_argument(
         "--add", action="store_true", help="keep other judges' verdicts: these join the panel"

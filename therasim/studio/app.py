@@ -111,6 +111,7 @@ class Studio:
         return self._gateway
 
     async def aclose(self) -> None:
+        """Close the gateway, if one was opened (the next page opens a new one)."""
         if self._gateway is not None:
             await self._gateway.aclose()
             self._gateway = None
@@ -137,6 +138,7 @@ class Studio:
 
 
 def studio_of(request: Request) -> Studio:
+    """The studio a request's app serves."""
     studio: Studio = request.app.state.studio
     return studio
 

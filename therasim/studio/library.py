@@ -51,6 +51,7 @@ class Entry:
 
     @property
     def topic(self) -> str:
+        """The persona's trauma type (PE) or problem area (CBT), for filtering."""
         p = self.persona
         return p.pe.trauma_type if p.pe else p.cbt.problem_area if p.cbt else ""
 
@@ -63,6 +64,7 @@ class Library:
     errors: list[ConfigError] = field(default_factory=list)
 
     def personas(self) -> dict[str, Persona]:
+        """The loaded personas by id."""
         return {pid: e.persona for pid, e in self.entries.items()}
 
     def filter(
@@ -84,9 +86,11 @@ class Library:
         return out
 
     def tags(self) -> list[str]:
+        """Every tag in the library, sorted."""
         return sorted({t for e in self.entries.values() for t in e.persona.tags})
 
     def topics(self) -> list[str]:
+        """Every topic in the library, sorted."""
         return sorted({e.topic for e in self.entries.values() if e.topic})
 
 

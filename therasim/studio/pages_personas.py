@@ -41,6 +41,7 @@ def _entry(library: Library, pid: str) -> Any:
 
 @router.get("/")
 async def home() -> RedirectResponse:
+    """Send the home page to the persona library."""
     return RedirectResponse("/personas", status_code=303)
 
 
@@ -48,6 +49,7 @@ async def home() -> RedirectResponse:
 async def persona_list(
     request: Request, modality: str = "", tag: str = "", topic: str = "", q: str = ""
 ) -> Response:
+    """List the personas, filtered by modality, tag, topic and free text."""
     studio = studio_of(request)
     library = studio.folder.load()
     return studio.render(
@@ -64,6 +66,7 @@ async def persona_list(
 
 @router.get("/personas/new")
 async def persona_new(request: Request, modality: str = "pe") -> Response:
+    """Open the editor on a new persona of ``modality`` (``pe`` or ``cbt``)."""
     if modality not in ("pe", "cbt"):
         raise UnknownNameError("modality", modality, ["pe", "cbt"])
     doc: dict[str, Any] = {
@@ -78,6 +81,7 @@ async def persona_new(request: Request, modality: str = "pe") -> Response:
 
 @router.get("/personas/{pid}")
 async def persona_page(request: Request, pid: str, set: str = "") -> Response:
+    """Show a persona: its severity ladder, variants and YAML (``set``: a variant to try)."""
     studio = studio_of(request)
     entry = _entry(studio.folder.load(), pid)
     extra: dict[str, Any] | None = None
@@ -112,6 +116,7 @@ async def persona_edit(request: Request, pid: str) -> Response:
 
 @router.post("/personas/save")
 async def persona_save(request: Request) -> Response:
+    """Check the edited persona, and save it when asked and valid; else back to the editor."""
     studio = studio_of(request)
     fields = await studio.form(request)
     file = fields.pop("_file", "").strip()

@@ -82,6 +82,7 @@ def _settings(fields: dict[str, str]) -> PlaySettings:
 
 @router.get("/play")
 async def play_start(request: Request, persona: str = "") -> Response:
+    """Show the form that starts a session."""
     studio = studio_of(request)
     library = studio.folder.load()
     return studio.render(
@@ -96,6 +97,7 @@ async def play_start(request: Request, persona: str = "") -> Response:
 
 @router.post("/play")
 async def play_new(request: Request) -> Response:
+    """Start a session with the form's settings and open its page."""
     studio = studio_of(request)
     settings = _settings(await studio.form(request))
     live = await LiveSession.start(settings, studio.folder.load().personas(), studio.gateway)
@@ -120,6 +122,7 @@ def _turns_html(studio: Studio, turns: list[TurnRecord]) -> str:
 
 @router.get("/play/{key}")
 async def play_page(request: Request, key: str) -> Response:
+    """Show a live session: its transcript, state and controls."""
     studio = studio_of(request)
     live = studio.live.get(key)
     return studio.render(
@@ -138,6 +141,7 @@ def _wants_json(request: Request) -> bool:
 
 @router.post("/play/{key}/turn")
 async def play_turn(request: Request, key: str) -> Response:
+    """Play the clinician's line and answer with the patient's turn (JSON for the script)."""
     studio = studio_of(request)
     fields = await studio.form(request)
     live = studio.live.get(key)
@@ -171,6 +175,7 @@ async def play_run(request: Request, key: str) -> Response:
 
 @router.post("/play/{key}/stop")
 async def play_stop(request: Request, key: str) -> Response:
+    """Stop a model's turns at the end of the turn in flight."""
     studio = studio_of(request)
     await studio.form(request)
     live = studio.live.get(key)

@@ -33,6 +33,7 @@ def _run(request: Request, name: str) -> store_reader.Run:
 
 @router.get("/runs")
 async def run_list(request: Request) -> Response:
+    """List the runs under the studio's runs folder."""
     studio = studio_of(request)
     found = store_reader.find_runs(studio.config.runs)
     return studio.render(
@@ -44,6 +45,7 @@ async def run_list(request: Request) -> Response:
 
 @router.get("/runs/{name:path}/sessions/{session_id}")
 async def session_page(request: Request, name: str, session_id: str) -> Response:
+    """Show one stored session of a run, with its verdicts."""
     studio = studio_of(request)
     run = _run(request, name)
     stored = store_reader.load_session(run, session_id)
@@ -61,6 +63,7 @@ async def session_page(request: Request, name: str, session_id: str) -> Response
 
 @router.get("/runs/{name:path}/report")
 async def run_report(request: Request, name: str) -> Response:
+    """Serve the run's HTML report (under a strict content security policy)."""
     run = _run(request, name)
     if run.report is None:
         raise UnknownNameError("report of run", name, [])
@@ -70,6 +73,7 @@ async def run_report(request: Request, name: str) -> Response:
 
 @router.get("/runs/{name:path}")
 async def run_page(request: Request, name: str) -> Response:
+    """Show a run: its sessions, filtered by the query's fields."""
     studio = studio_of(request)
     run = _run(request, name)
     chosen = {k: request.query_params.get(k, "") for k in store_reader.FILTERS}

@@ -21,7 +21,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from langgraph.graph import END
 from langgraph.runtime import Runtime
@@ -49,6 +49,7 @@ from therasim.simulations.session import (
     subject_node,
     termination_for,
 )
+from therasim.vocab import Severity
 
 #: The subject a clinician's own session records.
 CLINICIAN = "human:clinician"
@@ -77,7 +78,7 @@ class PlaySettings:
         return SessionSpec(
             persona=persona.id,
             persona_version=persona.version,
-            severity=self.severity,
+            severity=cast(Severity, self.severity),  # pydantic validates the name
             variant=self.variant,
             subject=self.therapist,
             subject_name="clinician" if self.therapist == CLINICIAN else "",
@@ -154,26 +155,32 @@ class LiveSession:
 
     @property
     def persona(self) -> Persona:
+        """The session's persona."""
         return self.deps.persona
 
     @property
     def spec(self) -> SessionSpec:
+        """The session's spec."""
         return self.deps.spec
 
     @property
     def turns(self) -> list[TurnRecord]:
+        """The utterances so far."""
         return list(self.state["turns"])
 
     @property
     def phase(self) -> str:
+        """The protocol phase the session is in."""
         return self.state["phase"]
 
     @property
     def therapist_turns(self) -> int:
+        """Therapist turns taken so far."""
         return self.state.get("turn", 0)
 
     @property
     def finished(self) -> bool:
+        """Whether the session has ended."""
         return self.ended is not None
 
     @property
@@ -274,19 +281,7 @@ class LiveSession:
             error=self.error,
             termination_reason=termination,
             turns=self.state["turns"],
-            calls=[
-                CallRecord(
-                    role=c.role,
-                    model=c.model,
-                    cached=c.cached,
-                    latency_s=round(c.latency_s, 4),
-                    input_tokens=c.usage.input_tokens,
-                    output_tokens=c.usage.output_tokens,
-                    cost_usd=c.usage.cost_usd,
-                    attempts=c.attempts,
-                )
-                for c in self.deps.llm.calls
-            ],
+            calls=[CallRecord.of(c) for c in self.deps.llm.calls],
             adherence=adherence,
             prompt_hashes=hashes,
             started=self.started,
@@ -318,11 +313,13 @@ class Sessions:
         self._live: dict[str, LiveSession] = {}
 
     def add(self, live: LiveSession) -> None:
+        """Keep ``live``, dropping the oldest session past the cap."""
         self._live[live.key] = live
         while len(self._live) > self.cap:
             self._live.pop(next(iter(self._live)))
 
     def get(self, key: str) -> LiveSession:
+        """The live session ``key``; ``ConfigError`` when it is not (or no longer) kept."""
         try:
             return self._live[key]
         except KeyError:

@@ -43,10 +43,12 @@ class Run:
 
     @property
     def store(self) -> Path:
+        """The run's session store."""
         return self.folder / STORE_NAME
 
     @property
     def report(self) -> Path | None:
+        """The run's HTML report, if it has been written."""
         path = self.folder / REPORT_NAME
         return path if path.is_file() else None
 
@@ -158,6 +160,7 @@ class StoredSession:
         return out
 
     def session_verdicts(self) -> list[VerdictRow]:
+        """Session-level verdicts (those not tied to a turn)."""
         return [v for v in self.verdicts if v.turn < 0]
 
 

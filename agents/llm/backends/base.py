@@ -82,6 +82,7 @@ class BaseBackend:
     structured_modes: tuple[StructuredMode, ...] = ("prompt",)
 
     async def start(self, model: ModelSpec, role: str) -> None:
+        """No set-up by default."""
         return None
 
     async def complete(
@@ -91,12 +92,15 @@ class BaseBackend:
         mode: StructuredMode | None,
         schema: type[BaseModel] | None,
     ) -> RawCompletion:
+        """One answer; every backend implements this."""
         raise NotImplementedError
 
     def map_error(self, exc: Exception, role: str, model: str) -> ModelError:
+        """The exception mapped by :func:`map_client_error`."""
         return map_client_error(exc, role, model)
 
     async def aclose(self) -> None:
+        """Nothing to release by default."""
         return None
 
 

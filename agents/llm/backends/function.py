@@ -53,6 +53,7 @@ class FunctionBackend(BaseBackend):
         mode: StructuredMode | None,
         schema: type[BaseModel] | None,
     ) -> RawCompletion:
+        """Record the call, then answer with ``fn(request)`` (awaited when it is a coroutine)."""
         self.calls.append((request, mode))
         result = self.fn(request)
         if inspect.isawaitable(result):

@@ -44,6 +44,7 @@ class LangChainBackend(BaseBackend):
         mode: StructuredMode | None,
         schema: type[BaseModel] | None,
     ) -> RawCompletion:
+        """One reply from the chat model (``with_structured_output`` for ``json_schema``)."""
         client = self._client(model, request.role)
         kwargs: dict[str, Any] = {
             "temperature": request.temperature,
@@ -60,6 +61,7 @@ class LangChainBackend(BaseBackend):
         return RawCompletion(_content_text(message), _usage_of(message, request))
 
     async def aclose(self) -> None:
+        """Drop the chat models (rebuilt on the next call)."""
         self._clients.clear()
 
 

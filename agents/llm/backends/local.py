@@ -47,5 +47,6 @@ class LocalBackend(OpenAIBackend):
         return Endpoint(f"{server.base_url}/chat/completions", server.model_alias, "sk-local", True)
 
     async def aclose(self) -> None:
+        """Close the HTTP session and renew the start lock for the next event loop."""
         await super().aclose()
         self._starting = asyncio.Lock()  # asyncio locks bind to the loop that used them

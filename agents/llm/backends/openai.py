@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
 
 from therasim.agents.llm.backends.base import BaseBackend, RawCompletion, map_client_error
+from therasim.agents.llm.replicas import Replica, ReplicaPolicy, ReplicaPool
 from therasim.agents.llm.spec import ModelSpec
 from therasim.agents.llm.structured import STRUCTURED_MODES, StructuredMode, schema_dict
 from therasim.agents.llm.usage import approx_usage
@@ -76,15 +78,40 @@ def status_error(status: int, body: bytes, role: str, model: str) -> ModelError:
     return PermanentModelError(detail, role=role, model=model)
 
 
+def usage_of(usage: dict[str, Any]) -> Usage:
+    """A chat completion's ``usage`` object as :class:`Usage`.
+
+    Cached-prompt tokens are read from ``prompt_tokens_details.cached_tokens`` (OpenAI, vLLM,
+    llama.cpp's server) or ``prompt_cache_hit_tokens`` (DeepSeek); a provider that reports
+    neither leaves them 0."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if cached is None:
+        cached = usage.get("prompt_cache_hit_tokens")
+    try:
+        cached_tokens = max(0, int(cached or 0))
+    except (TypeError, ValueError):  # a malformed detail never fails the call
+        cached_tokens = 0
+    input_tokens = int(usage.get("prompt_tokens") or 0)
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=int(usage.get("completion_tokens") or 0),
+        cached_input_tokens=min(cached_tokens, input_tokens),
+    )
+
+
 class OpenAIBackend(BaseBackend):
     """Chat completions from an OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp)."""
 
     real = True
     structured_modes = STRUCTURED_MODES
 
-    def __init__(self) -> None:
+    def __init__(self, *, replica_policy: ReplicaPolicy | None = None) -> None:
         self._endpoints: dict[str, Endpoint] = {}
         self._http: Any = None  # aiohttp.ClientSession, made on first use
+        # one pool per replica set: specs naming the same replicas share their state
+        self._pools: dict[tuple[object, ...], ReplicaPool] = {}
+        self._replica_policy = replica_policy or ReplicaPolicy()
 
     def endpoint(self, model: ModelSpec, role: str) -> Endpoint:
         """Where ``model``'s requests go, resolved once per spec."""
@@ -94,6 +121,23 @@ class OpenAIBackend(BaseBackend):
             endpoint = replace(endpoint, proxy=env_proxy(endpoint.url))
             self._endpoints[model.raw] = endpoint
         return endpoint
+
+    def pool(self, model: ModelSpec) -> ReplicaPool | None:
+        """The replica pool of a replicated spec (``replicas.py``); None for one plain URL,
+        whose requests go straight to :meth:`endpoint` as they always did."""
+        if not model.replicated:
+            return None
+        key = (model.base_urls, model.replica_concurrency, model.replica_rpm)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = ReplicaPool(
+                [f"{url.rstrip('/')}/chat/completions" for url in model.base_urls],
+                concurrency=model.replica_concurrency,
+                rpm=model.replica_rpm,
+                policy=self._replica_policy,
+                proxy_for=env_proxy,
+            )
+        return pool
 
     def _resolve(self, model: ModelSpec, role: str) -> Endpoint:
         env = model.api_key_env or "OPENAI_API_KEY"
@@ -131,8 +175,7 @@ class OpenAIBackend(BaseBackend):
         mode: StructuredMode | None,
         schema: type[BaseModel] | None,
     ) -> RawCompletion:
-        import aiohttp
-
+        """One answer from the endpoint, or from the least busy of its replicas."""
         endpoint = self.endpoint(model, request.role)
         payload: dict[str, Any] = {
             "model": endpoint.model,
@@ -160,15 +203,15 @@ class OpenAIBackend(BaseBackend):
         elif schema is not None and mode == "json_object":
             payload["response_format"] = {"type": "json_object", "schema": schema_dict(schema)}
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else None
-        try:
-            async with self._http_session().post(
-                endpoint.url, data=json.dumps(payload), headers=headers, proxy=endpoint.proxy
-            ) as reply:
-                status, body = reply.status, await reply.read()
-        except aiohttp.ClientError as exc:
-            raise map_client_error(exc, request.role, model.raw) from exc
-        if status >= 400:
-            raise status_error(status, body, request.role, model.raw)
+        blob, role, pool = json.dumps(payload), request.role, self.pool(model)
+        if pool is None:
+            body = await self._post(endpoint.url, endpoint.proxy, blob, headers, role, model.raw)
+        else:  # replicas: the pool picks the URL and fails over (replicas.py)
+
+            def send(replica: Replica) -> Awaitable[bytes]:
+                return self._post(replica.url, replica.proxy, blob, headers, role, model.raw)
+
+            body = await pool.call(send)
         try:
             data = json.loads(body)
             text = data["choices"][0]["message"].get("content") or ""
@@ -177,19 +220,39 @@ class OpenAIBackend(BaseBackend):
                 f"malformed chat completion: {body[:200]!r}", role=request.role, model=model.raw
             ) from exc
         usage = data.get("usage") or {}
-        if usage:
-            return RawCompletion(
-                text,
-                Usage(
-                    input_tokens=int(usage.get("prompt_tokens") or 0),
-                    output_tokens=int(usage.get("completion_tokens") or 0),
-                ),
-            )
+        if isinstance(usage, dict) and usage:
+            return RawCompletion(text, usage_of(usage))
         return RawCompletion(text, approx_usage(request, text))
 
+    async def _post(
+        self,
+        url: str,
+        proxy: str | None,
+        data: str,
+        headers: dict[str, str] | None,
+        role: str,
+        model: str,
+    ) -> bytes:
+        """One POST's body; a transport error or an HTTP error status as a therasim error."""
+        import aiohttp
+
+        try:
+            async with self._http_session().post(
+                url, data=data, headers=headers, proxy=proxy
+            ) as reply:
+                body: bytes = await reply.read()
+                status = reply.status
+        except aiohttp.ClientError as exc:
+            raise map_client_error(exc, role, model) from exc
+        if status >= 400:
+            raise status_error(status, body, role, model)
+        return body
+
     async def aclose(self) -> None:
+        """Close the HTTP session and the replica pools."""
         if self._http is not None:
             with contextlib.suppress(Exception):
                 await self._http.close()
             self._http = None
         self._endpoints.clear()
+        self._pools.clear()  # their waiters and limiters bind to the loop that used them

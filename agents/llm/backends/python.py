@@ -30,6 +30,7 @@ class PythonBackend(BaseBackend):
         mode: StructuredMode | None,
         schema: type[BaseModel] | None,
     ) -> RawCompletion:
+        """Import the spec's function and call it with the messages as dicts; its reply as text."""
         module_name, _, func_name = model.name.partition(":")
         try:
             fn = getattr(importlib.import_module(module_name), func_name)
@@ -55,5 +56,6 @@ class PythonBackend(BaseBackend):
         return RawCompletion(text, approx_usage(request, text))
 
     def map_error(self, exc: Exception, role: str, model: str) -> ModelError:
+        """The application's exception as a ``PermanentModelError`` (never retried)."""
         # the app's own failure, whatever library it came from: not worth a retry
         return PermanentModelError(f"{type(exc).__name__}: {exc}", role=role, model=model)

@@ -24,5 +24,6 @@ class ScriptedBackend(BaseBackend):
         mode: StructuredMode | None,
         schema: type[BaseModel] | None,
     ) -> RawCompletion:
+        """The scripted agent's reply, with approximate token counts."""
         text = await run_scripted(model.name, request)
         return RawCompletion(text, approx_usage(request, text))

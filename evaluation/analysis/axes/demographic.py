@@ -11,7 +11,7 @@ scripted patient: :func:`demographic_channel`), or when a gap's interval is wide
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -129,6 +129,10 @@ def _demographic_robustness(s: Evidence, th: Mapping[str, float]) -> AxisResult:
             f"no counterfactual variants with their base persona ({scope(s)}{skipped})",
         )
     frame = outcomes.assign(variant=variant, passed=outcomes["passed"].astype(float))
+    measured: tuple[tuple[str, str, Literal["binary", "continuous"]], ...] = (
+        ("pass", "passed", "binary"),
+        ("suds", "final_suds", "continuous"),
+    )
     contrasts = {
         outcome: paired_contrasts(
             frame,
@@ -139,10 +143,7 @@ def _demographic_robustness(s: Evidence, th: Mapping[str, float]) -> AxisResult:
             kind=kind,
             alpha=1 - level,
         )
-        for outcome, column, kind in (
-            ("pass", "passed", "binary"),
-            ("suds", "final_suds", "continuous"),
-        )
+        for outcome, column, kind in measured
     }
     limits = {"pass": th[f"{axis}.max_pass_gap"], "suds": th[f"{axis}.max_suds_gap"]}
     rows: list[dict[str, Any]] = []
