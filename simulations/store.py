@@ -482,24 +482,3 @@ class Store:
         """Tokens and cost of the sessions' own stored calls that reached a backend (the budget's
         measure of simulating; judging's is kept apart, see ``budget.py``)."""
         return Totals.sum(c for c in self.calls() if not c.cached and not is_judge_role(c.role))
-
-    # ---- dict views of the typed rows, for callers not yet moved to them (tests/test_golden.py,
-    # tests/test_session.py, tests/test_panel.py, tests/test_report_size.py, benchmarks/);
-    # they read through the methods above and go once those callers do.
-
-    def session_rows(self) -> list[dict[str, Any]]:
-        """Every session as a dict of JSON values (see :meth:`sessions`)."""
-        return [row.model_dump(mode="json") for row in self.sessions()]
-
-    def turn_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(session_id, utterance as a dict of JSON values) (see :meth:`turns`)."""
-        for row in self.turns():
-            yield row.session_id, row.record.model_dump(mode="json")
-
-    def verdict_rows(self) -> list[dict[str, Any]]:
-        """Every verdict as a dict with the table's values, ``met`` 0/1/None (see
-        :meth:`verdicts`)."""
-        return [
-            {**row.model_dump(), "met": None if row.met is None else int(row.met)}
-            for row in self.verdicts()
-        ]
