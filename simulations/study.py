@@ -24,7 +24,7 @@ from therasim.personas.loader import select_personas
 from therasim.personas.schema import Persona
 from therasim.protocols import default_protocol_for, load_protocol
 from therasim.simulations.records import SessionSpec
-from therasim.vocab import Severity
+from therasim.vocab import PhaseKind, Severity
 
 SCHEMA_FILE = Path(__file__).with_name("study.schema.json")
 
@@ -157,6 +157,45 @@ class CalibrationSpec(_Data):
     )
 
 
+#: The phase kinds a generated battery samples by default: the paper's three PE phases
+#: (orientation, imaginal exposure, processing) and CaiTI's three CBT stages. A persona's
+#: protocol keeps the kinds it has.
+DEFAULT_BATTERY_KINDS: tuple[PhaseKind, ...] = (
+    PhaseKind.ORIENTATION,
+    PhaseKind.IMAGINAL_EXPOSURE,
+    PhaseKind.PROCESSING,
+    PhaseKind.CBT_IDENTIFY,
+    PhaseKind.CBT_CHALLENGE,
+    PhaseKind.CBT_REFRAME,
+)
+
+
+class BatterySpec(_Data):
+    """The single-turn battery of a study (``mode: battery | both``; ``simulations/battery.py``).
+
+    Without ``items`` the battery is generated: personas × variants × severities × phase kinds,
+    each item's context taken from a seeded session of the ``reference`` arm with the study's
+    patient. With ``items`` the user's JSONL or CSV file is the battery.
+    """
+
+    items: str | None = Field(
+        default=None,
+        description="A JSONL or CSV item file (battery_item.schema.json); null = generate.",
+    )
+    phase_kinds: list[PhaseKind] = Field(
+        default_factory=lambda: list(DEFAULT_BATTERY_KINDS),
+        min_length=1,
+        description="Phase kinds to take a patient line from (each persona keeps its protocol's).",
+    )
+    context_turns: int = Field(
+        default=6, ge=0, le=60, description="Utterances of preceding context kept per item."
+    )
+    reference: str = Field(
+        default="scripted:adherent",
+        description="The therapist whose session provides generated items' context.",
+    )
+
+
 class Study(_Data):
     """A study file."""
 
@@ -221,6 +260,14 @@ class Study(_Data):
         default=None,
         description="Calibrate appraiser and judges on gold turns; without it no axis can pass.",
     )
+    mode: Literal["sessions", "battery", "both"] = Field(
+        default="sessions",
+        description="'sessions' (multi-turn), 'battery' (single-turn items) or 'both'.",
+    )
+    battery: BatterySpec = Field(
+        default_factory=BatterySpec,
+        description="The single-turn battery (used when mode is 'battery' or 'both').",
+    )
 
     @field_validator("subjects", mode="before")
     @classmethod
@@ -241,6 +288,7 @@ class Study(_Data):
             parse_model_spec(role.model)
         for judge in self.judges:
             parse_model_spec(judge.model)
+        parse_model_spec(self.battery.reference)
         return self
 
     def output_dir(self, base: Path | None = None) -> Path:

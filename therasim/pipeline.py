@@ -205,7 +205,7 @@ def study_estimate(study: Study, source: str | Path | None = None) -> Estimate:
     preflight(study, source)
     library = load_library()
     expansion = expand_study(study, library)
-    specs = expansion.specs
+    specs = expansion.specs if study.mode != "battery" else []  # battery: no sessions
     check_specs(specs, library)
     done: set[str] = set()
     if study_store(study.output_dir()).exists():
@@ -213,6 +213,10 @@ def study_estimate(study: Study, source: str | Path | None = None) -> Estimate:
             done = store.session_ids(status="completed")
     est = estimate(study, specs, done)
     add_judging(est, study, specs, done)
+    if study.mode != "sessions":  # the single-turn battery (therasim/battery_pipeline.py)
+        from therasim.battery_pipeline import add_battery_estimate
+
+        add_battery_estimate(est, study, study.output_dir())
     if expansion.skipped:
         est.assumptions = f"{expansion.summary()}; {est.assumptions}"
     return est
@@ -260,7 +264,7 @@ async def simulate_study(
 ) -> RunStats:
     """Run the study's sessions not yet in the store (resumable, budget metered)."""
     library = load_library()
-    specs = expand(study, library)
+    specs = expand(study, library) if study.mode != "battery" else []  # battery: no sessions
     check_specs(specs, library)
     if not show_progress:
         return await run_specs(specs, study=study, store=store, gateway=gateway, library=library)
@@ -375,6 +379,12 @@ async def _simulate_and_judge(
             stats = await simulate_study(
                 study, gateway, store, console, show_progress=show_progress
             )
+            if study.mode != "sessions":  # the single-turn battery (therasim/battery_pipeline.py)
+                from therasim.battery_pipeline import answer_battery
+
+                await answer_battery(
+                    study, gateway, store, console, store_path.parent, show_progress=show_progress
+                )
             judged = await judge_study(study, gateway, store, console) if judge else 0
             return stats, judged
     finally:
@@ -455,10 +465,19 @@ def write_reports(
     with Store(store_path) as store:
         frames = load_frames(store)
         calibration = stored_calibration(store)
+    all_frames = frames
+    if study is not None and study.mode != "sessions":  # the battery's own tables, below
+        from therasim.evaluation.analysis.battery import split_frames
+
+        frames = split_frames(all_frames)[0]
     print_report(frames, console)
     verdicts = verdicts_of(frames, study, calibration)
     print_calibration(calibration, console)
     print_verdicts(verdicts, console)
+    if study is not None and study.mode != "sessions":
+        from therasim.battery_pipeline import report_battery
+
+        report_battery(all_frames, study, console)
     path = write_html_report(
         frames, out_dir / "report.html", study=study, verdicts=verdicts, calibration=calibration
     )

@@ -20,6 +20,7 @@ def _models() -> dict[str, tuple[type[BaseModel], str, Path]]:
     from therasim.evaluation.judging.rubric import Rubric
     from therasim.personas.schema import Persona
     from therasim.protocols.schema import Protocol
+    from therasim.simulations.battery_items import BatteryItem
     from therasim.simulations.study import Study
 
     here: dict[str, type[BaseModel]] = {
@@ -28,6 +29,7 @@ def _models() -> dict[str, tuple[type[BaseModel], str, Path]]:
         "rubric": Rubric,
         "study": Study,
         "gold": GoldTurn,
+        "battery_item": BatteryItem,
     }
     places = {  # the package folder beside the files of that kind (installed with them)
         "persona": "therasim.personas",
@@ -35,9 +37,10 @@ def _models() -> dict[str, tuple[type[BaseModel], str, Path]]:
         "rubric": "therasim.evaluation",
         "study": "therasim.simulations",
         "gold": "therasim.agents",
+        "battery_item": "therasim.simulations",
     }
     below = {"rubric": "rubrics/", "gold": "gold/"}
-    titles = {"gold": "therasim gold turn"}
+    titles = {"gold": "therasim gold turn", "battery_item": "therasim battery item"}
     out = {}
     for kind, model in here.items():
         folder = Path(str(files(places[kind])))
@@ -46,7 +49,7 @@ def _models() -> dict[str, tuple[type[BaseModel], str, Path]]:
     return out
 
 
-SCHEMAS: tuple[str, ...] = ("persona", "protocol", "rubric", "study", "gold")
+SCHEMAS: tuple[str, ...] = ("persona", "protocol", "rubric", "study", "gold", "battery_item")
 
 
 def schema_of(kind: str) -> dict[str, Any]:

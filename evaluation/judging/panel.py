@@ -147,9 +147,13 @@ async def judge_session_calls(
 ) -> tuple[list[dict[str, Any]], list[CallRecord]]:
     """:func:`judge_session`'s rows, and the judges' calls they came from in the order asked
     (judge, unit, item), for ``Store.save_verdicts(rows, {session_id: calls})``."""
+    from therasim.simulations.battery import is_battery
+
     options = options or PanelOptions()
     rubrics = list(rubrics)
     units = session_units(result, rubrics, options, persona)
+    if is_battery(result.spec):  # a battery answer is one reply: no session items
+        units = [u for u in units if u.scope == "turn"]
     sid = result.session_id
     if options.mode == "turn":
         prefix = {scope: prefix_items(rubrics, units, scope) for scope in ("turn", "session")}
@@ -198,9 +202,12 @@ def _judged(
 
 def _resolve_persona(result: SessionResult, personas: Mapping[str, Persona]) -> Persona | None:
     """The persona variant the session used, as the runner resolved it (None if unavailable)."""
+    from therasim.simulations.battery import battery_persona, is_battery
     from therasim.simulations.records import resolve_persona
 
     try:
+        if is_battery(result.spec):
+            return battery_persona(result.spec, dict(personas))
         return resolve_persona(result.spec, dict(personas))
     except TherasimError:  # not in the library, or the library has another version
         return None

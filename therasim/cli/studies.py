@@ -88,7 +88,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = store.sessions()
     total = None
     if study_doc:
-        total = len(expand(Study.model_validate(study_doc), load_library()))
+        study = Study.model_validate(study_doc)
+        library = load_library()
+        total = len(expand(study, library)) if study.mode != "battery" else 0
+        if study.mode != "sessions":  # battery answers are stored as one-turn sessions
+            from therasim.simulations.battery import count_items
+
+            total += count_items(study, library, out) * len(study.subjects)
     spent = Totals.sum(rows)
     console.print(
         f"{out}: {completed} completed, {failed} failed"
@@ -187,12 +193,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         study = Study.model_validate(study_doc) if isinstance(study_doc, dict) else None
     except ValueError:
         study = None
+    battery = study is not None and study.mode != "sessions"
+    all_frames = frames
+    if battery:  # the session tables and the verdict read the multi-turn sessions only
+        from therasim.evaluation.analysis.battery import split_frames
+
+        frames = split_frames(all_frames)[0]
     verdicts = verdicts_of(frames, study, calibration) if not frames.sessions.empty else []
     if args.format:
         from therasim.evaluation.analysis.axes import readiness_frame
 
         out = Path(args.out) if args.out else store_path.parent / "frames"
         extra = {"readiness": readiness_frame(verdicts)}
+        if battery:
+            from therasim.battery_pipeline import battery_frames
+
+            extra |= battery_frames(all_frames, study)
         for path in export_frames(frames, out, args.format, extra):
             console.print(f"wrote {path}")
         return 0
@@ -202,6 +218,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         from therasim.evaluation.report.readiness_console import print_verdicts
 
         print_verdicts(verdicts, console)
+    if battery:
+        from therasim.battery_pipeline import report_battery
+
+        report_battery(all_frames, study, console)
     if args.html:
         from therasim.evaluation.report.html import write_html_report
 
