@@ -299,6 +299,24 @@ def topology_mermaid() -> str:
 # --------------------------------------------------------------------------- running
 
 
+def start_state(persona: Persona, protocol: ProtocolGraph) -> SessionState:
+    """A session's state before its first turn: the persona's baseline at the protocol's start."""
+    patient0 = initial_state(persona)
+    return {
+        "transcript": [],
+        "turns": [],
+        "patient_state": patient0,
+        "phase": protocol.start,
+        "phase_ctx": protocol.context(
+            protocol.start, patient0, habituation_drop=persona.dynamics.habituation_margin
+        ),
+        "turn": 0,
+        "pending_therapist": None,
+        "termination": None,
+        "error": None,
+    }
+
+
 async def _questionnaires(
     deps: SessionDeps, state: SessionState, when: Literal["pre", "post"]
 ) -> list[QuestionnaireRecord]:
@@ -364,20 +382,8 @@ async def run_session(
         on_turn=on_turn,
         over_budget=over_budget,
     )
-    patient0 = initial_state(persona)
-    state: SessionState = {
-        "transcript": [],
-        "turns": [],
-        "patient_state": patient0,
-        "phase": protocol.start,
-        "phase_ctx": protocol.context(
-            protocol.start, patient0, habituation_drop=persona.dynamics.habituation_margin
-        ),
-        "turn": 0,
-        "pending_therapist": None,
-        "termination": None,
-        "error": None,
-    }
+    state = start_state(persona, protocol)
+    patient0 = state["patient_state"]
     questionnaires: list[QuestionnaireRecord] = []
     termination: TerminationReason
     error: str | None = None

@@ -30,7 +30,6 @@ from therasim.agents.context import Utterance
 from therasim.agents.llm import BoundGateway, Gateway
 from therasim.agents.subject import prompt_hash, therapist_system_prompt
 from therasim.errors import ConfigError
-from therasim.personas.dynamics import initial_state
 from therasim.personas.schema import Persona
 from therasim.protocols import AdherenceTracker, default_protocol_for, load_protocol
 from therasim.simulations.records import (
@@ -46,6 +45,7 @@ from therasim.simulations.session import (
     SessionState,
     appraise_node,
     patient_node,
+    start_state,
     subject_node,
     termination_for,
 )
@@ -132,21 +132,7 @@ class LiveSession:
             system_prompt=None,
             raw=False,
         )
-        patient0 = initial_state(persona)
-        state: SessionState = {
-            "transcript": [],
-            "turns": [],
-            "patient_state": patient0,
-            "phase": protocol.start,
-            "phase_ctx": protocol.context(
-                protocol.start, patient0, habituation_drop=persona.dynamics.habituation_margin
-            ),
-            "turn": 0,
-            "pending_therapist": None,
-            "termination": None,
-            "error": None,
-        }
-        live = cls(deps, state)
+        live = cls(deps, start_state(persona, protocol))
         if protocol.protocol.opener == "patient":
             await live._run("patient")
         return live
