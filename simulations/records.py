@@ -215,7 +215,7 @@ def trusted(cls: type[M], values: dict[str, Any], fields: set[str] | None = None
     The big tables (a 1,000-session study holds ~450,000 verdicts and ~50,000 calls) are read
     for every report; validating each row costs several times reading it, and
     ``model_construct`` more still in pydantic 2 (it walks the fields in Python). ``values``
-    must hold every field, already of its declared type; ``tests/test_store_records.py`` checks
+    must hold every field, already of its declared type; ``tests/simulations/test_store_records.py`` checks
     that trusted rows equal validated ones. ``fields``, the set of ``values``' keys, may be
     shared by every row of a table (pydantic copies it before changing it)."""
     row = cls.__new__(cls)

@@ -3,7 +3,7 @@
 It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` on 127.0.0.1 from its own thread
 and event loop, with configurable latency, jitter and injected failures, so the gateway's real
 HTTP path (one aiohttp POST a call) can be exercised without any network (tests import it as
-``fake_openai``, pytest puts this folder on ``sys.path``; benchmarks add it themselves)::
+``fake_openai``, pytest puts this folder on ``sys.path`` (``pythonpath`` in pyproject.toml); benchmarks add it themselves)::
 
     with FakeOpenAIServer(plan=["429", "429", "ok"]) as server:
         spec = f"openai:fake?base_url={server.base_url}"

@@ -37,7 +37,7 @@ from therasim.protocols import (
 from therasim.vocab import BehaviourCode, RiskLevel
 
 B = BehaviourCode
-SNAPSHOTS = Path(__file__).parent / "snapshots"
+SNAPSHOTS = Path(__file__).resolve().parents[1] / "snapshots"
 SHIPPED = ["cbt-thought-record", "cbt-three-stage", "pe-imaginal-session", "pe-three-phase"]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from therasim.schemas import SCHEMAS, schema_of, schema_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("kind", SCHEMAS)

@@ -17,7 +17,7 @@ from therasim.simulations.records import SessionResult, SessionSpec, Termination
 from therasim.simulations.session import run_session, topology_mermaid
 from therasim.simulations.store import Store
 
-SNAPSHOT = Path(__file__).parent / "snapshots" / "session-graph.mmd"
+SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "session-graph.mmd"
 
 
 @pytest.fixture(scope="module")

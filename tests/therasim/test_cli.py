@@ -12,7 +12,7 @@ import yaml
 from therasim.cli import main
 from therasim.simulations.store import Store
 
-LIBRARY = Path(__file__).resolve().parent.parent / "personas" / "library"
+LIBRARY = Path(__file__).resolve().parents[2] / "personas" / "library"
 
 
 def test_help_lists_the_verbs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,7 +163,7 @@ def test_run_dry_run_calls_no_model(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     shutil.copy(
-        Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml", tmp_path / "q.yaml"
+        Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml", tmp_path / "q.yaml"
     )
     assert main(["run", "q.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -182,7 +182,7 @@ def test_run_study_end_to_end_and_resume(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     doc = yaml.safe_load(
-        (Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml").read_text()
+        (Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml").read_text()
     )
     doc["personas"] = {"ids": ["pe-combat-01", "cbt-sleep-01"]}
     doc["subjects"] = {"adherent": "scripted:adherent", "safety-reflex": "scripted:safety-reflex"}
@@ -200,7 +200,7 @@ def test_run_output_overrides_the_study_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     doc = yaml.safe_load(
-        (Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml").read_text()
+        (Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml").read_text()
     )
     doc["personas"] = {"ids": ["pe-combat-01"]}
     doc["subjects"] = {"adherent": "scripted:adherent"}
@@ -216,7 +216,7 @@ def test_run_output_overrides_the_study_folder(
 # --------------------------------------------------------------------------------------------
 # Issue 12, item 16: `validate` checks each file by its kind
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
 
 

@@ -29,7 +29,7 @@ from therasim.personas.loader import (
     parse_persona,
 )
 
-README = Path(__file__).resolve().parents[1] / "personas" / "README.md"
+README = Path(__file__).resolve().parents[2] / "personas" / "README.md"
 
 # --------------------------------------------------------------------------------------------
 # Fixtures: minimal valid personas, written here so these tests do not depend on the library.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED: dict[str, Path] = {
     "persona": ROOT / "personas" / "library" / "pe" / "pe-combat-01.yaml",
     "protocol": ROOT / "protocols" / "library" / "pe-three-phase.yaml",

@@ -21,8 +21,8 @@ from therasim.evaluation.analysis.frames import load_frames
 from therasim.pipeline import run_study
 from therasim.simulations.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
-SNAPSHOT = Path(__file__).parent / "snapshots" / "quickstart_golden.json"
+ROOT = Path(__file__).resolve().parents[2]
+SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "quickstart_golden.json"
 
 pytestmark = pytest.mark.slow
 

@@ -64,7 +64,7 @@ def test_gold_files_and_the_cli_end_in_one_line(
 # --------------------------------------------------------------------------------------------
 # Issue 12, item 15: YAML limits (alias expansion, size, depth) and bounded messages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bomb(levels: int = 9) -> str:

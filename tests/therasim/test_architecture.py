@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ["personas", "protocols", "agents", "simulations", "evaluation"]
 # what each layer may import from therasim (besides itself and therasim.errors)
 ALLOWED = {

@@ -37,7 +37,7 @@ from therasim.simulations.study import CalibrationSpec, expand_study, load_study
 
 pytestmark = pytest.mark.slow
 
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "readiness.yaml"
+STUDY = Path(__file__).resolve().parents[2] / "studies" / "readiness.yaml"
 # The budget for the whole study on 2 cores; the HTML report is left out here.
 MAX_SECONDS = 180
 # 4 personas x 3 severities x (base + 1 counterfactual) x 2 subjects x 2 repeats.
