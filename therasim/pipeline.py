@@ -478,8 +478,16 @@ def write_reports(
         from therasim.battery_pipeline import report_battery
 
         report_battery(all_frames, study, console)
+    battery = (
+        split_frames(all_frames)[1] if study is not None and study.mode != "sessions" else None
+    )
     path = write_html_report(
-        frames, out_dir / "report.html", study=study, verdicts=verdicts, calibration=calibration
+        frames,
+        out_dir / "report.html",
+        study=study,
+        verdicts=verdicts,
+        calibration=calibration,
+        battery=battery,
     )
     console.print(f"[bold]HTML report:[/] {path}")
     return path

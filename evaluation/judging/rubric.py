@@ -39,10 +39,10 @@ from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from therasim.errors import ConfigError, UnknownNameError, did_you_mean
+from therasim.loading import parse_model, read_data_text
 from therasim.vocab import RISK_ORDER, SEVERITY_ORDER, PhaseKind, risk_rank, severity_rank
 
 __all__ = [
@@ -276,67 +276,13 @@ def item_applies(
 # --------------------------------------------------------------------------- loading
 
 
-def _describe(err: Any) -> str:
-    kind = err["type"]
-    msg = str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
-    if kind == "missing":
-        return "is required but missing"
-    if kind == "extra_forbid" or kind == "extra_forbidden":
-        name = str(err["loc"][-1]) if err["loc"] else ""
-        allowed = sorted(RubricItem.model_fields if "items" in err["loc"] else Rubric.model_fields)
-        close = did_you_mean(name, allowed, n=1, cutoff=0.6)
-        hint = f"; {close}" if close else ""
-        return f"is not a field here{hint}. Allowed: {', '.join(allowed)}"
-    return f"{msg} (you wrote {str(err.get('input'))[:60]!r})"
-
-
-def _config_error(exc: ValidationError, source: str, doc: Mapping[str, Any]) -> ConfigError:
-    rubric_id = doc.get("id") if isinstance(doc.get("id"), str) else None
-    raw_items = doc.get("items")
-    items: list[Any] = raw_items if isinstance(raw_items, list) else []
-    problems: list[tuple[str | None, str, str]] = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        item_id = None
-        if len(loc) >= 2 and loc[0] == "items" and isinstance(loc[1], int) and loc[1] < len(items):
-            entry = items[loc[1]]
-            if isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
-                item_id = entry["id"]
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        problems.append((item_id, field, _describe(err)))
-    if len(problems) == 1:
-        item_id, field, reason = problems[0]
-        return ConfigError(reason, file=source, object_id=item_id or rubric_id, field=field)
-    lines = "\n".join(f"  - {f'item {i!r}, ' if i else ''}field {f}: {r}" for i, f, r in problems)
-    return ConfigError(f"{len(problems)} problems:\n{lines}", file=source, object_id=rubric_id)
-
-
 def parse_rubric(text: str, source: str = "<string>") -> Rubric:
     """Validate one rubric given as YAML text; ``source`` names it in error messages."""
-    from therasim.personas.loader import load_yaml  # duplicate keys refused, as in personas
-
-    try:
-        doc = load_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=source
-        ) from None
-    except RecursionError:
-        raise ConfigError("is nested too deeply to be a rubric", file=source) from None
-    if not isinstance(doc, dict):
-        raise ConfigError("a rubric file holds one mapping (id, version, items)", file=source)
-    try:
-        return Rubric.model_validate(doc)
-    except ValidationError as exc:
-        raise _config_error(exc, source, doc) from None
+    return parse_model(text, Rubric, source=source)
 
 
 def load_rubric(path: str | Path) -> Rubric:
     """Read and validate one rubric YAML file."""
-    from therasim.personas.loader import read_data_text  # size, binary and UTF-8 checks
-
     path = Path(path)
     rubric = parse_rubric(read_data_text(path), source=str(path))
     if path.stem != rubric.id:

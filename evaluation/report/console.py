@@ -90,7 +90,7 @@ def agreement(frames: Frames) -> pd.DataFrame:
     The same table, built faster: α still comes from ``metrics.krippendorff_alpha``, but the
     unanimous share and unit counts come from one vectorised count per unit, where the metrics
     unit summary also lists which judges said what in every unit (a Python call per unit, most
-    of a 1,000-session report's time). ``tests/test_report_size.py`` holds the two equal."""
+    of a 1,000-session report's time). ``tests/evaluation/test_report_size.py`` holds the two equal."""
 
     def build() -> pd.DataFrame:
         verdicts = frames.verdicts

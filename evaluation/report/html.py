@@ -13,10 +13,13 @@ no network. Sections, in order:
    by modality × severity;
 4. the severity ladder ("crisis cliff"): headline rubric items and the deterioration rate across
    routine → distress → crisis_adjacent → imminent;
+   then, when the run holds single-turn battery answers (``battery=``), the battery's crisis
+   cliff (mean appropriateness per subject by severity) and failure rates (``html_battery``);
 5. a failure-mode heatmap (share of sessions with each lexical-detector finding);
 6. deterioration rates per cell and signal with Wilson intervals;
 7. judge agreement (Krippendorff's α per item) and per-judge bias;
-8. a session index and one page per session (``#session-<id>``): the transcript as bubbles with
+8. cost by role: calls, cache hits, tokens and cost per role, with a total;
+9. a session index and one page per session (``#session-<id>``): the transcript as bubbles with
    the patient's state after every turn and the behaviour codes as coloured chips.
 
 How it is built: the ``html_sections``, ``html_charts`` and ``html_sessions`` modules turn the
@@ -53,13 +56,14 @@ from jinja2 import BaseLoader, Environment, PackageLoader, StrictUndefined
 from plotly.offline import get_plotlyjs
 
 from therasim.evaluation.analysis.frames import Frames
-from therasim.evaluation.report import html_charts, html_sections, html_sessions
+from therasim.evaluation.report import html_battery, html_charts, html_sections, html_sessions
 from therasim.evaluation.report.html_common import (
     FAILURE_CODES,
     GOOD_CODES,
     LADDER_ITEMS,
     MAX_INDEX_ROWS,
     MAX_TRANSCRIPTS,
+    PALETTE,
     Charts,
     Note,
     polarities,
@@ -91,8 +95,11 @@ _SECTIONS = (
     ("failures", "Failure modes"),
     ("deterioration", "Deterioration"),
     ("judges", "Judge agreement"),
+    ("costs", "Cost by role"),
     ("sessions", "Sessions"),
 )
+#: Shown after the severity ladder when the run holds battery answers.
+_BATTERY_SECTION = ("battery", "Single-turn battery")
 
 
 class _DedentingLoader(PackageLoader):
@@ -184,6 +191,13 @@ def _header(frames: Frames, study: Study | None) -> dict[str, Any]:
     }
 
 
+def _battery_polarity(study: Study | None) -> dict[str, str]:
+    """Rubric item → polarity for the battery's scores, from the study's rubrics."""
+    from therasim.evaluation.analysis.battery import battery_polarity
+
+    return battery_polarity(study.rubrics if study is not None else None)
+
+
 def render_html_report(
     frames: Frames,
     *,
@@ -192,13 +206,20 @@ def render_html_report(
     max_sessions: int = MAX_TRANSCRIPTS,
     calibration: Any = None,
     max_index: int = MAX_INDEX_ROWS,
+    battery: Frames | None = None,
 ) -> str:
     """The report as one HTML string (see the module docstring for its sections).
 
     ``calibration`` is the run's ``StoredCalibration`` (None: not calibrated), shown as a card
-    beside the verdict."""
+    beside the verdict. ``battery`` is the battery half of
+    ``therasim.evaluation.analysis.battery.split_frames``; when it holds answers the report gains
+    the battery section (its crisis cliff and failure rates), and its calls count in the costs."""
     charts = Charts()
+    has_battery = battery is not None and not battery.sessions.empty
     colors = subject_colors(frames)
+    if battery is not None and has_battery:  # one colour per subject across both halves
+        subjects = sorted(set(colors) | set(subject_colors(battery)))
+        colors = {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(subjects)}
     polarity = polarities()
     builders: dict[str, Callable[[], dict[str, Any] | Note]] = {
         "verdict": lambda: html_sections.verdict_section(frames, study, verdicts, calibration),
@@ -208,12 +229,20 @@ def render_html_report(
         "failures": lambda: html_charts.failure_section(frames, charts),
         "deterioration": lambda: html_charts.deterioration_section(frames, charts, colors),
         "judges": lambda: html_sections.judges_section(frames, charts, polarity),
+        "costs": lambda: html_sections.costs_section(frames, battery),
         "sessions": lambda: html_sessions.sessions_section(
             frames, max_sessions, polarity, max_index
         ),
     }
-    sections = [_guarded(sid, title, builders[sid]) for sid, title in _SECTIONS]
-    sessions = sections[-1].data
+    order = list(_SECTIONS)
+    if battery is not None and has_battery:
+        batt = battery
+        builders["battery"] = lambda: html_battery.battery_section(
+            batt, charts, colors, _battery_polarity(study)
+        )
+        order.insert(order.index(("ladder", "Severity ladder")) + 1, _BATTERY_SECTION)
+    sections = [_guarded(sid, title, builders[sid]) for sid, title in order]
+    sessions = next(s.data for s in sections if s.id == "sessions")
     return _template("report.html.j2").render(
         title=f"therasim report — {study.id}" if study is not None else "therasim report",
         header=_header(frames, study),
@@ -235,12 +264,14 @@ def write_html_report(
     max_sessions: int = MAX_TRANSCRIPTS,
     calibration: Any = None,
     max_index: int = MAX_INDEX_ROWS,
+    battery: Frames | None = None,
 ) -> Path:
     """Write the self-contained HTML report to ``path`` (parents created) and return the path.
 
     ``verdicts`` are the five-axis readiness verdicts; when None they are computed with
     ``therasim.evaluation.analysis.axes.readiness`` (the study's threshold overrides applied) if that
-    module is available, and the report says "verdict not available" otherwise.
+    module is available, and the report says "verdict not available" otherwise. ``battery``: the
+    battery half of ``split_frames`` (see :func:`render_html_report`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,6 +282,7 @@ def write_html_report(
         max_sessions=max_sessions,
         calibration=calibration,
         max_index=max_index,
+        battery=battery,
     )
     # written beside and renamed: a killed process leaves the old report, never an empty one
     partial = path.with_name(f".{path.name}.partial")

@@ -4,6 +4,7 @@ card, the headline numbers per cell, and judge agreement. The charts are in ``ht
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -352,4 +353,49 @@ def judges_section(frames: Frames, charts: Charts, polarity: dict[str, str]) -> 
         "agreement": table(agreement_table),
         "bias": table(bias_table, formats={"bias": lambda v: "–" if isnan(v) else f"{v:+.2f}"}),
         "chart": bias_chart(frames, charts, bias),
+    }
+
+
+# --------------------------------------------------------------------------- costs
+
+
+def _tokens(value: Any) -> str:
+    return "–" if isnan(value) else f"{int(value):,}"
+
+
+def _usd(value: Any) -> str:
+    return "–" if isnan(value) else f"${float(value):,.4f}"
+
+
+def costs_section(frames: Frames, battery: Frames | None = None) -> Data | Note:
+    """Calls, cache hits, tokens and cost per role (``console.cost_by_role``) with a total row;
+    a cost is "–" when some call's price is unknown. ``battery``'s calls are counted too."""
+    if battery is not None and not battery.calls.empty:
+        calls = pd.concat([frames.calls, battery.calls], ignore_index=True)
+        frames = Frames(**{**frames.as_dict(), "calls": calls})
+    costs = report.cost_by_role(frames)
+    if costs.empty:
+        return Note("No model calls recorded in this store.")
+    counts = ["calls", "cache_hits", "input_tokens", "cached_input_tokens", "output_tokens"]
+    cost = pd.to_numeric(costs["cost_usd"], errors="coerce")
+    total = {c: costs[c].sum() for c in counts}
+    total_cost = math.nan if cost.isna().any() else float(cost.sum())
+    out = pd.DataFrame(
+        {
+            "role": [*costs["role"].astype(str), "total"],
+            "calls": [*costs["calls"], total["calls"]],
+            "cache hits": [*costs["cache_hits"], total["cache_hits"]],
+            "input tokens": [*costs["input_tokens"], total["input_tokens"]],
+            "cached input tokens": [*costs["cached_input_tokens"], total["cached_input_tokens"]],
+            "output tokens": [*costs["output_tokens"], total["output_tokens"]],
+            "cost (USD)": [*cost, total_cost],
+        }
+    )
+    for column in out.columns[1:]:
+        out[column] = pd.to_numeric(out[column], errors="coerce")
+    formats: dict[str, Callable[[Any], str | Score]] = {c: _tokens for c in out.columns[1:-1]}
+    formats["cost (USD)"] = _usd
+    return {
+        "table": table(out, formats=formats, cls="data compact costs"),
+        "unpriced": bool(cost.isna().any()),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import random
 import re
@@ -30,7 +31,7 @@ from therasim.evaluation.analysis.columns import (
 from therasim.evaluation.analysis.frames import Frames, load_frames
 from therasim.evaluation.report.html import render_html_report, write_html_report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INJECTION = "<script>window.__pwned = 1</script><img src=x onerror=alert(1)>"
 SUBJECTS = ("adherent", "safety-reflex")
 SEVERITIES = ("routine", "crisis_adjacent")
@@ -826,3 +827,156 @@ def test_report_renders_in_headless_chromium(report: tuple[Path, str], tmp_path:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+# --------------------------------------------------------------------------- costs and battery
+
+
+def _calls() -> pd.DataFrame:
+    rows = [
+        # role, input, cached input, output, cost, cached
+        ("subject", 100, 0, 40, 0.01, False),
+        ("subject", 120, 20, 30, 0.02, True),
+        ("patient", 80, 0, 20, 0.005, False),
+        ("judge:lexical", 50, 0, 10, math.nan, False),
+        ("judge:lexical", 60, 10, 12, 0.001, False),
+        ("appraiser", 30, 0, 5, 0.0, True),
+    ]
+    return pd.DataFrame(
+        {
+            "session_id": "s1",
+            "role": [r[0] for r in rows],
+            "input_tokens": [r[1] for r in rows],
+            "cached_input_tokens": [r[2] for r in rows],
+            "output_tokens": [r[3] for r in rows],
+            "cost_usd": [r[4] for r in rows],
+            "cached": [r[5] for r in rows],
+        }
+    )
+
+
+def _table_rows(section_html: str) -> dict[str, list[str]]:
+    """First cell → the row's cells, from a section's ``<tbody>``."""
+    body = section_html.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    rows = {}
+    for tr in re.findall(r"<tr>(.*?)</tr>", body, re.S):
+        cells = [
+            re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)
+        ]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _section(text: str, sid: str) -> str:
+    return text.split(f'<section id="{sid}"', 1)[1].split("</section>", 1)[0]
+
+
+def test_cost_table_lists_each_role_with_its_calls() -> None:
+    frames = build_frames()
+    frames = Frames(**{**frames.as_dict(), "calls": _calls()})
+    text = render_html_report(frames, verdicts=fake_verdicts(), max_sessions=2)
+    assert 'href="#costs"' in text
+    rows = _table_rows(_section(text, "costs"))
+    assert set(rows) == {"subject", "patient", "judge:lexical", "appraiser", "total"}
+    calls = {role: int(cells[0]) for role, cells in rows.items()}
+    assert calls == {"subject": 2, "patient": 1, "judge:lexical": 2, "appraiser": 1, "total": 6}
+    assert rows["subject"][1] == "1"  # one cache hit
+    assert rows["subject"][2:5] == ["220", "20", "70"]
+    assert rows["subject"][5] == "$0.0300"
+    assert rows["judge:lexical"][5] == "–"  # one call's price unknown
+    assert rows["total"][5] == "–"
+    assert rows["total"][2] == "440"
+
+
+def test_cost_section_without_calls_says_so() -> None:
+    text = render_html_report(build_frames(), verdicts=fake_verdicts(), max_sessions=2)
+    assert "No model calls recorded" in _section(text, "costs")
+
+
+def battery_frames() -> Frames:
+    """Two subjects × three severities (stored out of ladder order) × two battery items each."""
+    sessions, turns, verdicts = [], [], []
+    good = {"adherent": 1.0, "safety-reflex": 0.0}
+    for subject in ("safety-reflex", "adherent"):
+        for severity in ("imminent", "routine", "crisis_adjacent"):
+            for k in (1, 2):
+                sid = f"b-{subject}-{severity}-{k}"
+                sessions.append((sid, subject, severity, f"battery=i{k}{severity[:3]}"))
+                reply = "You are safe now." if subject == "safety-reflex" else "Stay with it."
+                turns.append((sid, subject, severity, reply))
+                met = good[subject] if severity != "routine" else 1.0
+                for judge in ("j1", "j2"):
+                    verdicts.append((sid, subject, severity, judge, met if k == 1 else 1 - met / 2))
+    return Frames(
+        sessions=pd.DataFrame(
+            {
+                "session_id": [r[0] for r in sessions],
+                "subject": [r[1] for r in sessions],
+                "modality": "pe",
+                "severity": [r[2] for r in sessions],
+                "parent_id": "pe-combat-01",
+                "variant": [r[3] for r in sessions],
+                "status": "completed",
+            }
+        ),
+        turns=pd.DataFrame(
+            {
+                "session_id": [r[0] for r in turns],
+                "subject": [r[1] for r in turns],
+                "modality": "pe",
+                "severity": [r[2] for r in turns],
+                "phase_kind": "imaginal_exposure",
+                "codes": [() for _ in turns],
+                "text": [r[3] for r in turns],
+            }
+        ),
+        utterances=pd.DataFrame(),
+        verdicts=pd.DataFrame(
+            {
+                "session_id": [r[0] for r in verdicts],
+                "subject": [r[1] for r in verdicts],
+                "modality": "pe",
+                "severity": [r[2] for r in verdicts],
+                "judge": [r[3] for r in verdicts],
+                "item_id": "acknowledgment",
+                "scope": "turn",
+                "turn": 1,
+                "met": [r[4] for r in verdicts],
+            }
+        ),
+        findings=pd.DataFrame(),
+        calls=pd.DataFrame(),
+    )
+
+
+def test_battery_section_draws_the_crisis_cliff() -> None:
+    text = render_html_report(
+        build_frames(), verdicts=fake_verdicts(), max_sessions=2, battery=battery_frames()
+    )
+    assert 'href="#battery"' in text
+    section = _section(text, "battery")
+    assert "could not be drawn" not in section
+    ids = re.findall(r'data-chart="([^"]+)"', section)
+    assert len(ids) == 1
+    figure = figure_blocks(text)[ids[0]]
+    traces = figure["data"]
+    assert sorted(t["name"] for t in traces) == ["adherent", "safety-reflex"]
+    ladder = ["routine", "crisis adjacent", "imminent"]
+    for trace in traces:
+        assert trace["x"] == ladder
+        assert all(0 <= y <= 1 for y in trace["y"])
+        assert trace["error_y"]["type"] == "data"
+    assert figure["layout"]["xaxis"]["categoryarray"] == ladder
+    reflex = next(t for t in traces if t["name"] == "safety-reflex")
+    assert reflex["y"][0] > reflex["y"][-1]  # the cliff
+    failures = _table_rows(section)
+    assert "safety-reflex" in failures and "adherent" in failures
+    assert "you are safe" in section
+
+
+def test_battery_section_absent_without_battery_answers() -> None:
+    for battery in (None, empty_frames()):
+        text = render_html_report(
+            build_frames(), verdicts=fake_verdicts(), max_sessions=2, battery=battery
+        )
+        assert 'id="battery"' not in text and 'href="#battery"' not in text
