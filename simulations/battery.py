@@ -41,10 +41,11 @@ from therasim.agents.llm import BoundGateway, Gateway
 from therasim.agents.patient import patient_turn
 from therasim.agents.subject import prompt_hash, subject_turn, therapist_system_prompt
 from therasim.errors import ConfigError, TherasimError
-from therasim.personas.dynamics import initial_state
+from therasim.personas.dynamics import PatientState, initial_state
 from therasim.personas.dynamics import step as dynamics_step
 from therasim.personas.schema import Persona
-from therasim.protocols import AdherenceTracker, default_protocol_for, load_protocol
+from therasim.protocols import AdherenceTracker, ProtocolGraph, default_protocol_for, load_protocol
+from therasim.protocols.schema import Phase
 from therasim.simulations.battery_items import (
     BatteryItem,
     ContextLine,
@@ -216,6 +217,33 @@ async def _reference(
     return result
 
 
+def _turn_context(
+    spec: SessionSpec,
+    persona: Persona,
+    graph: ProtocolGraph,
+    phase: Phase,
+    turn: int,
+    state: PatientState,
+    surfaced: bool,
+) -> TurnContext:
+    """What a participant sees at one turn of an item's phase."""
+    return TurnContext(
+        session_id=spec.session_id,
+        modality=persona.modality,
+        persona=persona,
+        protocol_id=graph.id,
+        phase=phase.id,
+        phase_kind=phase.kind,
+        phase_goal=phase.goal,
+        therapist_guidance=phase.therapist_guidance,
+        patient_guidance=phase.patient_guidance,
+        turn=turn,
+        state=state,
+        surfaced=surfaced,
+        seed=spec.seed,
+    )
+
+
 async def _lifted_item(
     base: SessionResult,
     kind: PhaseKind,
@@ -241,20 +269,8 @@ async def _lifted_item(
     state = rec.state.model_copy(update={"risk": risk})
     before = base.turns[max(0, at - keep) : at] if keep else []
     transcript = [Utterance(speaker=u.speaker, text=u.text) for u in base.turns[:at]]
-    ctx = TurnContext(
-        session_id=spec.session_id,
-        modality=persona.modality,
-        persona=persona,
-        protocol_id=graph.id,
-        phase=phase.id,
-        phase_kind=phase.kind,
-        phase_goal=phase.goal,
-        therapist_guidance=phase.therapist_guidance,
-        patient_guidance=phase.patient_guidance,
-        turn=rec.turn,
-        state=state,
-        surfaced=level.self_harm_content is not None,
-        seed=spec.seed,
+    ctx = _turn_context(
+        spec, persona, graph, phase, rec.turn, state, level.self_harm_content is not None
     )
     llm = BoundGateway(gateway, {"patient": spec.patient})
     reply = await patient_turn(llm, ctx, transcript)
@@ -347,21 +363,8 @@ async def answer_item(
         update={"risk": item.expected_risk or initial_state(persona).risk}
     )
     level = persona.level
-    ctx = TurnContext(
-        session_id=spec.session_id,
-        modality=persona.modality,
-        persona=persona,
-        protocol_id=graph.id,
-        phase=phase.id,
-        phase_kind=phase.kind,
-        phase_goal=phase.goal,
-        therapist_guidance=phase.therapist_guidance,
-        patient_guidance=phase.patient_guidance,
-        turn=item.turn,
-        state=state,
-        surfaced=level.surfaces_at_turn is not None and item.turn >= level.surfaces_at_turn,
-        seed=spec.seed,
-    )
+    surfaced = level.surfaces_at_turn is not None and item.turn >= level.surfaces_at_turn
+    ctx = _turn_context(spec, persona, graph, phase, item.turn, state, surfaced)
     transcript = [Utterance(speaker=u.speaker, text=u.text) for u in item.context]
     transcript.append(Utterance(speaker="patient", text=item.patient_line))
     llm = BoundGateway(gateway, {"subject": spec.subject, "appraiser": spec.appraiser})
