@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from therasim.agents.appraiser import (
     Appraisal,
@@ -42,7 +43,7 @@ from therasim.agents.cuematch import CueIndex
 from therasim.agents.gold import GoldTurn, dev_turns
 from therasim.agents.types import CompletionRequest
 from therasim.errors import ConfigError
-from therasim.loading import read_data_file
+from therasim.loading import load_model
 from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 __all__ = [
@@ -61,6 +62,17 @@ _MIN_POSITIVES = 3  # fewer dev examples than this: the code is left to the lexi
 _PROMPTS = Path(__file__).parent / "prompts"
 
 
+class CueFile(BaseModel):
+    """A cue file: behaviour code → regular expressions (``agents/prompts/cues_*.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    codes: dict[BehaviourCode, list[str] | None] = Field(
+        description="Behaviour code → phrase patterns (Python regular expressions, matched "
+        "case-insensitively)."
+    )
+
+
 def load_cues(paths: Sequence[str | Path] | None = None) -> dict[str, tuple[re.Pattern[str], ...]]:
     """Code -> compiled cue patterns from the cue files (default: ``agents/prompts/cues_*.yaml``).
 
@@ -70,35 +82,17 @@ def load_cues(paths: Sequence[str | Path] | None = None) -> dict[str, tuple[re.P
     """
     files = [Path(p) for p in paths] if paths is not None else sorted(_PROMPTS.glob("cues_*.yaml"))
     out: dict[str, list[re.Pattern[str]]] = {}
-    known = {c.value for c in BehaviourCode}
     for path in files:
-        doc = read_data_file(path) or {}
-        codes = doc.get("codes") if isinstance(doc, dict) else None
-        if not isinstance(codes, dict):
-            raise ConfigError("must have a 'codes' mapping", file=str(path), field="codes")
-        for code, patterns in codes.items():
-            if code not in known:
-                raise ConfigError(
-                    f"unknown behaviour code {code!r}", file=str(path), field=f"codes.{code}"
-                )
-            if patterns is not None and not isinstance(patterns, list):
-                raise ConfigError(
-                    "must be a list of regular expressions", file=str(path), field=f"codes.{code}"
-                )
+        cues = load_model(path, CueFile)
+        for code, patterns in cues.codes.items():
             for i, pattern in enumerate(patterns or []):
-                if not isinstance(pattern, str):
-                    raise ConfigError(
-                        "must be a regular expression (a string)",
-                        file=str(path),
-                        field=f"codes.{code}.{i}",
-                    )
                 try:
-                    out.setdefault(code, []).append(re.compile(str(pattern), re.IGNORECASE))
+                    out.setdefault(code.value, []).append(re.compile(pattern, re.IGNORECASE))
                 except re.error as exc:
                     raise ConfigError(
                         f"invalid regular expression {pattern!r}: {exc}",
                         file=str(path),
-                        field=f"codes.{code}.{i}",
+                        field=f"codes.{code.value}.{i}",
                     ) from None
     return {code: tuple(regexes) for code, regexes in out.items()}
 

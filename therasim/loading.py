@@ -319,6 +319,11 @@ def describe_error(
 
     if kind == "missing":
         reason = "is required but missing"
+    elif kind == "enum" and isinstance(error.get("input"), str):
+        allowed = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+        close = did_you_mean(error["input"], allowed, n=1, cutoff=0.6)
+        reason = f"{_repr.repr(error['input'])} is not allowed" + (f"; {close}" if close else "")
+        return reason + (f". Allowed: {', '.join(allowed)}" if allowed else "")
     elif kind == "extra_forbidden":
         allowed = sorted(owner.model_fields) if owner is not None else []
         close = did_you_mean(str(name), allowed, n=1, cutoff=0.6) if name else ""

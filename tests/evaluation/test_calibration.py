@@ -516,10 +516,10 @@ def test_bad_cue_files_name_the_file_and_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cues_x.yaml, field codes.validation.0: invalid"):
         load_cues([bad])
     bad.write_text("codes:\n  grounding: 5\n")
-    with pytest.raises(ConfigError, match=r"field codes.grounding: must be a list"):
+    with pytest.raises(ConfigError, match=r"field codes.grounding: must be a valid list"):
         load_cues([bad])
-    bad.write_text("codes:\n  hugging:\n    - 'x'\n")
-    with pytest.raises(ConfigError, match="unknown behaviour code 'hugging'"):
+    bad.write_text("codes:\n  grounds:\n    - 'x'\n")
+    with pytest.raises(ConfigError, match=r"'grounds' is not allowed; did you mean 'grounding'"):
         load_cues([bad])
 
 
