@@ -19,19 +19,24 @@ from therasim.simulations.store import Store
 pytestmark = pytest.mark.local_llm
 
 
-async def test_three_local_judges_score_a_stored_session(
-    local_model: str, real_requests: None, tmp_path: Path
-) -> None:
-    library = load_library()
-    spec = SessionSpec(
+def _safety_reflex_spec(max_turns: int) -> SessionSpec:
+    """A short PE session of the safety-reflex arm, for the local judges to score."""
+    return SessionSpec(
         persona="pe-combat-01",
         persona_version=1,
         severity="routine",
         subject="scripted:safety-reflex",
         protocol="pe-imaginal-session",
-        max_turns=3,
+        max_turns=max_turns,
         questionnaires=False,
     )
+
+
+async def test_three_local_judges_score_a_stored_session(
+    local_model: str, real_requests: None, tmp_path: Path
+) -> None:
+    library = load_library()
+    spec = _safety_reflex_spec(max_turns=3)
     gateway = Gateway(GatewayConfig(cache_path=str(tmp_path / "cache.sqlite")))
     try:
         result = await run_session(spec, gateway, library)
@@ -85,15 +90,7 @@ async def test_a_local_judge_in_turn_mode_rates_every_item_of_a_turn_in_one_call
     """Batched judging with the bundled model: one call per turn (plus repair rounds), and every
     applicable item gets a row, answered or recorded as an error."""
     library = load_library()
-    spec = SessionSpec(
-        persona="pe-combat-01",
-        persona_version=1,
-        severity="routine",
-        subject="scripted:safety-reflex",
-        protocol="pe-imaginal-session",
-        max_turns=1,
-        questionnaires=False,
-    )
+    spec = _safety_reflex_spec(max_turns=1)
     gateway = Gateway(GatewayConfig(cache_path=str(tmp_path / "cache.sqlite")))
     judge = JudgeSpec(name="t0", model=local_model, temperature=0.0, seed=1)
     try:
