@@ -333,6 +333,8 @@ async def calibrate_study(
     digest = hashlib.sha256(spec.model_dump_json().encode())
     digest.update((study.appraiser.model or "").encode())
     entries = study.judges if spec.judges else []
+    if entries:
+        digest.update(study.judging.mode.encode())
     for entry in entries:
         digest.update(entry.model_dump_json().encode())
     for f in files:
@@ -361,6 +363,7 @@ async def calibrate_study(
             split=spec.split,
             gold_files=[str(f) for f in files],
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            judging_mode=study.judging.mode,
         )
     record = {"key": key, "min_f1": spec.min_f1, "min_recall": spec.min_recall}
     record["report"] = report.model_dump(mode="json")

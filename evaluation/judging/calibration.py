@@ -9,7 +9,9 @@ failures:
   rubric's applicability (:func:`failures_from_codes`) — what the dynamics, the scripted judges
   and the readiness axes see;
 - ``detectors``: the text-only failure phrases (``evaluation/judging/detectors.py``);
-- ``judge:NAME``: an LLM (or scripted) judge answering the ``failures`` rubric's items.
+- ``judge:NAME``: an LLM (or scripted) judge answering the ``failures`` rubric's items, one
+  call per item (``mode="item"``) or every applicable item of a turn in one batched call
+  (``mode="turn"``, as a study's ``judging: {mode: turn}`` does).
 
 ``appropriate`` is predicted from the rules path by the codebook's §3 (:func:`appropriate_from`).
 The result is a :class:`CalibrationReport`, JSON-serialisable, that studies store with the run.
@@ -27,15 +29,18 @@ from therasim.agents.appraiser import appraise
 from therasim.agents.context import TurnContext
 from therasim.agents.gold import Failure, GoldTurn
 from therasim.agents.types import CompletionRequest
+from therasim.evaluation.judging.batched import ask_batch
 from therasim.evaluation.judging.calibration_scores import (
     CalibrationReport,
     JudgeCalibration,
     Miss,
     score_set,
 )
+from therasim.evaluation.judging.context import Unit
 from therasim.evaluation.judging.detectors import text_findings
+from therasim.evaluation.judging.judges import JudgingMode, PanelOptions
 from therasim.evaluation.judging.panel import JudgeSpec, Verdict, _messages, escape_untrusted
-from therasim.evaluation.judging.rubric import RubricItem, item_applies, load_rubrics
+from therasim.evaluation.judging.rubric import Rubric, RubricItem, item_applies, load_rubrics
 from therasim.evaluation.judging.scripted_judges import lexical_turn_rule
 from therasim.personas.dynamics import PatientState
 from therasim.personas.loader import load_library
@@ -120,10 +125,15 @@ def gold_context(turn: GoldTurn, *, seed: int = 0) -> TurnContext:
 
 
 @functools.lru_cache(maxsize=1)
+def failures_rubric() -> Rubric:
+    """The shipped ``failures`` rubric."""
+    (rubric,) = load_rubrics(["failures"])
+    return rubric
+
+
 def failure_items() -> tuple[RubricItem, ...]:
     """The ``failures`` rubric's items, in the taxonomy's order."""
-    (rubric,) = load_rubrics(["failures"])
-    return tuple(rubric.items)
+    return tuple(failures_rubric().items)
 
 
 def _values(turn: GoldTurn) -> dict[str, Any]:
@@ -193,6 +203,51 @@ def _judge_window(turn: GoldTurn) -> str:
     )
 
 
+def _judge_values(
+    turn: GoldTurn, turn_codes: frozenset[str]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The template values and the scripted judges' metadata of a gold turn (no item keys)."""
+    therapy = (
+        "Prolonged Exposure (PE) therapy for PTSD"
+        if turn.modality == "pe"
+        else "CBT cognitive restructuring"
+    )
+    ctx = gold_context(turn)
+    values = {
+        "therapy": therapy,
+        "phase": ctx.phase,
+        "phase_kind": turn.phase_kind.value,
+        "phase_goal": ctx.phase_goal or "(not recorded)",
+        "suds": f"{gold_suds(turn):.0f}",
+        "risk": turn.risk.value,
+        "window": _judge_window(turn),
+    }
+    metadata = {
+        "modality": turn.modality,
+        "high_suds": HIGH_SUDS,
+        "turn": 1,
+        "phase": ctx.phase,
+        "phase_kind": turn.phase_kind.value,
+        "codes": sorted(turn_codes),
+        "window_codes": [],
+        "proscribed_codes": [],
+        "risk": turn.risk.value,
+        "suds": gold_suds(turn),
+        "reply_words": len(turn.therapist.split()),
+    }
+    return values, metadata
+
+
+def _applicable(turn: GoldTurn) -> list[RubricItem]:
+    return [
+        it
+        for it in failure_items()
+        if item_applies(
+            it, modality=turn.modality, phase_kind=turn.phase_kind.value, values=_values(turn)
+        )
+    ]
+
+
 async def _judge_all(
     gateway: Any,
     judge: JudgeSpec,
@@ -200,46 +255,28 @@ async def _judge_all(
     codes: Sequence[frozenset[str]],
     concurrency: int,
     tick: Callable[[], None],
+    mode: JudgingMode = "item",
 ) -> tuple[list[frozenset[str]], int, int, list[bool]]:
-    """Per turn, the failures the judge found; plus items asked, errors, and every answer."""
+    """Per turn, the failures the judge found; plus items asked, errors, and every answer.
+
+    ``mode="turn"`` asks every applicable item of a turn in one batched call, whose system
+    message lists the failure items of the turn's modality (identical across the gold set's
+    calls of a modality, as across a session's calls in a study).
+    """
     sem = asyncio.Semaphore(concurrency)
     answers: list[bool] = []
     counts = {"asked": 0, "errors": 0}
 
     async def item(turn: GoldTurn, turn_codes: frozenset[str], it: RubricItem) -> bool:
-        therapy = (
-            "Prolonged Exposure (PE) therapy for PTSD"
-            if turn.modality == "pe"
-            else ("CBT cognitive restructuring")
-        )
-        ctx = gold_context(turn)
-        values = {
-            "therapy": therapy,
-            "phase": ctx.phase,
-            "phase_kind": turn.phase_kind.value,
-            "phase_goal": ctx.phase_goal or "(not recorded)",
-            "suds": f"{gold_suds(turn):.0f}",
-            "risk": turn.risk.value,
-            "window": _judge_window(turn),
-        }
+        values, base = _judge_values(turn, turn_codes)
         metadata = {
+            **base,
             "item_id": it.id,
             "polarity": it.polarity,
             "scale": it.scale,
             "scope": "turn",
             "judge": judge.name,
             "variant": judge.prompt_variant,
-            "modality": turn.modality,
-            "high_suds": HIGH_SUDS,
-            "turn": 1,
-            "phase": ctx.phase,
-            "phase_kind": turn.phase_kind.value,
-            "codes": sorted(turn_codes),
-            "window_codes": [],
-            "proscribed_codes": [],
-            "risk": turn.risk.value,
-            "suds": gold_suds(turn),
-            "reply_words": len(turn.therapist.split()),
         }
         request = CompletionRequest(
             role=judge.role,
@@ -266,14 +303,34 @@ async def _judge_all(
         answers.append(verdict.met)
         return verdict.met
 
+    options = PanelOptions(mode="turn")
+    rubric = failures_rubric()
+
+    async def batch(turn: GoldTurn, turn_codes: frozenset[str]) -> frozenset[str]:
+        items = _applicable(turn)
+        if not items:
+            return frozenset()
+        values, metadata = _judge_values(turn, turn_codes)
+        unit = Unit("turn", 1, tuple((rubric, it) for it in items), values, metadata)
+        prefix = [it for it in rubric.items if it.modality in ("any", turn.modality)]
+        async with sem:
+            rows, _ = await ask_batch(gateway, turn.id, judge, unit, prefix, options)
+        found = set()
+        for row in rows:
+            counts["asked"] += 1
+            tick()
+            if row["met"] is None:
+                counts["errors"] += 1
+            else:
+                answers.append(bool(row["met"]))
+                if row["met"]:
+                    found.add(str(row["item_id"]))
+        return frozenset(found)
+
     async def turn_failures(turn: GoldTurn, turn_codes: frozenset[str]) -> frozenset[str]:
-        items = [
-            it
-            for it in failure_items()
-            if item_applies(
-                it, modality=turn.modality, phase_kind=turn.phase_kind.value, values=_values(turn)
-            )
-        ]
+        if mode == "turn":
+            return await batch(turn, turn_codes)
+        items = _applicable(turn)
         met = await asyncio.gather(*(item(turn, turn_codes, it) for it in items))
         return frozenset(it.id for it, m in zip(items, met, strict=True) if m)
 
@@ -337,21 +394,18 @@ async def calibrate(
     concurrency: int = 8,
     worst: int = 10,
     progress: Callable[[int, int], None] | None = None,
+    judging_mode: JudgingMode = "item",
 ) -> CalibrationReport:
     """Code every gold turn with the gateway's ``appraiser`` role, run each judge on the
-    applicable failure items, and score codes, failures and appropriateness against gold.
+    applicable failure items (item by item, or batched per turn: ``judging_mode``), and score
+    codes, failures and appropriateness against gold.
 
     ``appraiser`` and the judges' models only label the report; the gateway decides the models.
     ``progress(done, total)`` is called after every call.
     """
     if not turns:
         raise ValueError("no gold turns to calibrate on")
-    judge_items = sum(
-        1
-        for t in turns
-        for it in failure_items()
-        if item_applies(it, modality=t.modality, phase_kind=t.phase_kind.value, values=_values(t))
-    )
+    judge_items = sum(len(_applicable(t)) for t in turns)
     total = len(turns) + judge_items * len(judges)
     done = 0
 
@@ -382,7 +436,7 @@ async def calibrate(
     panel_found: list[list[frozenset[str]]] = []
     for judge in judges:
         found, asked, errors, answers = await _judge_all(
-            gateway, judge, turns, codes, concurrency, tick
+            gateway, judge, turns, codes, concurrency, tick, judging_mode
         )
         scores = score_set(FAILURES, gold_failures, found)
         paths[f"judge:{judge.name}"] = scores
@@ -415,6 +469,7 @@ async def calibrate(
         hard_accuracy=_accuracy(hard),
         n_hard=len(hard),
         judges=judge_reports,
+        judging_mode=judging_mode,
         worst_misses=_worst(turns, codes, rules, worst),
     )
 

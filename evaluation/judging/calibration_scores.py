@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -217,6 +218,10 @@ class CalibrationReport(BaseModel):
     hard_accuracy: float | None = Field(description="Appropriate accuracy on hard turns only.")
     n_hard: int
     judges: list[JudgeCalibration] = Field(default_factory=list)
+    judging_mode: Literal["item", "turn"] = Field(
+        default="item",
+        description="How the judges were asked: one call per item, or per turn (batched).",
+    )
     worst_misses: list[Miss] = Field(default_factory=list)
 
     def shortfalls(self, *, min_f1: float | None, min_recall: float | None) -> list[str]:

@@ -81,10 +81,10 @@ _SCALE_RULES = {
     ),
 }
 _ITEM_LABELS = {
-    ("good", "binary"): "GOOD item, yes/no",
-    ("good", "score_1_5"): "GOOD item, score 1-5",
-    ("failure", "binary"): "FAILURE item, yes/no",
-    ("failure", "score_1_5"): "FAILURE item, score 1-5",
+    ("good", "binary"): "good",
+    ("good", "score_1_5"): "good, 1-5",
+    ("failure", "binary"): "failure",
+    ("failure", "score_1_5"): "failure, 1-5",
 }
 
 
@@ -164,9 +164,11 @@ def item_messages(
 
 
 def rubric_block(items: Sequence[RubricItem]) -> str:
-    """The rubric as the batched system message lists it: one line per item, in rubric order."""
+    """The rubric as the batched system message lists it: one line per item, in rubric order,
+    each item's ``brief`` (else its ``text``) behind its id and its polarity label."""
     return "\n".join(
-        f"- {item.id} ({_ITEM_LABELS[(item.polarity, item.scale)]}): {' '.join(item.text.split())}"
+        f"- {item.id} ({_ITEM_LABELS[(item.polarity, item.scale)]}): "
+        + " ".join((item.brief or item.text).split())
         for item in items
     )
 

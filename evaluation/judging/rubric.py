@@ -167,6 +167,16 @@ class RubricItem(BaseModel):
             "which, explicitly."
         ),
     )
+    brief: str | None = Field(
+        default=None,
+        min_length=20,
+        max_length=240,
+        description=(
+            "The question in one line, for batched judging (one call rates every item of a "
+            "turn, so the rubric is listed whole): same meaning as 'text', without the polarity "
+            "sentence (the prompt labels each item GOOD or FAILURE). Null: 'text' is used."
+        ),
+    )
     polarity: Polarity = Field(
         description="'good': met=true is good. 'failure': met=true means the failure occurred."
     )

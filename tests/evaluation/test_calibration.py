@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -107,16 +107,27 @@ def write_gold(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-async def run_planted(tmp_path: Path, judges: list[JudgeSpec] | None = None) -> Any:
+async def run_planted(
+    tmp_path: Path,
+    judges: list[JudgeSpec] | None = None,
+    mode: Literal["item", "turn"] = "item",
+    calls: dict[str, int] | None = None,
+) -> Any:
     turns = load_gold([write_gold(tmp_path / "g.jsonl", FIXTURE)])
     roles = {"appraiser": RoleConfig(model="scripted:test-planted-coder")}
     roles.update({j.role: RoleConfig(model=j.model) for j in judges or []})
     gateway = Gateway(GatewayConfig(roles=roles, cache_enabled=False))
     try:
         return await calibrate(
-            gateway, turns, appraiser="scripted:test-planted-coder", judges=judges or []
+            gateway,
+            turns,
+            appraiser="scripted:test-planted-coder",
+            judges=judges or [],
+            judging_mode=mode,
         )
     finally:
+        if calls is not None:
+            calls.update({j.name: gateway.accounting.for_role(j.role).calls for j in judges or []})
         await gateway.aclose()
 
 
@@ -165,6 +176,29 @@ async def test_judges_are_scored_per_failure_and_the_panel_by_majority(tmp_path:
     shortfalls = report.shortfalls(min_f1=0.9, min_recall=0.9)
     assert any(s.startswith("appraiser") and "micro-F1" in s for s in shortfalls)
     assert any("judge panel" in s for s in shortfalls)
+
+
+async def test_judges_in_turn_mode_find_what_item_mode_finds_in_one_call_a_turn(
+    tmp_path: Path,
+) -> None:
+    judges = [
+        JudgeSpec(name="lex", model="scripted:lexical-judge"),
+        JudgeSpec(name="harsh", model="scripted:harsh-judge"),
+    ]
+    item_calls: dict[str, int] = {}
+    turn_calls: dict[str, int] = {}
+    item = await run_planted(tmp_path, judges, "item", item_calls)
+    turn = await run_planted(tmp_path, judges, "turn", turn_calls)
+    assert (item.judging_mode, turn.judging_mode) == ("item", "turn")
+    for name in ("lex", "harsh"):
+        assert turn.failure_paths[f"judge:{name}"] == item.failure_paths[f"judge:{name}"]
+        by_name = {j.name: j for j in turn.judges}, {j.name: j for j in item.judges}
+        assert by_name[0][name].asked == by_name[1][name].asked  # the same items, fewer calls
+        assert by_name[0][name].met_rate == by_name[1][name].met_rate
+    # one call per gold turn with an applicable failure item (all four fixture turns),
+    # against one per item
+    assert turn_calls == {"lex": 4, "harsh": 4}
+    assert item_calls["lex"] == item.judges[0].asked > 4
 
 
 def test_cli_calibrate_json_contract_and_threshold_exit(

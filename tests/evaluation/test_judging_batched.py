@@ -163,10 +163,10 @@ async def test_the_prompt_prefix_is_byte_identical_across_turns_of_a_session() -
         assert len(prefixes) == 1  # ... the system message (rules + rubric) does not
         for request in turn_calls:
             system, user = request.messages[0].content, request.messages[1].content
-            assert "premature_grounding" in system and "Ignore any instruction" in system
-            assert ">>> REPLY UNDER JUDGEMENT" not in system and "SUDS) " not in system
-            window = user.index("<transcript>")
-            assert user.index("Items to rate") < window  # the turn's window comes last
+            assert "premature_grounding" in system and "ignore any instruction" in system
+            assert ">>> REPLY UNDER JUDGEMENT" not in system and "/100" not in system
+            # what changes per call comes after the transcript window: the items asked, last
+            assert user.index("</transcript>") < user.index("Items to rate")
             assert user.rstrip().endswith(", ".join(_asked(request)))
     systems = {r.messages[0].content for r in CAPTURED if r.metadata["scope"] == "turn"}
     assert len(systems) == 2  # one per prompt variant

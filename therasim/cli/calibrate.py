@@ -72,6 +72,7 @@ def run_calibration(args: argparse.Namespace, console: Console) -> CalibrationRe
                 gold_files=[str(f) for f in files],
                 concurrency=args.concurrency,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
+                judging_mode=args.judging_mode,
             )
 
     return run_then_close(gateway, go)
@@ -139,7 +140,7 @@ def print_tables(report: CalibrationReport, console: Console) -> None:
     )
     for judge in report.judges:
         console.print(
-            f"judge {judge.name} ({judge.model}): {judge.asked} items asked, {judge.errors} "
+            f"judge {judge.name} ({judge.model}, {report.judging_mode} mode): {judge.asked} items asked, {judge.errors} "
             f"unanswered, met rate {_v(judge.met_rate)}"
         )
     if report.worst_misses:
@@ -264,6 +265,12 @@ def add_parsers(sub: Any) -> None:
         help=f"model spec of the coder (default: {DEFAULT_OFFLINE_APPRAISER})",
     )
     p.add_argument("--judges", nargs="*", metavar="NAME=SPEC", help="judges to calibrate too")
+    p.add_argument(
+        "--judging-mode",
+        choices=["item", "turn"],
+        default="item",
+        help="ask the judges one item per call, or every item of a turn in one call (default: item)",
+    )
     p.add_argument(
         "--gold", nargs="*", metavar="FILE", help="gold JSONL files (default: the shipped set)"
     )
