@@ -19,8 +19,9 @@ work unchanged: the spec is the item's persona, severity and variant plus the ke
 ``battery: <item id>`` in ``variant`` (:data:`BATTERY_KEY`), ``max_turns: 1`` and no
 questionnaires; the turns are the item's patient line (with the patient state before the reply)
 and the subject's reply, coded by the appraiser, with the state the dynamics give after it. The
-earlier context is sent to the subject but not stored as turns: stored therapist turns would be
-judged and counted as the subject's. A session id is a hash of its spec, so a rerun skips the
+earlier context is sent to the subject and kept on the patient line's record (``context``), not
+as turns: stored therapist turns would be judged and counted as the subject's; the judges' window
+shows it. A session id is a hash of its spec, so a rerun skips the
 answered items.
 """
 
@@ -108,7 +109,7 @@ def reference_specs(study: Study, library: dict[str, Persona]) -> list[SessionSp
     specs = []
     for persona in study_personas(study, library):
         for variant in _variants(study, persona):
-            for severity in study.severities:
+            for severity in study.battery.severities_for(persona.modality, study.severities):
                 specs.append(
                     SessionSpec(
                         persona=persona.id,
@@ -379,6 +380,7 @@ async def answer_item(
             state=state,
             phase=phase.id,
             phase_kind=phase.kind.value,
+            context=transcript[:-1],
         )
     ]
     reason, error = TerminationReason.MAX_TURNS, None
@@ -513,7 +515,8 @@ def count_items(study: Study, library: dict[str, Persona], out_dir: Path | None)
         graph = load_protocol(_protocol_id(study, persona.modality))
         kinds = {graph.phase(p).kind for p in graph.phase_ids}
         fits = sum(1 for k in study.battery.phase_kinds if k in kinds)
-        total += fits * len(_variants(study, persona)) * len(study.severities)
+        rungs = study.battery.severities_for(persona.modality, study.severities)
+        total += fits * len(_variants(study, persona)) * len(rungs)
     return total
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from therasim.agents.context import Utterance
 from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
 from therasim.agents.types import CompletionResponse
 from therasim.errors import ConfigError, UnknownNameError
@@ -111,6 +112,11 @@ class TurnRecord(BaseModel):
     output_tokens: int = 0
     attempts: int = 1
     self_reported_suds: int | None = None
+    context: list[Utterance] = Field(
+        default_factory=list,
+        description="What the subject saw before this line that is not a turn of this session "
+        "(a battery item's earlier context): judges see it, nothing scores it.",
+    )
 
 
 class QuestionnaireRecord(BaseModel):

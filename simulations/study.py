@@ -194,6 +194,17 @@ class BatterySpec(_Data):
         default="scripted:adherent",
         description="The therapist whose session provides generated items' context.",
     )
+    severities: dict[Literal["pe", "cbt"], list[Severity]] = Field(
+        default_factory=dict,
+        description="Rungs a generated battery takes per modality (the seed paper: PE at four, "
+        "CBT at base and escalated); a modality not named takes the study's severities.",
+    )
+
+    def severities_for(
+        self, modality: Literal["pe", "cbt"], study: list[Severity]
+    ) -> list[Severity]:
+        """The rungs generated items of ``modality`` are cut at."""
+        return self.severities.get(modality) or study
 
 
 class Study(_Data):

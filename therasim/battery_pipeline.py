@@ -105,7 +105,8 @@ def _judge_calls(study: Study, library: dict[str, Persona], items: list[BatteryI
                 study.protocols.get(persona.modality) or default_protocol_for(persona.modality)
             )
             kinds = {graph.phase(p).kind for p in graph.phase_ids}
-            per = len(study.severities) * (1 + len(study.counterfactuals))
+            rungs = study.battery.severities_for(persona.modality, study.severities)
+            per = len(rungs) * (1 + len(study.counterfactuals))
             fit = [k for k in study.battery.phase_kinds if k in kinds]
             cells += [(persona.modality, k.value) for k in fit] * per
     for modality, kind in cells:

@@ -76,11 +76,19 @@ def _label(record: TurnRecord) -> str:
 
 
 def turn_window(result: SessionResult, turn: TherapistTurn, options: PanelOptions) -> str:
-    """The bounded, escaped transcript excerpt a turn item sees (goes inside <transcript>)."""
-    start = max(0, turn.position - options.window)
+    """The bounded, escaped transcript excerpt a turn item sees (goes inside <transcript>): the
+    ``window`` utterances before the reply, reaching into the context the subject saw before the
+    session's first turn (a battery item's) when the session is shorter than the window."""
+    start = turn.position - options.window
+    earlier = result.turns[0].context if result.turns and start < 0 else []
     lines = [
+        f"[{u.speaker.upper()}, before this excerpt] "
+        + escape_untrusted(clip(u.text, options.max_context_chars))
+        for u in earlier[max(0, len(earlier) + start) :]
+    ]
+    lines += [
         f"{_label(r)} {escape_untrusted(clip(r.text, options.max_context_chars))}"
-        for r in result.turns[start : turn.position]
+        for r in result.turns[max(0, start) : turn.position]
     ]
     reply = escape_untrusted(clip(turn.record.text, options.max_reply_chars)) or "(empty reply)"
     lines.append(f">>> REPLY UNDER JUDGEMENT {_label(turn.record)}\n{reply}")

@@ -111,6 +111,30 @@ GOOD = {
 }
 
 
+def test_replication_study_is_the_papers_design() -> None:
+    from therasim.simulations.battery import count_items
+    from therasim.simulations.study import study_personas
+
+    root = Path(__file__).resolve().parents[2]
+    study = load_study(root / "studies" / "replication.yaml")
+    library = load_library()
+    assert study.mode == "battery" and len(study.subjects) == 4 and len(study.judges) == 3
+    assert {"adherent", "safety-reflex"} <= set(study.subjects)
+    assert all(s.model.startswith("scripted:") for s in study.subjects.values())  # offline
+    assert study.battery.severities_for("pe", study.severities) == [
+        "routine",
+        "distress",
+        "crisis_adjacent",
+        "imminent",
+    ]
+    assert study.battery.severities_for("cbt", study.severities) == ["routine", "crisis_adjacent"]
+    personas = study_personas(study, library)
+    pe = sum(p.modality == "pe" for p in personas)
+    cbt = len(personas) - pe
+    # three phase kinds per modality: PE items at four rungs, CBT items at two
+    assert count_items(study, library, None) == pe * 3 * 4 + cbt * 3 * 2
+
+
 def test_import_jsonl_names_file_line_and_field(tmp_path: Path) -> None:
     path = tmp_path / "items.jsonl"
     bad = {**GOOD, "id": "x2", "severity": "extreme"}
@@ -191,6 +215,34 @@ def test_battery_run_answers_every_item_once_per_subject(both_run: tuple[Path, P
         (failures["subject"] == "safety-reflex") & (failures["severity"] == "routine")
     ]
     assert reflex.loc[reflex["failure"] == "you_are_safe", "count"].sum() > 0
+
+
+def test_judges_see_the_items_earlier_context(both_run: tuple[Path, Path]) -> None:
+    from therasim.evaluation.judging.context import turn_window
+    from therasim.evaluation.judging.detectors import therapist_turns
+    from therasim.evaluation.judging.judges import PanelOptions
+
+    _, store_path = both_run
+    items = {i.id: i for i in load_items(store_path.parent / "battery_items.jsonl")}
+    with Store(store_path) as store:
+        answers = [
+            s
+            for sid in sorted(store.session_ids(status="completed"))
+            if (s := store.load_session(sid)) is not None and BATTERY_KEY in s.spec.variant
+        ]
+    answer = next(a for a in answers if len(items[a.spec.variant[BATTERY_KEY]].context) >= 2)
+    item = items[answer.spec.variant[BATTERY_KEY]]
+    assert [u.text for u in answer.turns[0].context] == [u.text for u in item.context]
+    (turn,) = therapist_turns(answer)
+    window = turn_window(answer, turn, PanelOptions(window=3))
+    lines = window.splitlines()
+    # the window's three utterances: the last two of the context, then the item's patient line
+    assert item.context[-2].text[:40] in lines[0] and item.context[-1].text[:40] in lines[1]
+    assert "before this excerpt" in lines[0] and "before this excerpt" in lines[1]
+    assert item.patient_line[:40] in lines[2] and "before this excerpt" not in lines[2]
+    assert ">>> REPLY UNDER JUDGEMENT" in window
+    # a session's own turns never reach into anything earlier
+    assert all(not t.context for s in answers for t in s.turns[1:])
 
 
 def test_battery_rerun_skips_answered_items(both_run: tuple[Path, Path]) -> None:
