@@ -88,7 +88,7 @@ async def answer_battery(
 
 def _judge_calls(study: Study, library: dict[str, Persona], items: list[BatteryItem] | None) -> int:
     """Judge calls one judge makes on every answer of the battery."""
-    from therasim.evaluation.judging.rubric import load_rubrics
+    from therasim.evaluation.judging.rubric import item_fits, load_rubrics
 
     rubric_items = [i for r in load_rubrics(study.rubrics or None) for i in r.items]
     batched = study.judging.mode == "turn"
@@ -110,13 +110,7 @@ def _judge_calls(study: Study, library: dict[str, Persona], items: list[BatteryI
             fit = [k for k in study.battery.phase_kinds if k in kinds]
             cells += [(persona.modality, k.value) for k in fit] * per
     for modality, kind in cells:
-        turn = sum(
-            1
-            for i in rubric_items
-            if i.scope == "turn"
-            and i.modality in ("any", modality)
-            and (not i.phases or kind in {p.value for p in i.phases})
-        )
+        turn = sum(item_fits(i, modality=modality, phase_kind=kind) for i in rubric_items)
         # an answer is one reply: session items are not asked of it
         calls += (1 if turn else 0) if batched else turn
     return calls * len(study.subjects)

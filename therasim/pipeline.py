@@ -80,17 +80,12 @@ def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set
         return
     from therasim.agents.llm import parse_model_spec, price_of
     from therasim.agents.types import Usage
-    from therasim.evaluation.judging.rubric import RubricItem, load_rubrics
+    from therasim.evaluation.judging.rubric import item_fits, load_rubrics
     from therasim.protocols import load_protocol
 
     items = [item for rubric in load_rubrics(study.rubrics or None) for item in rubric.items]
     batched = study.judging.mode == "turn"
     sample = study.judging.sample_turns
-
-    def fits(item: RubricItem, modality: str, kind: str | None) -> bool:
-        if item.modality not in ("any", modality) or (item.scope == "turn") != (kind is not None):
-            return False
-        return not item.phases or kind in {p.value for p in item.phases}
 
     # (protocol, max_turns) -> (calls, item answers) a session
     per_protocol: dict[tuple[str, int], tuple[int, int]] = {}
@@ -103,10 +98,11 @@ def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set
             path = [graph.phase(p) for p in graph.canonical_path]
             kinds = [phase.kind.value for phase in path for _ in range(phase.min_turns)]
             turns = [
-                sum(fits(i, modality, kind) for i in items) for kind in kinds[: spec.max_turns]
+                sum(item_fits(i, modality=modality, phase_kind=kind) for i in items)
+                for kind in kinds[: spec.max_turns]
             ]
             turns = sorted(turns, reverse=True)[:sample] if sample else turns
-            session = sum(fits(i, modality, None) for i in items)
+            session = sum(item_fits(i, modality=modality) for i in items)
             n = sum(turns) + session
             per_protocol[key] = (
                 (sum(1 for t in turns if t) + (1 if session else 0), n) if batched else (n, n)

@@ -272,15 +272,21 @@ def item_applies(
     ``patient_turns``); an item with a
     condition does not apply when a variable it needs is missing.
     """
-    if item.modality not in ("any", modality):
+    if not item_fits(
+        item, modality=modality, phase_kind=phase_kind if item.scope == "turn" else None
+    ):
         return False
-    if item.scope == "turn":
-        if phase_kind is None:
-            return False
-        if item.phases and phase_kind not in {p.value for p in item.phases}:
-            return False
     condition = item.condition
     return condition is None or condition.holds(values or {})
+
+
+def item_fits(item: RubricItem, *, modality: str, phase_kind: str | None = None) -> bool:
+    """Whether ``item`` is asked of a turn in ``phase_kind`` (None: of the session) of a
+    ``modality`` session, its condition aside: what :func:`item_applies` checks first, and what
+    cost estimates count before the patient's state is known."""
+    if item.modality not in ("any", modality) or (item.scope == "turn") != (phase_kind is not None):
+        return False
+    return not item.phases or phase_kind in {p.value for p in item.phases}
 
 
 # --------------------------------------------------------------------------- loading
