@@ -11,6 +11,7 @@ trains the whole coder (inner cross-validation for thresholds included) on the o
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import numpy as np
@@ -36,16 +37,22 @@ def main() -> int:
         help="hold out each 'voices' file's dev lines in turn (text in styles the cues were not "
         "written from) and score only those: a closer proxy for unseen text than random folds",
     )
+    parser.add_argument(
+        "--only",
+        metavar="REGEX",
+        help="with --by-voice: score only the voices whose id prefix matches (e.g. 'v|d2' for the "
+        "voices files before voices_dev3_*), to compare runs on the same held-out text",
+    )
     args = parser.parse_args()
     from sklearn.model_selection import KFold
 
     all_dev = dev_turns()
     if args.by_voice:
-        # one fold per voices file: the first three by id prefix, the dev-only voices_dev2_*
-        # files by their 'd2<voice>-' prefix
+        # one fold per voices file: the first three by id prefix, the dev-only voices_dev<N>_*
+        # files by their 'd<N><voice>-' prefix
         prefixes = ("vpe-", "vmx-", "vcbt-")
         prefixes += tuple(
-            sorted({t.id.split("-")[0] + "-" for t in all_dev if t.id.startswith("d2")})
+            sorted({t.id.split("-")[0] + "-" for t in all_dev if re.match(r"d\d", t.id)})
         )
         folds = [
             (
@@ -53,6 +60,7 @@ def main() -> int:
                 [i for i, t in enumerate(all_dev) if t.id.startswith(p)],
             )
             for p in prefixes
+            if args.only is None or re.match(args.only, p)
         ]
     else:
         folds = list(KFold(args.folds, shuffle=True, random_state=7).split(all_dev))
