@@ -1,9 +1,10 @@
 """A loopback OpenAI-compatible chat server for tests and benchmarks (test tooling, not shipped).
 
-It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` on 127.0.0.1 from its own thread
-and event loop, with configurable latency, jitter and injected failures, so the gateway's real
-HTTP path (one aiohttp POST a call) can be exercised without any network (tests import it as
-``fake_openai``, pytest puts this folder on ``sys.path`` (``pythonpath`` in pyproject.toml); benchmarks add it themselves)::
+It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` on 127.0.0.1, an ``aiohttp.web``
+app on its own thread and event loop, with configurable latency, jitter and injected failures, so
+the gateway's real HTTP path (one aiohttp POST a call) can be exercised without any network.
+Tests import it as ``fake_openai`` (pytest puts this folder on ``sys.path``, ``pythonpath`` in
+pyproject.toml); benchmarks add the folder themselves::
 
     with FakeOpenAIServer(plan=["429", "429", "ok"]) as server:
         spec = f"openai:fake?base_url={server.base_url}"
@@ -15,7 +16,8 @@ completion whose text is not valid JSON), ``"not_a_completion"`` (200 with an HT
 ``requests`` and ``headers`` keep every chat request's body and headers. ``reject_json_schema``
 answers 400 to the ``json_schema`` response format, as llama.cpp's server does. ``error_rate``
 injects those failures at random for load tests. ``reply`` builds the text of a successful
-answer from the request body.
+answer from the request body. Subclasses may wrap ``_respond`` (method, path, raw body -> status
+line, JSON text) or ``_answer`` (body, outcome -> the same) to count, throttle or edit answers.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from aiohttp import web
 
 Reply = Callable[[dict[str, Any]], str]
 FAILURES = ("429", "500", "timeout", "broken_json")
@@ -71,7 +75,7 @@ class FakeOpenAIServer:
         self.headers: list[dict[str, str]] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
@@ -95,35 +99,45 @@ class FakeOpenAIServer:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)
         self._thread.start()
-        if not self._ready.wait(10):
+        if not self._ready.wait(10) or self._runner is None:
             raise RuntimeError("fake OpenAI server did not start")
 
     def stop(self) -> None:
-        if self._loop and self._server and self._loop.is_running():
+        if self._loop and self._runner and self._loop.is_running():
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
         if self._thread:
             self._thread.join(timeout=5)
 
     async def _shutdown(self) -> None:
-        assert self._server is not None and self._loop is not None
-        self._server.close()
+        assert self._runner is not None and self._loop is not None
+        # requests still held (a "timeout" hang, a client that gave up) are cancelled, not awaited
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._runner.cleanup()
         self._loop.call_soon(self._loop.stop)
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
-        self._server = loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        loop.run_forever()
-        loop.close()
+        try:
+            loop.run_until_complete(self._serve())
+            self._ready.set()
+            loop.run_forever()
+        finally:
+            self._ready.set()  # start() raises if the server did not come up
+            loop.close()
+
+    async def _serve(self) -> None:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
+        self.port = runner.addresses[0][1]
+        self._runner = runner
 
     def _next_outcome(self) -> str:
         with self._lock:
@@ -133,41 +147,23 @@ class FakeOpenAIServer:
                 return self.rng.choice(self.failures)
             return self.default
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {
-                    k.lower(): v.strip()
-                    for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
-                }
-                length = int(headers.get("content-length", "0"))
-                raw = await reader.readexactly(length) if length else b""
-                if path.endswith("/chat/completions"):
-                    self.headers.append(headers)
-                status, payload = await self._respond(method, path, raw)
-                if status == DISCONNECT:
-                    break  # the connection drops with no answer (finally closes it)
-                data = payload.encode()
-                writer.write(
-                    f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode()
-                    + data
-                )
-                await writer.drain()
-        except (
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            asyncio.LimitOverrunError,
-            ValueError,
-        ):
-            pass
-        except asyncio.CancelledError:
-            pass
-        finally:
-            writer.close()
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path_qs
+        if path.endswith("/chat/completions"):
+            self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        status, payload = await self._respond(request.method, path, await request.read())
+        if status == DISCONNECT:
+            # drop the connection with no answer; aiohttp then finds nothing to write to
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response()
+        code, _, reason = status.partition(" ")
+        return web.Response(
+            status=int(code),
+            reason=reason,
+            body=payload.encode(),
+            headers={"Content-Type": "application/json"},
+        )
 
     async def _respond(self, method: str, path: str, raw: bytes) -> tuple[str, str]:
         if method == "GET" and path.endswith("/models"):
