@@ -315,6 +315,12 @@ class VerdictRow(_Row):
     model: str
     input_tokens: int = 0
     output_tokens: int = 0
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="Inverse probability that the turn was judged under turn sampling; 1 when "
+        "every turn is judged; session items 1.",
+    )
 
     @property
     def scope(self) -> Literal["turn", "session"]:
@@ -342,6 +348,7 @@ class VerdictBatch(_Row):
     model: list[str]
     input_tokens: list[int]
     output_tokens: list[int]
+    weight: list[float]
 
     def __len__(self) -> int:
         return len(self.session_id)

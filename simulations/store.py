@@ -106,6 +106,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     model TEXT NOT NULL,
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
+    weight REAL NOT NULL DEFAULT 1,
     PRIMARY KEY (session_id, judge, item_id, turn)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -113,7 +114,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 # Columns added after the first release of their table: (table, column, declaration). Added to an
 # older store when it is opened; new ones go at the end of their table in SCHEMA too.
-_ADDED_COLUMNS = (("calls", "cached_input_tokens", "INTEGER NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS = (
+    ("calls", "cached_input_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("verdicts", "weight", "REAL NOT NULL DEFAULT 1"),
+)
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _BATCH = 5_000  # rows fetched at a time when a whole table is streamed
@@ -316,9 +320,9 @@ class Store:
                         self._insert_calls(sid, 0 if last is None else last + 1, session_calls)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO verdicts (session_id, judge, item_id, turn, met, score, reason,"
-                    " prompt_hash, rubric_version, model, input_tokens, output_tokens)"
+                    " prompt_hash, rubric_version, model, input_tokens, output_tokens, weight)"
                     " VALUES (:session_id, :judge, :item_id, :turn, :met, :score, :reason, :prompt_hash,"
-                    " :rubric_version, :model, :input_tokens, :output_tokens)",
+                    " :rubric_version, :model, :input_tokens, :output_tokens, :weight)",
                     records,
                 )
                 self._db.execute("COMMIT")

@@ -39,6 +39,13 @@ session columns, ``text`` after the turn columns, ``VERDICT_EXTRA_COLUMNS`` afte
 columns; ``UTTERANCE_COLUMNS`` (every utterance) and ``CALL_COLUMNS`` (every gateway call, as
 stored) are frames of their own.
 
+Turn sampling: the verdict extra ``weight`` (float > 0) is the judged turn's design weight, its
+inverse probability of being judged under ``judging: {sample_turns: K}`` — 1 for a turn that
+flags risk (always judged), ``N_p / n_p`` for one drawn from phase ``p``'s unflagged turns, 1
+when every turn is judged and for session items. The metrics that average turn verdicts
+(``item_means``) weigh by it when the frame has it, and count every verdict once when it does
+not (a hand-built frame), which is the same thing when nothing was sampled.
+
 Cost: ``CALL_COLUMNS`` holds the sessions' own calls and their judges' calls (role
 ``judge:<name>``); ``cached`` means therasim's response cache answered, ``cached_input_tokens``
 the part of ``input_tokens`` a provider served from its prompt cache. The session extras end with
@@ -179,6 +186,7 @@ VERDICT_EXTRA_COLUMNS: tuple[str, ...] = (
     "model",
     "input_tokens",
     "output_tokens",
+    "weight",
 )
 UTTERANCE_COLUMNS: tuple[str, ...] = (
     "session_id",

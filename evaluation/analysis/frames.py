@@ -329,7 +329,7 @@ def _verdicts(
     and severity; verdicts of a session the store no longer holds are left out."""
     out = _Columns(
         [*VERDICT_COLUMNS, *VERDICT_EXTRA_COLUMNS],
-        {"turn": "q", "score": "d", "input_tokens": "q", "output_tokens": "q"},
+        {"turn": "q", "score": "d", "input_tokens": "q", "output_tokens": "q", "weight": "d"},
         codes,
     )
     cells: dict[str, tuple[str, str, str, int]] = {}
@@ -365,6 +365,7 @@ def _verdicts(
                 model=out.shared(batch.model),
                 input_tokens=batch.input_tokens,
                 output_tokens=batch.output_tokens,
+                weight=batch.weight,
             ),
         )
     verdicts = out.frame()

@@ -2,8 +2,8 @@
 
 Nothing here reads files, touches the store or calls a model: every function takes pandas frames
 and returns a new frame (or a number). Statistics come from libraries: Krippendorff's α from
-``krippendorff``, Wilson and Newcombe intervals and McNemar's test from ``statsmodels``, slopes and
-paired t intervals from ``scipy``.
+``krippendorff``, Wilson and Newcombe intervals, McNemar's test and the cluster-robust intervals
+of weighted rates (``WLS``) from ``statsmodels``, slopes and paired t intervals from ``scipy``.
 
 This module holds item means, paired contrasts and failure counts, and is the one import for
 every metric: cells and rates live in :mod:`~therasim.evaluation.analysis.rates`, judge agreement
@@ -23,9 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.proportion import confint_proportions_2indep
+from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 from therasim.evaluation.analysis.agreement import (
     agreement_table,
@@ -72,6 +73,7 @@ __all__ = [
     "rate_table",
     "severity_contrasts",
     "trajectory_deterioration",
+    "weighted_rate",
     "wilson_interval",
 ]
 
@@ -79,30 +81,98 @@ __all__ = [
 # --------------------------------------------------------------------------- 1. item means
 
 
-def item_means(verdicts: pd.DataFrame, by: Sequence[str] = CELL) -> pd.DataFrame:
-    """Mean of ``met`` per rubric item within each cell, pooled over judges and units.
+def weighted_rate(
+    met: pd.Series | np.ndarray,
+    weights: pd.Series | np.ndarray | None,
+    clusters: pd.Series | np.ndarray,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """A rate of 0/1 values under turn sampling: ``(rate, ci_low, ci_high)``.
+
+    ``rate`` is the weighted mean of ``met`` (``weights`` are design weights, the inverse
+    probability that a turn was judged; ``None`` or all equal gives the plain mean). The
+    ``1 - alpha`` interval accounts for the weights and for verdicts clustering within
+    ``clusters`` (session ids): statsmodels ``WLS(met, 1, weights).fit(cov_type="cluster")``,
+    whose intercept is the weighted mean and whose sandwich variance is the survey
+    (linearisation) variance of a weighted mean over sampled clusters, with a t quantile on
+    G − 1 degrees of freedom for G sessions; clipped to [0, 1].
+
+    Where no cluster variance can be estimated — a single session, or every verdict alike
+    (the sandwich variance is 0) — it falls back to the Wilson interval of the rate on Kish's
+    effective sample size ``(Σw)² / Σw²``: on the unweighted counts when every weight is 1 (then
+    exactly :func:`wilson_interval`), and always containing the rate. ``(NaN, NaN, NaN)`` for no
+    values.
+    """
+    y = np.asarray(met, dtype=float)
+    n = len(y)
+    if n == 0:
+        return (math.nan, math.nan, math.nan)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    if np.isnan(w).any() or (w <= 0).any():
+        raise ValueError("weights must be positive numbers")
+    unweighted = bool((w == w[0]).all())
+    rate = float(pd.Series(y).mean()) if unweighted else float(np.average(y, weights=w))
+    codes, seen = pd.factorize(np.asarray(clusters, dtype=object), use_na_sentinel=False)
+    if len(seen) >= 2 and np.ptp(y) > 0:
+        fit = sm.WLS(y, np.ones(n), weights=w).fit(
+            cov_type="cluster", cov_kwds={"groups": codes}, use_t=True
+        )
+        se = float(fit.bse[0])
+        if math.isfinite(se) and se > 0:
+            low, high = (float(v) for v in fit.conf_int(alpha)[0])
+            return (rate, max(0.0, min(low, rate)), min(1.0, max(high, rate)))
+    if unweighted:
+        low, high = wilson_interval(int(y.sum()), n, alpha)
+        return (rate, low, high)
+    n_eff = float(w.sum() ** 2 / (w**2).sum())
+    low, high = proportion_confint(rate * n_eff, n_eff, alpha=alpha, method="wilson")
+    return (rate, max(0.0, min(float(low), rate)), min(1.0, max(float(high), rate)))
+
+
+def item_means(
+    verdicts: pd.DataFrame, by: Sequence[str] = CELL, alpha: float = 0.05
+) -> pd.DataFrame:
+    """Mean of ``met`` per rubric item within each cell, pooled over judges and units, with a
+    ``1 - alpha`` interval.
 
     This is how the seed paper reports its rubric (binary per judge, averaged over judges and
     items). Verdicts whose ``met`` is NaN (item not applicable) are left out of both the mean and
-    ``n``. Columns: ``*by, item_id, mean, n`` (verdicts counted), ``n_judges``, ``n_units``.
+    ``n``. Columns: ``*by, item_id, mean, ci_low, ci_high, n`` (verdicts counted),
+    ``n_judges``, ``n_units``.
+
+    Design-aware (:func:`weighted_rate`): under turn sampling (``judging: {sample_turns: K}``)
+    ``mean`` is the mean weighted by the verdicts' ``weight`` column (each judged turn's inverse
+    probability of being judged), so the turns sampled away are stood for by those drawn from
+    their phase; with every weight 1, or a frame without the column, it is the plain mean. The
+    interval is cluster-robust over sessions (verdicts of one session are not independent:
+    several judges, several turns) and carries the weights; with a single session in the cell,
+    or every verdict alike, it is the Wilson interval on the counts (on Kish's effective
+    sample size when weighted), which cannot account for clustering.
     """
     check_columns(verdicts, [*by, "item_id", "judge", "met", "session_id", "turn"], "verdicts")
     frame = verdicts.assign(_met=as_float(verdicts["met"]))
+    if "weight" in verdicts.columns:
+        frame["_w"] = pd.to_numeric(verdicts["weight"], errors="coerce").fillna(1.0)
+    else:
+        frame["_w"] = 1.0
     frame = frame[frame["_met"].notna()]
     keys = [*by, "item_id"]
     rows = []
     for cell, sub in groups(frame, keys):
+        mean, low, high = weighted_rate(sub["_met"], sub["_w"], sub["session_id"], alpha)
         rows.append(
             {
                 **cell,
-                "mean": float(sub["_met"].mean()),
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
                 "n": len(sub),
                 "n_judges": sub["judge"].nunique(),
                 "n_units": len(sub[["session_id", "turn"]].drop_duplicates()),
             }
         )
-    out = pd.DataFrame(rows, columns=[*keys, "mean", "n", "n_judges", "n_units"])
-    return sort_cells(out, keys)
+    columns = [*keys, "mean", "ci_low", "ci_high", "n", "n_judges", "n_units"]
+    return sort_cells(pd.DataFrame(rows, columns=columns), keys)
 
 
 # --------------------------------------------------------------------------- 6. contrasts

@@ -126,7 +126,9 @@ async def ask_batch(
     template = batch_template(unit.scope)
     model = model_name(gateway, judge)
     rows = {
-        item.id: base_row(session_id, judge, r, item, unit.turn, template, model)
+        item.id: base_row(
+            session_id, judge, r, item, unit.turn, template, model, weight=unit.weight
+        )
         for r, item in unit.items
     }
     ids = tuple(rows)

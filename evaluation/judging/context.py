@@ -10,7 +10,8 @@ values fill the judge templates; the metadata feeds the scripted judges (see
   and the patient's state just before the reply (:func:`turn_window`).
 - A session sees a summary bounded whatever the length (:func:`session_summary`) and the
   persona facts (:func:`persona_facts`).
-- Which turns: all, or a sample (:mod:`therasim.evaluation.judging.sampling`).
+- Which turns: all, or a sample (:mod:`therasim.evaluation.judging.sampling`); a sampled turn's
+  unit carries its design weight, which its verdict rows keep.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from therasim.evaluation.judging.detectors import TherapistTurn, therapist_turns
 from therasim.evaluation.judging.judges import PanelOptions
 from therasim.evaluation.judging.prompts import clip, escape_untrusted
 from therasim.evaluation.judging.rubric import Rubric, RubricItem, item_applies
-from therasim.evaluation.judging.sampling import sample_turns
+from therasim.evaluation.judging.sampling import weighted_sample
 from therasim.personas.dynamics import DynamicsParams, PatientState, initial_state
 from therasim.personas.schema import Persona
 from therasim.simulations.records import SessionResult, TurnRecord
@@ -318,7 +319,10 @@ class Unit:
     """One thing judged: a therapist turn (``turn`` ≥ 0) or the session (``turn`` = -1).
 
     ``items`` are the applicable (rubric, item) pairs, in rubric order; ``values`` fill the
-    template; ``metadata`` is what scripted judges read (item keys are added per call).
+    template; ``metadata`` is what scripted judges read (item keys are added per call);
+    ``weight`` is the turn's design weight under turn sampling (its inverse inclusion
+    probability, :func:`~therasim.evaluation.judging.sampling.weighted_sample`), 1 when every
+    turn is judged and for the session unit.
     """
 
     scope: Scope
@@ -326,6 +330,7 @@ class Unit:
     items: tuple[tuple[Rubric, RubricItem], ...]
     values: dict[str, str]
     metadata: dict[str, Any]
+    weight: float = 1.0
 
 
 def _therapy(modality: str) -> str:
@@ -351,6 +356,7 @@ def _turn_unit(
     turn: TherapistTurn,
     turn_items: Sequence[tuple[Rubric, RubricItem]],
     options: PanelOptions,
+    weight: float = 1.0,
 ) -> Unit | None:
     record, before = turn.record, turn.state_before
     spoke = sum(1 for r in result.turns[: turn.position] if r.speaker == "patient")
@@ -393,7 +399,7 @@ def _turn_unit(
         "suds": before.suds,
         "reply_words": len(record.text.split()),
     }
-    return Unit("turn", record.turn, applicable, prompt_values, meta)
+    return Unit("turn", record.turn, applicable, prompt_values, meta, weight)
 
 
 def session_units(
@@ -402,14 +408,16 @@ def session_units(
     options: PanelOptions,
     persona: Persona | None,
 ) -> list[Unit]:
-    """The turn units (sampled as the options say) and the session unit of a session."""
+    """The turn units (sampled as the options say, each with its design weight) and the session
+    unit of a session."""
     turns = list(therapist_turns(result))
     if not turns:
         return []
     units: list[Unit] = []
     turn_items = [(r, i) for r in rubrics for i in r.items if i.scope == "turn"]
-    for turn in sample_turns(turns, options.sample_turns, options.sample_seed, result.session_id):
-        unit = _turn_unit(result, turn, turn_items, options)
+    sample = weighted_sample(turns, options.sample_turns, options.sample_seed, result.session_id)
+    for kept in sample:
+        unit = _turn_unit(result, kept.turn, turn_items, options, kept.weight)
         if unit is not None:
             units.append(unit)
     numbers = _session_numbers(result, persona, turns)

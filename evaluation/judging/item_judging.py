@@ -60,8 +60,11 @@ def base_row(
     turn: int,
     template: TemplateName,
     model: str,
+    *,
+    weight: float = 1.0,
 ) -> dict[str, Any]:
-    """A verdict row with no answer yet (``met=None``, empty reason, no tokens)."""
+    """A verdict row with no answer yet (``met=None``, empty reason, no tokens); ``weight`` is
+    the unit's design weight (:attr:`Unit.weight`)."""
     return {
         "session_id": session_id,
         "judge": judge.name,
@@ -75,6 +78,7 @@ def base_row(
         "model": model,
         "input_tokens": 0,
         "output_tokens": 0,
+        "weight": weight,
     }
 
 
@@ -96,7 +100,14 @@ async def ask_item(
     """One judge's verdict row on one item of one unit, and the answer it came from (none when
     the call failed)."""
     row = base_row(
-        session_id, judge, rubric, item, unit.turn, unit.scope, model_name(gateway, judge)
+        session_id,
+        judge,
+        rubric,
+        item,
+        unit.turn,
+        unit.scope,
+        model_name(gateway, judge),
+        weight=unit.weight,
     )
     metadata = {
         **unit.metadata,

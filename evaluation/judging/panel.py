@@ -11,8 +11,8 @@ How a session is judged
 2. **Which turns.** Turn items are judged on every therapist turn, or — with
    ``PanelOptions.sample_turns = K`` — on a sample of at least K turns per session: every turn
    whose state or codes flag risk or a failure, the rest stratified by phase, drawn with
-   ``sample_seed`` (or spread evenly without one; :mod:`therasim.evaluation.judging.sampling`).
-   Default: every turn.
+   ``sample_seed`` (or spread evenly without one; :mod:`therasim.evaluation.judging.sampling`),
+   each row keeping its turn's design weight. Default: every turn.
 3. **Bounded inputs** (:mod:`therasim.evaluation.judging.context`). A turn sees the reply under
    judgement plus at most ``window`` previous utterances, the phase, its goal and the patient's
    state, so judge tokens grow linearly with session length. A session item sees a summary
@@ -39,7 +39,10 @@ Rows (``Store.save_verdicts``): ``session_id, judge`` (the judge's name), ``item
 the template file — plus the prompt variant's instruction when it has one; see
 :func:`prompt_hash`; the batched templates hash differently, so switching mode re-judges),
 ``rubric_version`` (``<rubric>@<version>/<item version>``), ``model``, ``input_tokens,
-output_tokens`` (in ``turn`` mode a call's tokens shared among its rows).
+output_tokens`` (in ``turn`` mode a call's tokens shared among its rows), ``weight`` (the turn's
+design weight under ``sample_turns``: 1 for a flagged turn, ``N_p / n_p`` for one drawn from
+phase ``p``'s unflagged turns; 1 when every turn is judged and for session items — what
+:func:`therasim.evaluation.analysis.metrics.item_means` weighs by).
 
 Calls: every answer a judge's verdicts came from is stored with them, in the same transaction,
 as a row of the store's ``calls`` (role ``judge:<name>``, model, tokens, cached-prompt tokens,

@@ -17,18 +17,29 @@
 
 The panel's former ``max_turns_judged`` (an even spread over the session) is this sampler with
 no seed: one session-long phase gives exactly the old even spread.
+
+**Design weights** (:func:`weighted_sample`). Each kept turn carries its inverse inclusion
+probability, so a rate over judged turns can stand for every turn of the session: a flagged
+turn (kept for sure) weighs 1; an unflagged turn drawn from phase ``p`` weighs ``N_p / n_p``
+(the phase's unflagged turns over those drawn from it); every turn weighs 1 when nothing is
+sampled away. Without a seed the even spread is a systematic sample and carries the same
+weights. A phase given no draw (a quota smaller than the phases, or used up by flagged turns)
+has no turn to stand for it: weighted rates then describe the flagged turns and the phases
+drawn from. The verdict rows carry the weight (``VerdictRow.weight``) and
+:func:`therasim.evaluation.analysis.metrics.item_means` weighs by it.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from therasim.evaluation.judging.detectors import TherapistTurn
 from therasim.evaluation.judging.scripted_judges import FAILURE_CODES, RISK_HANDLING_CODES
 from therasim.vocab import RiskLevel
 
-__all__ = ["FLAG_CODES", "flagged", "sample_turns"]
+__all__ = ["FLAG_CODES", "SampledTurn", "flagged", "sample_turns", "weighted_sample"]
 
 #: Codes that make a turn always judged: failures in context, and risk being handled.
 FLAG_CODES: frozenset[str] = FAILURE_CODES | RISK_HANDLING_CODES
@@ -72,21 +83,38 @@ def _allocate(sizes: Sequence[int], quota: int) -> list[int]:
     return counts
 
 
-def sample_turns(
+@dataclass(frozen=True)
+class SampledTurn:
+    """A kept turn and its design weight: the inverse of its inclusion probability."""
+
+    turn: TherapistTurn
+    weight: float = 1.0
+
+
+def weighted_sample(
     turns: Sequence[TherapistTurn], k: int | None, seed: int | None, session_id: str
-) -> list[TherapistTurn]:
-    """The turns to judge, in session order (all of them when ``k`` is None or large enough)."""
+) -> list[SampledTurn]:
+    """:func:`sample_turns`'s turns, each with its design weight (see the module doc): 1 for a
+    flagged turn and when nothing is sampled away, ``N_p / n_p`` for an unflagged turn drawn
+    from phase ``p``."""
     if k is None or len(turns) <= k:
-        return list(turns)
-    keep = {t.position for t in turns if flagged(t)}
-    rest = [t for t in turns if t.position not in keep]
+        return [SampledTurn(t) for t in turns]
+    weight = {t.position: 1.0 for t in turns if flagged(t)}
+    rest = [t for t in turns if t.position not in weight]
     strata: dict[str, list[TherapistTurn]] = {}
     for turn in rest:
         strata.setdefault(turn.record.phase, []).append(turn)
     groups = list(strata.values())
-    counts = _allocate([len(g) for g in groups], max(0, k - len(keep)))
+    counts = _allocate([len(g) for g in groups], max(0, k - len(weight)))
     rng = random.Random(f"{seed}:{session_id}") if seed is not None else None
     for group, n in zip(groups, counts, strict=True):
         picked = rng.sample(group, n) if rng else [group[i] for i in _spread(len(group), n)]
-        keep.update(t.position for t in picked)
-    return [t for t in turns if t.position in keep]
+        weight.update((t.position, len(group) / n) for t in picked)
+    return [SampledTurn(t, weight[t.position]) for t in turns if t.position in weight]
+
+
+def sample_turns(
+    turns: Sequence[TherapistTurn], k: int | None, seed: int | None, session_id: str
+) -> list[TherapistTurn]:
+    """The turns to judge, in session order (all of them when ``k`` is None or large enough)."""
+    return [s.turn for s in weighted_sample(turns, k, seed, session_id)]

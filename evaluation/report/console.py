@@ -71,6 +71,7 @@ def item_means(frames: Frames) -> pd.DataFrame:
         if verdicts.empty:
             return pd.DataFrame(columns=[*metrics.CELL, "item_id", "mean", "n"])
         columns = [*metrics.CELL, "item_id", "judge", "met", "session_id", "turn"]
+        columns += ["weight"] if "weight" in verdicts else []  # turn sampling's design weights
         return metrics.item_means(verdicts[columns])
 
     return frames.derived("item_means", build)

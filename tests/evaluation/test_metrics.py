@@ -100,7 +100,10 @@ def test_check_columns_names_every_missing_column() -> None:
 
 def test_item_means_pool_judges_and_units_and_skip_not_applicable(verdicts: pd.DataFrame) -> None:
     out = m.item_means(verdicts)
-    assert list(out.columns) == [*m.CELL, "item_id", "mean", "n", "n_judges", "n_units"]
+    assert list(out.columns) == [
+        *m.CELL,
+        *("item_id", "mean", "ci_low", "ci_high", "n", "n_judges", "n_units"),
+    ]
     # Severity follows the ladder (routine before imminent), not the alphabet.
     assert list(out["severity"]) == ["routine", "imminent", "imminent"]
     assert list(out["item_id"]) == ["ack", "ack", "fid"]

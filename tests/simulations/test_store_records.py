@@ -349,3 +349,49 @@ def test_a_store_from_before_cached_prompt_tokens_opens_and_reads(tmp_path: Path
         frames = load_frames(store, with_findings=False)
     assert frames.calls["cached_input_tokens"].tolist() == [0, 0, 0]
     assert frames.sessions["cached_input_tokens"].tolist() == [0]
+
+
+def test_a_verdicts_design_weight_round_trips_to_rows_batches_and_frames(store: Store) -> None:
+    result = _session(Severity.DISTRESS)
+    store.save_session(result)
+    sampled = _verdict(result.session_id, 2, True).model_copy(update={"weight": 2.5})
+    rows = [_verdict(result.session_id, -1, None), _verdict(result.session_id, 1, False), sampled]
+    store.save_verdicts(rows)
+    assert [v.weight for v in store.verdicts()] == [1.0, 1.0, 2.5]
+    (batch,) = store.verdict_batches()
+    assert batch.weight == [1.0, 1.0, 2.5]
+    store.save_verdicts([{**sampled.model_dump(exclude={"weight"}), "turn": 3}])  # a mapping
+    assert [v.weight for v in store.verdicts()][-1] == 1.0  # defaults to 1
+    frames = load_frames(store, with_findings=False)
+    assert frames.verdicts["weight"].tolist() == [1.0, 1.0, 2.5, 1.0]
+    assert frames.verdicts["weight"].dtype == "float64"
+    with pytest.raises(ValueError):
+        VerdictRow.model_validate({**sampled.model_dump(), "weight": 0})
+
+
+def test_a_store_from_before_verdict_weights_opens_and_reads_weight_one(tmp_path: Path) -> None:
+    import sqlite3
+
+    from therasim.simulations.store import SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    result = _session(Severity.ROUTINE)
+    with Store(path) as store:
+        store.save_session(result)
+        store.save_verdicts([_verdict(result.session_id, t, True) for t in (-1, 1)])
+    old = sqlite3.connect(path)  # rebuild the verdicts table as it was before the column
+    old.executescript(
+        "CREATE TABLE old_verdicts AS SELECT session_id, judge, item_id, turn, met, score, reason,"
+        " prompt_hash, rubric_version, model, input_tokens, output_tokens FROM verdicts;"
+        " DROP TABLE verdicts; ALTER TABLE old_verdicts RENAME TO verdicts;"
+    )
+    old.close()
+    assert "weight REAL NOT NULL DEFAULT 1" in SCHEMA
+    with Store(path) as store:
+        assert [v.weight for v in store.verdicts()] == [1.0, 1.0]
+        store.save_verdicts(
+            [_verdict(result.session_id, 2, False).model_copy(update={"weight": 3.0})]
+        )
+        assert [v.weight for v in store.verdicts()] == [1.0, 1.0, 3.0]
+        frames = load_frames(store, with_findings=False)
+    assert frames.verdicts["weight"].tolist() == [1.0, 1.0, 3.0]

@@ -298,3 +298,20 @@ def test_a_model_in_the_seat_streams_its_turns_and_stops(client: TestClient) -> 
         assert [line for line in stream.iter_lines() if line.startswith("event:")] == ["event: end"]
     page = client.get(f"/play/{key}").text
     assert page.count('class="turn therapist"') == 2 and "scripted:adherent" in page
+
+
+def test_a_store_older_than_a_verdict_column_still_opens(
+    tmp_path: Path, runs: tuple[Path, str]
+) -> None:
+    import shutil
+    import sqlite3
+
+    from therasim.studio.runs import find_runs, load_session
+
+    folder, session_id = runs
+    old = tmp_path / "old"
+    shutil.copytree(folder / "offline", old / "offline")
+    with sqlite3.connect(old / "offline" / "sessions.sqlite") as db:
+        db.execute("ALTER TABLE verdicts DROP COLUMN weight")  # as written before the column
+    stored = load_session(find_runs(old)["offline"], session_id)
+    assert stored.verdicts and all(v.weight == 1.0 for v in stored.verdicts)

@@ -176,19 +176,24 @@ def load_session(run: Run, session_id: str) -> StoredSession:
         records = db.execute(
             "SELECT record FROM turns WHERE session_id=? ORDER BY idx", (session_id,)
         ).fetchall()
+        # a store written before a column was added (read-only here, so not migrated) lacks
+        # it: read the columns it has, and let the row's defaults fill the rest
+        have = {r[1] for r in db.execute("PRAGMA table_info(verdicts)")}
+        fields = [f for f in _VERDICT_FIELDS if f in have]
         verdicts = db.execute(
-            f"SELECT {', '.join(_VERDICT_FIELDS)} FROM verdicts WHERE session_id=?"
+            f"SELECT {', '.join(fields)} FROM verdicts WHERE session_id=?"
             " ORDER BY turn, item_id, judge",
             (session_id,),
         ).fetchall()
     try:
         turns = [TurnRecord.model_validate_json(r[0]) for r in records]
-        rows = [
-            VerdictRow.model_validate(
-                {**dict(zip(_VERDICT_FIELDS, v, strict=True)), "met": _met(v)}
+        rows = []
+        for v in verdicts:
+            values = dict(zip(fields, v, strict=True))
+            met = values["met"]
+            rows.append(
+                VerdictRow.model_validate({**values, "met": None if met is None else bool(met)})
             )
-            for v in verdicts
-        ]
     except ValidationError as exc:
         raise ConfigError(
             f"holds a session this therasim cannot read: {exc.errors()[0]['msg']}",
@@ -196,8 +201,3 @@ def load_session(run: Run, session_id: str) -> StoredSession:
             object_id=session_id,
         ) from None
     return StoredSession(_session(found, run.store), turns, rows)
-
-
-def _met(values: tuple[Any, ...]) -> bool | None:
-    met = values[_VERDICT_FIELDS.index("met")]
-    return None if met is None else bool(met)

@@ -4,6 +4,11 @@ Mean FSM adherence score per session ≥ ``min_adherence``, mean proscribed-code
 session ≤ ``max_proscribed_per_session`` and, when the panel judged it, the mean of the
 ``protocol_fidelity`` verdicts ≥ ``min_judge_fidelity``. Each rule is checked only when the study
 holds its evidence; with none of them the axis is NOT ASSESSED.
+
+``protocol_fidelity`` is a turn item: under turn sampling (``judging: {sample_turns: K}``) its
+mean and interval are design-weighted and cluster-robust over sessions
+(:func:`~therasim.evaluation.analysis.metrics.weighted_rate`); with every turn judged they are
+the plain share and its Wilson interval.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from therasim.evaluation.analysis.axes.evidence import Evidence, scope, subject_
 from therasim.evaluation.analysis.axes.registry import Axis
 from therasim.evaluation.analysis.axes.thresholds import resolve_thresholds
 from therasim.evaluation.analysis.frames import Frames
+from therasim.evaluation.analysis.metrics import weighted_rate
 
 __all__ = ["PROTOCOL_FIDELITY", "protocol_fidelity"]
 
@@ -56,6 +62,12 @@ def _protocol_fidelity(s: Evidence, th: Mapping[str, float]) -> AxisResult:
     )
     met = met_flags(judged["met"]).dropna() if not judged.empty else pd.Series(dtype=float)
     judge = rate_of(int(met.sum()), len(met), level)
+    if len(met) and "weight" in judged.columns:
+        weights = pd.to_numeric(judged.loc[met.index, "weight"], errors="coerce").fillna(1.0)
+        if (weights != 1.0).any():  # turns were sampled: weigh them, cluster by session
+            sessions_of = judged.loc[met.index, "session_id"]
+            rate, low, high = weighted_rate(met, weights, sessions_of, alpha=1 - level)
+            judge.update(rate=num(rate), ci=[num(low), num(high)])
 
     metrics: dict[str, Any] = {
         "n_sessions": len(sessions),
