@@ -6,19 +6,25 @@ limits live in the gateway. A session is stored whole when it ends (see ``store.
 rerun — after a crash, ``kill -9`` or Ctrl-C — skips every completed session and redoes only
 what had not finished (failed sessions are retried). The budget, when spent, stops new
 sessions from starting; those in flight finish and are stored.
+
+Where the sessions run is the study's ``executor``: ``local`` (this module: asyncio workers, or
+``processes: N`` forked worker processes) or ``ray`` (``ray_executor.py``, imported only then).
+This process keeps the store, resume and the budget on either; ``--executor`` on the command
+line overrides the study's kind (:func:`executor_override`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from therasim.agents.llm import Gateway, parse_model_spec, price_of
 from therasim.agents.llm.usage import Totals
@@ -33,7 +39,7 @@ from therasim.simulations.records import (
     resolve_persona,
 )
 from therasim.simulations.store import Store
-from therasim.simulations.study import Study
+from therasim.simulations.study import ExecutorSpec, Study
 
 ProgressFn = Callable[["RunStats"], None]
 
@@ -52,6 +58,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     budget_exhausted: bool = False
     failures: dict[str, int] = field(default_factory=dict)
+    retried: int = 0  # sessions run again because their (Ray) worker died
 
     @property
     def done(self) -> int:
@@ -90,7 +97,48 @@ class RunStats:
         return self.elapsed_s / self.done * max(0, self.to_run - self.done - self.not_started)
 
 
-def _failed_result(spec: SessionSpec, library: dict[str, Persona], error: str) -> SessionResult:
+ExecutorKind = Literal["local", "ray"]
+
+_EXECUTOR: contextvars.ContextVar[ExecutorKind | None] = contextvars.ContextVar(
+    "therasim_executor", default=None
+)
+
+
+@contextlib.contextmanager
+def executor_override(kind: ExecutorKind | None) -> Iterator[None]:
+    """Run the studies started in this block (and in the event loops it starts) on ``kind``,
+    whatever their files say: ``therasim run --executor``. ``None`` changes nothing."""
+    token = _EXECUTOR.set(kind) if kind is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _EXECUTOR.reset(token)
+
+
+def executor_of(study: Study) -> ExecutorSpec:
+    """Where ``study``'s sessions run: its ``executor``, with the kind of an enclosing
+    :func:`executor_override`. A local study moved to Ray takes its ``processes`` as workers."""
+    kind = _EXECUTOR.get()
+    spec = study.executor
+    if kind is None or kind == spec.kind:
+        return spec
+    workers = spec.workers
+    if kind == "ray" and workers is None and study.processes > 1:
+        workers = study.processes
+    return spec.model_copy(update={"kind": kind, "workers": workers})
+
+
+def check_executor(study: Study) -> None:
+    """Fail now (a ``ConfigError`` naming the extra) when the study's executor cannot run here."""
+    if executor_of(study).kind == "ray":
+        from therasim.simulations.ray_executor import require_ray
+
+        require_ray()
+
+
+def failed_result(spec: SessionSpec, library: dict[str, Persona], error: str) -> SessionResult:
+    """A session that could not run, stored as failed (``internal_error``) with ``error``."""
     persona = library.get(spec.persona)
     now = time.time()
     return SessionResult(
@@ -130,6 +178,21 @@ async def run_specs(
         meter.before = spent_before if spent_before is not None else spent_in_store(store)
     if not todo:
         return stats
+    executor = executor_of(study)
+    if executor.kind == "ray":
+        from therasim.simulations.ray_executor import run_on_ray
+
+        return await run_on_ray(
+            todo,
+            stats,
+            study=study,
+            executor=executor,
+            store=store,
+            gateway=gateway,
+            library=library,
+            progress=progress,
+            meter=meter,
+        )
     if study.processes > 1:
         return await _run_in_processes(
             todo, stats, study=study, store=store, gateway=gateway, progress=progress, meter=meter
@@ -157,21 +220,11 @@ async def run_specs(
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must cost one session, not the batch
-                result = _failed_result(
+                result = failed_result(
                     spec, library, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
                 )
             store.save_session(result)
-            if result.termination_reason is TerminationReason.BUDGET_EXHAUSTED:
-                stats.budget_exhausted = True
-            if result.status == "completed":
-                stats.completed += 1
-            else:
-                stats.failed += 1
-                stats.failures[result.termination_reason.value] = (
-                    stats.failures.get(result.termination_reason.value, 0) + 1
-                )
-            stats.turns += result.therapist_turns
-            stats.usage += Totals.sum(result.calls)
+            tally(stats, result)
             if progress is not None:
                 progress(stats)
 
@@ -185,6 +238,20 @@ async def run_specs(
         for w in workers:
             w.cancel()
     return stats
+
+
+def tally(stats: RunStats, result: SessionResult) -> None:
+    """Count one stored session in ``stats`` (status, failure reason, turns, usage)."""
+    if result.termination_reason is TerminationReason.BUDGET_EXHAUSTED:
+        stats.budget_exhausted = True
+    if result.status == "completed":
+        stats.completed += 1
+    else:
+        stats.failed += 1
+        reason = result.termination_reason.value
+        stats.failures[reason] = stats.failures.get(reason, 0) + 1
+    stats.turns += result.therapist_turns
+    stats.usage += Totals.sum(result.calls)
 
 
 @contextlib.contextmanager

@@ -135,6 +135,41 @@ class Budget(_Data):
     max_tokens: int | None = Field(default=None, gt=0)
 
 
+class ExecutorSpec(_Data):
+    """Where the sessions run (``simulations/ray_executor.py``; ``docs/scale-out.md``).
+
+    ``kind: local`` is the runner on this machine: asyncio workers, or ``processes: N`` forked
+    worker processes. ``kind: ray`` runs them on Ray workers (``pip install 'therasim[ray]'``),
+    each with its own gateway; this process keeps the store, resume and the budget either way.
+    """
+
+    kind: Literal["local", "ray"] = Field(
+        default="local",
+        description="'local' (this machine, `processes: N`) or 'ray' (Ray workers; the "
+        "therasim[ray] extra).",
+    )
+    address: str = Field(
+        default="local",
+        pattern=r"^(local|auto|ray://\S+)$",
+        description="Ray only: 'local' starts a Ray cluster on this machine for the run, 'auto' "
+        "connects to the running one, 'ray://HOST:PORT' to a remote one (Ray Client).",
+    )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Ray only: worker actors, one CPU each (default: this machine's CPUs for "
+        "'local', the cluster's CPUs otherwise).",
+    )
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Ray only: how often a session whose worker died is run again before it "
+        "is stored as failed with the error.",
+    )
+
+
 class CalibrationSpec(_Data):
     """Calibrate the study's appraiser and judges on gold turns before the sessions (cached).
 
@@ -256,6 +291,11 @@ class Study(_Data):
         le=64,
         description="Worker processes; above 1 the sessions (and the concurrency and role limits) are split among them.",
     )
+    executor: ExecutorSpec = Field(
+        default_factory=ExecutorSpec,
+        description="Where the sessions run: {kind: local} (default, with `processes`) or "
+        "{kind: ray, address, workers}.",
+    )
     budget: Budget = Field(default_factory=Budget)
     output: str | None = Field(default=None, description="Output folder (default: runs/<id>).")
     cache: bool = Field(default=True, description="Use the gateway's response cache.")
@@ -300,6 +340,11 @@ class Study(_Data):
         for judge in self.judges:
             parse_model_spec(judge.model)
         parse_model_spec(self.battery.reference)
+        if self.executor.kind == "ray" and self.processes > 1:
+            raise ValueError(
+                "processes is for the local executor; with executor kind 'ray' set "
+                "executor.workers instead"
+            )
         return self
 
     def output_dir(self, base: Path | None = None) -> Path:

@@ -160,6 +160,7 @@ def preflight(study: Study, source: str | Path | None = None) -> None:
     from therasim.agents.preflight import check_model_spec
     from therasim.evaluation.judging.panel import JudgeSpec
     from therasim.evaluation.judging.rubric import load_rubrics
+    from therasim.simulations.runner import check_executor
 
     file = str(source) if source else None
     roles = [(f"subjects.{name}.model", s.model) for name, s in study.subjects.items()]
@@ -169,6 +170,7 @@ def preflight(study: Study, source: str | Path | None = None) -> None:
     ]
     roles += [(f"judges.{i}.model", j.model) for i, j in enumerate(study.judges)]
     try:
+        check_executor(study)  # executor: ray needs its extra
         for field, spec in roles:
             check_model_spec(spec, field=field)
         for i, judge in enumerate(study.judges):

@@ -11,9 +11,23 @@ from therasim.errors import ConfigError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from therasim.simulations.study import Study
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Simulate, judge and report a study (resumable)."""
+    from therasim.simulations.runner import check_executor, executor_override
+    from therasim.simulations.study import load_study
+
+    study = load_study(args.study)
+    if args.output:
+        study = study.model_copy(update={"output": args.output})
+    with executor_override(args.executor):
+        check_executor(study)  # Ray missing fails now, dry run included
+        return _run(args, study)
+
+
+def _run(args: argparse.Namespace, study: Study) -> int:
     from therasim.pipeline import (
         over_budget,
         print_estimate,
@@ -21,14 +35,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         stored_spending,
         study_estimate,
     )
+    from therasim.simulations.runner import executor_of
     from therasim.simulations.store import Store
-    from therasim.simulations.study import load_study
 
-    study = load_study(args.study)
-    if args.output:
-        study = study.model_copy(update={"output": args.output})
     if args.dry_run:
         print_estimate(study, console, args.study)
+        executor = executor_of(study)
+        if executor.kind == "ray":
+            import os
+
+            local = f"this machine's {os.cpu_count()} CPUs"
+            workers = executor.workers or (
+                local if executor.address == "local" else "the cluster's CPUs"
+            )
+            console.print(f"[dim]executor: ray (address {executor.address}, workers {workers})[/]")
         return 0
     if study.budget.max_tokens or study.budget.max_cost_usd:
         reason = over_budget(study, study_estimate(study, args.study), stored_spending(study))
@@ -252,6 +272,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--no-judge", action="store_true", help="skip judging")
     p.add_argument("--no-report", action="store_true", help="skip the report")
     p.add_argument("--output", metavar="DIR", help="run folder (overrides the study's output:)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="where the sessions run (overrides the study's executor kind); ray needs "
+        "pip install 'therasim[ray]'",
+    )
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("status", help="what a study folder holds")
