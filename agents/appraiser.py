@@ -42,6 +42,7 @@ from therasim.errors import ConfigError
 from therasim.vocab import BehaviourCode, PhaseKind
 
 if TYPE_CHECKING:  # the gateway loads this module lazily (scripted registry); no import cycle
+    from therasim.agents.cuematch import Prefilter
     from therasim.agents.gold import GoldTurn
     from therasim.agents.llm import BoundGateway, Gateway
 
@@ -243,6 +244,11 @@ class _CodeMatcher:
     rules: tuple[LexiconRule, ...]
     joined: re.Pattern[str] | None
 
+    @property
+    def patterns(self) -> tuple[re.Pattern[str], ...]:
+        """What :meth:`earliest` searches with."""
+        return (self.joined,) if self.joined is not None else tuple(r.regex for r in self.rules)
+
     @classmethod
     def of(cls, code: BehaviourCode, rules: tuple[LexiconRule, ...]) -> _CodeMatcher:
         try:
@@ -281,6 +287,9 @@ class Lexicon:
     _matchers: dict[PhaseKind | None, tuple[_CodeMatcher, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _prefilters: dict[PhaseKind | None, Prefilter] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def matchers(self, kind: PhaseKind | None) -> tuple[_CodeMatcher, ...]:
         """Per code, the rules that apply in a phase of ``kind`` (None: unknown), built once."""
@@ -293,6 +302,18 @@ class Lexicon:
                 _CodeMatcher.of(code, tuple(rules)) for code, rules in by_code.items()
             )
         return self._matchers[kind]
+
+    def candidates(self, kind: PhaseKind | None, haystack: str) -> list[_CodeMatcher]:
+        """The matchers of :meth:`matchers` that may match ``haystack``: the others cannot
+        (:class:`~therasim.agents.cuematch.Prefilter`). One RE2 pass instead of a search per
+        code, a tenth of the lexicon's time on a reply."""
+        matchers = self.matchers(kind)
+        prefilter = self._prefilters.get(kind)
+        if prefilter is None:
+            from therasim.agents.cuematch import Prefilter  # RE2, loaded when first needed
+
+            prefilter = self._prefilters[kind] = Prefilter([m.patterns for m in matchers])
+        return [matchers[i] for i in prefilter.candidates(haystack)]
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<lexicon>") -> Lexicon:
@@ -371,7 +392,7 @@ def lexical_appraisal(
     kind = ctx.phase_kind if ctx is not None else phase_kind
     haystack = _normalise_quotes(text)
     evidence: dict[BehaviourCode, str] = {}
-    for matcher in lex.matchers(kind):
+    for matcher in lex.candidates(kind, haystack):
         span = matcher.earliest(haystack)
         if span is not None:
             evidence[matcher.code] = text[span[0] : span[1]]
@@ -456,6 +477,9 @@ def scripted_lexical(request: CompletionRequest) -> str:
 # --------------------------------------------------------------------------- LLM appraisal
 
 
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)\}")
+
+
 def fill_template(template: str, values: dict[str, str]) -> str:
     """Replace ``{name}`` for known names; ``{{``/``}}`` become braces; anything else stays."""
 
@@ -465,7 +489,7 @@ def fill_template(template: str, values: dict[str, str]) -> str:
             return token[0]
         return values.get(match.group(1), token)
 
-    return re.sub(r"\{\{|\}\}|\{(\w+)\}", repl, template)
+    return _PLACEHOLDER.sub(repl, template)
 
 
 FEW_SHOT_PER_MODALITY = 6
@@ -501,6 +525,7 @@ def few_shot_turns() -> tuple[GoldTurn, ...]:
     return tuple(chosen)
 
 
+@functools.lru_cache(maxsize=4)
 def _few_shot_block(modality: str) -> str:
     lines: list[str] = []
     for turn in few_shot_turns():
@@ -525,16 +550,26 @@ def _few_shot_block(modality: str) -> str:
 def appraiser_system_prompt(ctx: TurnContext) -> str:
     """The appraiser's instructions for this turn: the code vocabulary, the current phase, and
     coded examples of the modality (:func:`few_shot_turns`)."""
+    return _appraiser_system_prompt(
+        ctx.modality, ctx.protocol_id, ctx.phase, ctx.phase_kind.value, ctx.phase_goal
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def _appraiser_system_prompt(
+    modality: str, protocol_id: str, phase: str, phase_kind: str, phase_goal: str
+) -> str:
+    # the same few texts every turn of every session (one per phase): built once, not per turn
     values = {
         "modality_name": "Prolonged Exposure for PTSD"
-        if ctx.modality == "pe"
+        if modality == "pe"
         else "CBT cognitive restructuring",
-        "protocol_id": ctx.protocol_id,
-        "phase": ctx.phase,
-        "phase_kind": ctx.phase_kind.value,
-        "phase_goal": ctx.phase_goal or "(no goal given)",
+        "protocol_id": protocol_id,
+        "phase": phase,
+        "phase_kind": phase_kind,
+        "phase_goal": phase_goal or "(no goal given)",
     }
-    return fill_template(read_prompt(APPRAISER_PROMPT_FILE), values) + _few_shot_block(ctx.modality)
+    return fill_template(read_prompt(APPRAISER_PROMPT_FILE), values) + _few_shot_block(modality)
 
 
 def appraisal_messages(

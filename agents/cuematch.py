@@ -95,7 +95,13 @@ def _emit(items: Any, multiline: bool) -> str:
         elif op is c.CATEGORY:  # never outside a class in the parse tree; kept for safety
             out.append(_in([(op, av)]))
         elif op is c.SUBPATTERN:
-            out.append(f"(?:{_emit(av[-1], multiline)})")
+            # a case-sensitive group (``(?-i:ER)``) stays case-sensitive: RE2 reads it alike, and
+            # the set, case-insensitive as a whole, would otherwise report it on every "er"
+            add_flags, del_flags = av[1], av[2]
+            flags = (
+                "-i:" if del_flags & re.IGNORECASE else "i:" if add_flags & re.IGNORECASE else ":"
+            )
+            out.append(f"(?{flags}{_emit(av[-1], multiline)})")
         elif op is c.BRANCH:
             out.append("(?:" + "|".join(_emit(alt, multiline) for alt in av[1]) + ")")
         elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
@@ -136,9 +142,11 @@ class _CodeCues:
                 self._in_set.append(i)
         self._set.Compile()
 
-    def first_match(self, text: str) -> str | None:
-        """The text of the first cue (in file order) matching ``text``, if any."""
-        hits = sorted([self._in_set[j] for j in self._set.Match(text) or ()] + self._always)
+    def first_match(self, text: str, encoded: bytes | None = None) -> str | None:
+        """The text of the first cue (in file order) matching ``text``, if any (``encoded``:
+        the text in UTF-8, when the caller has it already)."""
+        found = self._set.Match(text.encode() if encoded is None else encoded)
+        hits = sorted([self._in_set[j] for j in found or ()] + self._always)
         for i in hits:
             match = self.regexes[i].search(text)
             if match and match.end() > match.start():
@@ -158,5 +166,44 @@ class CueIndex:
 
     def first_matches(self, text: str) -> dict[str, str]:
         """Code -> the text of its first cue matching ``text``, for the codes with one."""
-        found = {code: cues.first_match(text) for code, cues in self._codes.items()}
+        encoded = text.encode()  # once, not once a set
+        found = {code: cues.first_match(text, encoded) for code, cues in self._codes.items()}
         return {code: span for code, span in found.items() if span is not None}
+
+
+_PREFILTER_MEMORY = 64 << 20
+
+
+class Prefilter:
+    """Which groups of Python patterns may match a text, from one RE2 set over their loosened
+    forms (:func:`loosen`): a group the set does not report cannot match, so only the reported
+    ones need searching with Python ``re``, which decides. A group with a pattern that has no
+    RE2 form is always reported, and so is every group for a text over :attr:`MAX_TEXT`
+    characters (the set is for the many short replies of a study, not for documents)."""
+
+    MAX_TEXT = 20_000
+
+    def __init__(self, groups: Sequence[Sequence[re.Pattern[str]]]) -> None:
+        self._size = len(groups)
+        options = re2.Options()
+        options.case_sensitive = False
+        options.never_capture = True
+        options.max_mem = _PREFILTER_MEMORY
+        self._set = re2.Set.SearchSet(options)
+        self._group_of: dict[int, int] = {}  # set index -> group
+        always: set[int] = set()
+        for group, patterns in enumerate(groups):
+            for pattern in patterns:
+                try:
+                    self._group_of[self._set.Add(loosen(pattern))] = group
+                except (_Untranslatable, re2.error):
+                    always.add(group)
+        self._always = frozenset(always)
+        self._set.Compile()
+
+    def candidates(self, text: str) -> list[int]:
+        """The groups (indices, ascending) that may match ``text``."""
+        if len(text) > self.MAX_TEXT:
+            return list(range(self._size))
+        found = self._set.Match(text) or ()
+        return sorted({self._group_of[j] for j in found} | self._always)

@@ -26,6 +26,7 @@ the session opener) and serves each arm as a ``scripted:<name>`` backend functio
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from typing import TYPE_CHECKING
@@ -127,7 +128,13 @@ def therapist_system_prompt(ctx: TurnContext | str, template: str | None = None)
     if isinstance(ctx, str):
         return default_prompt_template(ctx) if template is None else template
     text = default_prompt_template(ctx.modality) if template is None else template
-    return fill_template(text, _prompt_values(ctx))
+    return _filled(text, tuple(_prompt_values(ctx).items()))
+
+
+@functools.lru_cache(maxsize=512)
+def _filled(template: str, values: tuple[tuple[str, str], ...]) -> str:
+    # one text per phase and persona's case note, asked for on every turn: filled once
+    return fill_template(template, dict(values))
 
 
 def subject_messages(

@@ -17,12 +17,21 @@ Runs go round-robin over the cases (every case once, then again), so machine noi
 over all cases; each case reports the median of its runs. Cache off. Exit status 1 when a
 session did not run its 10 therapist turns or the call counts disagree.
 
-Run: ``.venv/bin/python benchmarks/bench_efficiency.py [--repeats 3] [--variant 1|2] [--config a|b]``
+Each case also reports the runner's CPU per turn and its inverse, turns per second per core
+(therapist turns / runner CPU seconds, median over the runs). ``--engine langgraph`` runs the
+sessions through LangGraph's ``ainvoke`` instead of the direct driver (``simulations/session.py``),
+``both`` adds a case per engine. ``--appraiser`` overrides the study's default appraiser. Before
+the timed runs the script loads what a first session would load lazily (the scripted agents and
+the statistical coder, fitted once into the temp home), so the runs measure the steady state.
+
+Run: ``.venv/bin/python benchmarks/bench_efficiency.py [--repeats 3] [--variant 1|2] [--config a|b]
+[--engine direct|langgraph|both] [--appraiser MODEL]``
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import time
@@ -54,14 +63,22 @@ class Case:
 
     patient_fake: bool
     config: str  # "a": 64 backend calls per role in flight; "b": 64 sessions in flight
+    engine: str = ""  # "direct" or "langgraph"; "" leaves the runner's default
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
     calls: list[int] = field(default_factory=list)
+    turns: list[int] = field(default_factory=list)
     bound_s: float = 0.0
 
     @property
     def label(self) -> str:
-        return f"{'2-call' if self.patient_fake else '1-call'} ({self.config})"
+        engine = f", {self.engine}" if self.engine else ""
+        return f"{'2-call' if self.patient_fake else '1-call'} ({self.config}{engine})"
+
+    @property
+    def turns_per_core_s(self) -> float:
+        """Therapist turns per second of runner CPU (median over the runs)."""
+        return median([t / c for t, c in zip(self.turns, self.cpus, strict=True) if c > 0])
 
     @property
     def n_calls(self) -> int:
@@ -105,17 +122,35 @@ def check(result: RunResult, label: str) -> list[str]:
     return problems
 
 
+ENGINE_ENV = "THERASIM_SESSION_ENGINE"  # simulations/session.py reads it in every run_session
+
+
 def run_once(
-    case: Case, backend: BackendProcess, store_path: Path, processes: int = 1
+    case: Case,
+    backend: BackendProcess,
+    store_path: Path,
+    processes: int = 1,
+    appraiser: str | None = None,
 ) -> list[str]:
-    """One run of ``case`` on a fresh store; records wall, CPU, calls and the bound."""
+    """One run of ``case`` on a fresh store; records wall, CPU, calls, turns and the bound."""
     doc = study_200(
         backend.base_url,
         patient_fake=case.patient_fake,
         sessions_in_flight=case.sessions_in_flight,
         processes=processes,
     )
-    result = run_inprocess(doc, store_path, backend)
+    if appraiser:
+        doc["appraiser"] = {"model": appraiser}
+    before = os.environ.get(ENGINE_ENV)
+    if case.engine:
+        os.environ[ENGINE_ENV] = case.engine
+    try:
+        result = run_inprocess(doc, store_path, backend)
+    finally:
+        if before is None:
+            os.environ.pop(ENGINE_ENV, None)
+        else:
+            os.environ[ENGINE_ENV] = before
     label = f"{case.label} run {len(case.walls) + 1}"
     problems = check(result, label)
     per_session = backend_calls_per_session(store_path, result.session_ids)
@@ -126,6 +161,7 @@ def run_once(
     case.walls.append(result.wall_s)
     case.cpus.append(result.cpu_s)
     case.calls.append(result.backend_calls)
+    case.turns.append(sum(result.turns))
     durations = [n * LATENCY_S for n in per_session]
     case.bound_s = makespan(durations, SLOTS) if case.config == "b" else sum(durations) / SLOTS
     print(
@@ -153,6 +189,8 @@ def result_line(case: Case) -> str:
         )
     cpu = median(case.cpus)
     line += f"; runner CPU {cpu:.1f} s = {cpu / wall:.0%} of wall"
+    per_core = case.turns_per_core_s
+    line += f"; {1000 / per_core:.2f} ms CPU a turn = {per_core:.0f} turns/s per core"
     if case.config == "a":
         line += f"; target ≥ {TARGET:.2f} {'met' if ideal / wall >= TARGET else 'MISSED'}"
     return line
@@ -166,6 +204,18 @@ def missed_target(case: Case) -> str | None:
     return f"{case.label}: efficiency {efficiency:.2f} is under the {TARGET:.2f} target"
 
 
+def warm_up_agents(appraiser: str | None) -> None:
+    """Register the scripted agents (importing the statistical coder, numpy and scikit-learn)
+    and fit the statistical coder when it is the appraiser: what the first session of a run
+    would otherwise do inside the timed span (the coder is fitted once per temp home)."""
+    from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER, get_scripted
+    from therasim.agents.statcoder import load_coder
+
+    get_scripted("template-patient")
+    if (appraiser or DEFAULT_OFFLINE_APPRAISER) == "scripted:statistical":
+        load_coder()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per case (median reported)")
@@ -177,15 +227,28 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="study `processes`: worker processes sharing the sessions",
     )
+    parser.add_argument(
+        "--engine",
+        choices=["direct", "langgraph", "both"],
+        default=None,
+        help="how sessions run their graph (default: the runner's, direct); both: a case each",
+    )
+    parser.add_argument(
+        "--appraiser", default=None, help="appraiser model (default: the study's default)"
+    )
     args = parser.parse_args(argv)
 
     variants = [False, True] if args.variant == "both" else [args.variant == "2"]
     configs = ["a", "b"] if args.config == "both" else [args.config]
-    cases = [Case(patient_fake=v, config=c) for v in variants for c in configs]
+    engines = ["direct", "langgraph"] if args.engine == "both" else [args.engine or ""]
+    cases = [
+        Case(patient_fake=v, config=c, engine=e) for v in variants for c in configs for e in engines
+    ]
     problems: list[str] = []
     started = time.perf_counter()
     warm_up()
     with temp_home("bench-eff") as root, BackendProcess(LATENCY_S, SLOTS) as backend:
+        warm_up_agents(args.appraiser)
         print(
             f"fake backend (own process) at {backend.base_url}: {LATENCY_S} s a call, "
             f"{SLOTS} slots; {SESSIONS} sessions × {TURNS} therapist turns; cache off",
@@ -193,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for round_ in range(args.repeats):
             for i, case in enumerate(cases):
-                problems += run_once(case, backend, root / f"r{round_}-c{i}.sqlite", args.processes)
+                problems += run_once(
+                    case, backend, root / f"r{round_}-c{i}.sqlite", args.processes, args.appraiser
+                )
     print(f"\n({time.perf_counter() - started:.0f} s in all)")
     for case in cases:
         print(result_line(case))

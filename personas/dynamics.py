@@ -309,8 +309,11 @@ def _clip(value: float, low: float, high: float) -> float:
     return min(high, max(low, value))
 
 
+_KNOWN_CODES = frozenset(c.value for c in BehaviourCode)
+
+
 def _as_codes(codes: Iterable[BehaviourCode | str]) -> frozenset[BehaviourCode]:
-    known = {c.value for c in BehaviourCode}
+    known = _KNOWN_CODES
     out: set[BehaviourCode] = set()
     for code in codes:
         if code not in known:
@@ -391,7 +394,6 @@ def step(
     if state.dropout:
         return state.model_copy(update={"turn": state.turn + 1})
 
-    rng = random.Random(f"therasim.dynamics:{seed}:{state.turn}")
     escalation = level.escalation if level is not None else 1.0
     risk_active = state.risk.rank >= RiskLevel.ACTIVE.rank
     invalidating = bool(cs & INVALIDATING_CODES)
@@ -466,6 +468,9 @@ def step(
         risk = _max_risk(risk, level.risk_when_surfaced)
 
     if params.noise_sd > 0:
+        # seeded here, not up front: seeding from a string hashes it, a cost every turn paid
+        # for nothing when there is no noise
+        rng = random.Random(f"therasim.dynamics:{seed}:{state.turn}")
         suds += rng.gauss(0.0, params.noise_sd)
 
     suds = _clip(suds, 0.0, 100.0)

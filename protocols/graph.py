@@ -168,10 +168,38 @@ class ProtocolGraph:
 
     def phase(self, phase_id: str) -> Phase:
         """The phase ``phase_id``; ``UnknownNameError`` if the protocol has none."""
-        if phase_id not in self.graph:
+        phase = self._phases.get(phase_id)
+        if phase is None:
             raise UnknownNameError(f"phase of protocol {self.id!r}", phase_id, self.phase_ids)
-        phase: Phase = self.graph.nodes[phase_id]["phase"]
         return phase
+
+    # The graph is frozen, so what every turn asks of it is read once: networkx's views cost
+    # more than the lookups themselves.
+
+    @functools.cached_property
+    def _phases(self) -> dict[str, Phase]:
+        return {phase_id: data["phase"] for phase_id, data in self.graph.nodes(data=True)}
+
+    @functools.cached_property
+    def _transitions(self) -> dict[str, tuple[TransitionEdge, ...]]:
+        index = {pid: i for i, pid in enumerate(self.phase_ids)}
+        out = {}
+        for phase_id in self.graph:
+            edges = [
+                TransitionEdge(
+                    source=phase_id,
+                    target=target,
+                    guard=data["guard"],
+                    priority=data["priority"],
+                    exceptional=data["exceptional"],
+                    order=data["order"],
+                )
+                for target, data in self.graph.adj[phase_id].items()
+            ]
+            out[phase_id] = tuple(
+                sorted(edges, key=lambda e: (-e.priority, e.order, index[e.target]))
+            )
+        return out
 
     def is_terminal(self, phase_id: str) -> bool:
         """True if the session ends in ``phase_id``."""
@@ -180,19 +208,7 @@ class ProtocolGraph:
     def transitions_from(self, phase_id: str) -> list[TransitionEdge]:
         """Outgoing edges of ``phase_id`` in evaluation order (priority high→low, then file order)."""
         self.phase(phase_id)
-        edges = [
-            TransitionEdge(
-                source=phase_id,
-                target=target,
-                guard=data["guard"],
-                priority=data["priority"],
-                exceptional=data["exceptional"],
-                order=data["order"],
-            )
-            for target, data in self.graph.adj[phase_id].items()
-        ]
-        index = {pid: i for i, pid in enumerate(self.phase_ids)}
-        return sorted(edges, key=lambda e: (-e.priority, e.order, index[e.target]))
+        return list(self._transitions[phase_id])
 
     def context(
         self,

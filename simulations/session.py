@@ -12,21 +12,37 @@
 * ``route``    — ends the session with a :class:`TerminationReason` or goes round again.
 
 Each node routes by returning a ``Command`` (its update and where to go), not through
-conditional edges: LangGraph gives a conditional edge a fresh copy of every channel, which was a
-tenth of a turn's CPU in large studies (``benchmarks/``). The topology never changes; the
-protocol phase is a field of the state. Dependencies (persona, protocol graph, gateway) travel
-in the run context, not in the state, so the state stays plain data. Errors from a participant
-end the session with ``*_error`` and are recorded; they never escape as exceptions and are never
-saved as a reply.
+conditional edges. The topology never changes; the protocol phase is a field of the state.
+Dependencies (persona, protocol graph, gateway) travel in the run context, not in the state, so
+the state stays plain data. Errors from a participant end the session with ``*_error`` and are
+recorded; they never escape as exceptions and are never saved as a reply.
+
+How a session is run. The compiled :func:`session_graph` is the definition (its mermaid is
+snapshotted by the tests), and :data:`NODES` is the one table both it and :func:`drive` are
+built from. By default :func:`run_session` runs the nodes with :func:`drive`, a direct loop that
+does what LangGraph's Pregel loop does for this graph: route from ``START``, run a node with the
+state and the run context, apply its update (every channel is last-value), follow its
+``Command(goto=...)``, stop at ``END``, and raise ``GraphRecursionError`` after
+``recursion_limit`` node runs as LangGraph does. It skips the checkpoint, channel-version and
+task machinery around each step, which was a third of a turn's CPU (``benchmarks/README.md``
+§1). ``engine="langgraph"`` (or ``THERASIM_SESSION_ENGINE=langgraph``) runs the same session
+through ``session_graph().ainvoke``; the tests hold the two equal, session for session.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
+from langgraph.errors import (
+    ErrorCode,
+    GraphRecursionError,
+    InvalidUpdateError,
+    create_error_message,
+)
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
@@ -59,6 +75,9 @@ from therasim.vocab import BehaviourCode
 CRISIS_PHASE = "crisis_handoff"
 
 TurnCallback = Callable[[TurnRecord], Awaitable[None] | None]
+
+Engine = Literal["direct", "langgraph"]
+ENGINE_ENV = "THERASIM_SESSION_ENGINE"
 
 
 class SessionState(TypedDict, total=False):
@@ -270,13 +289,26 @@ def termination_for(state: SessionState, deps: SessionDeps) -> TerminationReason
     return None
 
 
+Node = Callable[[SessionState, Runtime[SessionDeps]], Awaitable[Command[str]]]
+
+NODES: dict[str, tuple[Node, tuple[str, ...]]] = {
+    "subject": (subject_node, ("appraise", END)),
+    "appraise": (appraise_node, ("patient", END)),
+    "patient": (patient_node, ("subject", END)),
+}
+"""The graph's nodes: name → (function, where its ``Command`` may go). ``START`` routes to
+``subject`` or ``patient`` by :func:`route_start`."""
+
+START_DESTINATIONS = ("subject", "patient")
+
+
 def build_graph() -> Any:
     """The compiled session graph (the same for every session)."""
     graph = StateGraph(SessionState, context_schema=SessionDeps)
-    graph.add_node("subject", subject_node, destinations=("appraise", END))
-    graph.add_node("appraise", appraise_node, destinations=("patient", END))
-    graph.add_node("patient", patient_node, destinations=("subject", END))
-    graph.add_conditional_edges(START, route_start, ["subject", "patient"])
+    for name, (node, destinations) in NODES.items():
+        # LangGraph's overloads want its own protocol for a node that takes the runtime
+        graph.add_node(name, cast(Any, node), destinations=destinations)
+    graph.add_conditional_edges(START, route_start, list(START_DESTINATIONS))
     return graph.compile()
 
 
@@ -294,6 +326,45 @@ def session_graph() -> Any:
 def topology_mermaid() -> str:
     """The graph's topology as mermaid (snapshotted by the tests)."""
     return str(session_graph().get_graph().draw_mermaid())
+
+
+async def drive(
+    state: SessionState, deps: SessionDeps, *, recursion_limit: int = 25
+) -> SessionState:
+    """Run the session graph from ``state`` to ``END`` without LangGraph's step loop; the final
+    state, as ``session_graph().ainvoke(state, context=deps, config={"recursion_limit": ...})``
+    returns it (see the module docstring; the tests hold the two equal)."""
+    runtime = Runtime(context=deps)
+    values: SessionState = {**state}
+    goto: str = route_start(values, runtime)
+    if goto not in START_DESTINATIONS:
+        raise InvalidUpdateError(f"the session graph has no edge from START to {goto!r}")
+    runs = 0
+    while goto != END:
+        node, destinations = NODES[goto]
+        command = await node(values, runtime)
+        runs += 1
+        update = command.update
+        if update:
+            values = {**values, **update}
+        target = command.goto
+        if not isinstance(target, str) or target not in destinations:
+            raise InvalidUpdateError(
+                f"node {goto!r} routed to {target!r}, not one of {destinations}"
+            )
+        goto = target
+        if goto != END and runs >= recursion_limit:
+            raise GraphRecursionError(
+                create_error_message(
+                    message=(
+                        f"Recursion limit of {recursion_limit} reached without hitting a stop "
+                        "condition. You can increase the limit by setting the `recursion_limit` "
+                        "config key."
+                    ),
+                    error_code=ErrorCode.GRAPH_RECURSION_LIMIT,
+                )
+            )
+    return values
 
 
 # --------------------------------------------------------------------------- running
@@ -346,6 +417,15 @@ async def _questionnaires(
     return out
 
 
+def _engine_from_env() -> Engine:
+    value = os.environ.get(ENGINE_ENV) or "direct"
+    if value not in ("direct", "langgraph"):
+        raise ConfigError(
+            f"${ENGINE_ENV} is {value!r}; use 'direct' or 'langgraph'", field=ENGINE_ENV
+        )
+    return "langgraph" if value == "langgraph" else "direct"
+
+
 async def run_session(
     spec: SessionSpec,
     gateway: Gateway,
@@ -353,12 +433,16 @@ async def run_session(
     *,
     on_turn: TurnCallback | None = None,
     over_budget: Callable[[], bool] | None = None,
+    engine: Engine | None = None,
 ) -> SessionResult:
     """Simulate one session to its end. Never raises for participant errors: they are recorded.
 
     ``over_budget`` is read at each turn boundary: once it is true the session stops there,
-    ``budget_exhausted``, and is stored as failed (a rerun with more budget redoes it)."""
+    ``budget_exhausted``, and is stored as failed (a rerun with more budget redoes it).
+    ``engine`` runs the graph with :func:`drive` (``"direct"``, the default) or through
+    LangGraph's ``ainvoke`` (``"langgraph"``); unset, ``$THERASIM_SESSION_ENGINE`` decides."""
     started = time.time()
+    engine = engine or _engine_from_env()
     persona = resolve_persona(spec, library)
     protocol = load_protocol(spec.protocol)
     if protocol.protocol.modality != persona.modality:
@@ -390,9 +474,14 @@ async def run_session(
     try:
         if spec.questionnaires:
             questionnaires += await _questionnaires(deps, state, "pre")
-        final: SessionState = await session_graph().ainvoke(
-            state, context=deps, config={"recursion_limit": 4 * spec.max_turns + 16}
-        )
+        limit = 4 * spec.max_turns + 16
+        final: SessionState
+        if engine == "langgraph":
+            final = await session_graph().ainvoke(
+                state, context=deps, config={"recursion_limit": limit}
+            )
+        else:
+            final = await drive(state, deps, recursion_limit=limit)
         termination = termination_for(final, deps) or TerminationReason.MAX_TURNS
         error = final.get("error")
         if termination.is_complete and spec.questionnaires:
@@ -437,9 +526,13 @@ async def run_session(
 
 
 __all__ = [
+    "ENGINE_ENV",
+    "NODES",
+    "Engine",
     "SessionDeps",
     "SessionState",
     "build_graph",
+    "drive",
     "resolve_persona",
     "run_session",
     "session_graph",

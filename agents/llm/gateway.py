@@ -257,13 +257,13 @@ class Gateway:
         role = request.role
         rc = self._role_config(role)
         if rc is not None:
-            request = request.model_copy(
-                update={
-                    k: v
-                    for k, v in (("temperature", rc.temperature), ("max_tokens", rc.max_tokens))
-                    if v is not None
-                }
-            )
+            update = {
+                k: v
+                for k, v in (("temperature", rc.temperature), ("max_tokens", rc.max_tokens))
+                if v is not None
+            }
+            if update:  # most roles set neither: no copy then
+                request = request.model_copy(update=update)
         if backend.local:
             request = self._with_local_max_tokens(request, rc, structured=schema is not None)
         usage = self.accounting.for_role(role)

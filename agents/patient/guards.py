@@ -8,6 +8,7 @@ patient's turn (:mod:`therasim.agents.patient.turn`) retries while a guard fails
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -59,9 +60,15 @@ def _sentences(text: str) -> list[str]:
     return [p.strip() for p in parts if re.search(r"\w", p)]
 
 
+_PUNCTUATION = re.compile(r"[^\w\s']")
+_SPACES = re.compile(r"\s+")
+
+
+@functools.lru_cache(maxsize=8192)
 def normalise(text: str) -> str:
     """Lower case, punctuation as spaces, whitespace collapsed: how patient lines are compared."""
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s']", " ", text.lower())).strip()
+    # cached: the template patient compares every line said so far on every turn
+    return _SPACES.sub(" ", _PUNCTUATION.sub(" ", text.lower())).strip()
 
 
 def is_empty(text: str) -> bool:

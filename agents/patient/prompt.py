@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from therasim.agents.context import TurnContext, Utterance, transcript_as_messages
 from therasim.agents.patient.asks import asks_for_suds
@@ -270,20 +271,70 @@ def describe_schedule(ctx: TurnContext, transcript: list[Utterance]) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
+_T = TypeVar("_T")
+_PER_PERSONA: dict[int, tuple[Persona, dict[object, Any]]] = {}
+_PER_PERSONA_MAX = 1024
+
+
+def per_persona(persona: Persona, key: object, make: Callable[[], _T]) -> _T:
+    """``make()``, kept per persona object under ``key``: what depends on the persona alone is
+    asked for on every turn of its session. Keyed on the object's identity (a persona holds
+    lists, so it has no hash) and holding the persona, so an id is never reused while its entry
+    lives; the values must not be mutated."""
+    entry = _PER_PERSONA.get(id(persona))
+    if entry is None or entry[0] is not persona:
+        if len(_PER_PERSONA) >= _PER_PERSONA_MAX:
+            _PER_PERSONA.clear()
+        entry = _PER_PERSONA[id(persona)] = (persona, {})
+    values = entry[1]
+    if key not in values:
+        values[key] = make()
+    return cast(_T, values[key])
+
+
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def _system_prompt(
+    persona: str,
+    profile: str,
+    communication: str,
+    state: str,
+    phase: str,
+    schedule: str,
+    length: str,
+    suds: int,
+) -> str:
+    text = read_prompt("patient_system.md").format(
+        persona=persona,
+        profile=profile,
+        communication=communication,
+        state=state,
+        phase=phase,
+        schedule=schedule,
+        length=length,
+        suds=suds,
+    )
+    if "\n\n\n" in text:  # a substring test is ten times cheaper than the regex's scan
+        text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip()
+
+
 def build_system_prompt(ctx: TurnContext, transcript: list[Utterance]) -> str:
     """The patient model's system prompt for this turn (see the module docstring)."""
-    persona = ctx.persona
-    text = read_prompt("patient_system.md").format(
-        persona=describe_persona(persona),
-        profile=describe_profile(persona, ctx.state),
-        communication=describe_communication(persona),
-        state=describe_state(ctx),
-        phase=describe_phase(ctx),
-        schedule=describe_schedule(ctx, transcript),
-        length=_LENGTH[persona.communication.verbosity],
-        suds=round(ctx.state.suds),
+    persona, state = ctx.persona, ctx.state
+    # the profile reads the state only for a CBT persona's current belief
+    belief = round(state.belief) if persona.cbt is not None else None
+    return _system_prompt(
+        per_persona(persona, "persona", lambda: describe_persona(persona)),
+        per_persona(persona, ("profile", belief), lambda: describe_profile(persona, state)),
+        per_persona(persona, "communication", lambda: describe_communication(persona)),
+        describe_state(ctx),
+        describe_phase(ctx),
+        describe_schedule(ctx, transcript),
+        _LENGTH[persona.communication.verbosity],
+        round(state.suds),
     )
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 def build_patient_messages(ctx: TurnContext, transcript: list[Utterance]) -> list[Message]:

@@ -26,6 +26,7 @@ from therasim.agents.patient.prompt import (
     CONTINUE_DIRECTION,
     OPENING_DIRECTION,
     OVERWHELMED_SUDS,
+    per_persona,
 )
 from therasim.agents.resources import read_prompt
 from therasim.agents.types import CompletionRequest
@@ -94,8 +95,14 @@ class Banks(BaseModel):
         return entry["exposure" if exposure else "other"]
 
 
+@functools.lru_cache(maxsize=4096)
+def _field_names(line: str) -> frozenset[str]:
+    # the bank lines are few and asked about on every turn
+    return frozenset(name for _, name, _, _ in string.Formatter().parse(line) if name)
+
+
 def _fields(line: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(line) if name}
+    return set(_field_names(line))
 
 
 def _check_banks(banks: Banks, file: str) -> None:
@@ -207,10 +214,19 @@ def _sentence(text: str) -> str:
 
 
 def _persona_values(persona: Persona, state: PatientState) -> dict[str, list[str]]:
-    values: dict[str, list[str]] = {
-        "suds": [str(round(state.suds))],
-        "belief": [str(round(state.belief))],
+    suds, belief = str(round(state.suds)), str(round(state.belief))
+    return {
+        "suds": [suds],
+        "belief": [belief],
+        "suds_lc": [_lower_first(suds)],
+        "belief_lc": [_lower_first(belief)],
+        **per_persona(persona, "template-values", lambda: _profile_values(persona)),
     }
+
+
+def _profile_values(persona: Persona) -> dict[str, list[str]]:
+    """The placeholder values that come from the persona alone (not the state)."""
+    values: dict[str, list[str]] = {}
     if persona.pe is not None:
         pe = persona.pe
         values["narrative_detail"] = [_sentence(d) for d in pe.narrative_details]
@@ -232,7 +248,7 @@ def _persona_values(persona: Persona, state: PatientState) -> dict[str, list[str
 
 
 def _fill(line: str, values: Mapping[str, list[str]], rng: random.Random) -> str | None:
-    needed = _fields(line)
+    needed = _field_names(line)
     if not needed <= values.keys():
         return None
     return line.format(**{name: rng.choice(values[name]) for name in sorted(needed)})
@@ -331,7 +347,7 @@ def template_reply(ctx: TurnContext, request: CompletionRequest, banks: Banks | 
     if state.engagement < AVOIDANT_ENGAGEMENT:
         return pick(banks.state_lines("avoidant", exposure=exposure))
 
-    own = [u for u in persona.utterances.get(ctx.phase_kind, []) if self_report_suds(u) is None]
+    own = per_persona(persona, ("own-lines", ctx.phase_kind), lambda: _own_lines(ctx))
     if own:
         fresh = [u for u in own if normalise(u) not in said]
         line = rng.choice(fresh or own)
@@ -340,6 +356,12 @@ def template_reply(ctx: TurnContext, request: CompletionRequest, banks: Banks | 
     if state.suds >= OVERWHELMED_SUDS:
         line = f"{line} {pick(banks.state_lines('overwhelmed', exposure=exposure))}"
     return line.strip()
+
+
+def _own_lines(ctx: TurnContext) -> list[str]:
+    """The persona's own lines for the phase kind that state no SUDS number."""
+    lines = ctx.persona.utterances.get(ctx.phase_kind, [])
+    return [u for u in lines if self_report_suds(u) is None]
 
 
 def template_patient(request: CompletionRequest) -> str:
