@@ -31,7 +31,7 @@ import hashlib
 import random
 from typing import TYPE_CHECKING
 
-from therasim.agents.appraiser import fill_template
+from therasim.agents.appraiser_prompt import fill_template
 from therasim.agents.context import TurnContext, Utterance
 from therasim.agents.resources import read_prompt
 from therasim.agents.therapists import (

@@ -24,9 +24,9 @@ from therasim.protocols.graph import (
     phase_complete,
     session_complete,
     step,
-    to_mermaid,
 )
 from therasim.protocols.guards import PhaseContext, get_guard, guard_names, register_guard
+from therasim.protocols.mermaid import to_mermaid
 from therasim.protocols.schema import Phase, Protocol, Transition
 
 __all__ = [

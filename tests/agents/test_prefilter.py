@@ -19,10 +19,10 @@ from therasim.agents.appraiser import (
     Evidence,
     _kind_in,
     _normalise_quotes,
-    appraiser_system_prompt,
     lexical_appraisal,
     load_lexicon,
 )
+from therasim.agents.appraiser_prompt import appraiser_system_prompt
 from therasim.agents.context import TurnContext, Utterance
 from therasim.agents.cuematch import Prefilter, loosen
 from therasim.agents.gold import load_shipped_gold

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from therasim.agents.appraiser import (
     Appraisal,
     Lexicon,
-    appraisal_messages,
     appraise,
     lexical_appraisal,
     load_lexicon,
     patient_cue,
 )
+from therasim.agents.appraiser_prompt import appraisal_messages
 from therasim.agents.context import TurnContext, Utterance
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
 from therasim.agents.scripted import run_scripted

@@ -356,11 +356,11 @@ def test_every_shipped_label_follows_the_codebook_rules(shipped: list[GoldTurn])
 def test_the_coder_and_the_few_shot_cases_read_dev_only(
     shipped: list[GoldTurn], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from therasim.agents import appraiser, gold, statcoder
+    from therasim.agents import appraiser_prompt, gold, statcoder
 
     test_ids = {t.id for t in shipped if t.split == "test"}
     assert test_ids and not test_ids & {t.id for t in statcoder.training_turns()}
-    assert not test_ids & {t.id for t in appraiser.few_shot_turns()}
+    assert not test_ids & {t.id for t in appraiser_prompt.few_shot_turns()}
     # a test line that leaked into the training data would be seen: poison the test split
     poisoned = [
         t.model_copy(update={"therapist": "POISON"}) if t.split == "test" else t for t in shipped
