@@ -121,16 +121,21 @@ def loosen(pattern: re.Pattern[str]) -> str:
     return _emit(_parser.parse(pattern.pattern, pattern.flags), bool(pattern.flags & re.MULTILINE))
 
 
+def _search_set(max_mem: int) -> Any:
+    """An empty case-insensitive RE2 search set that only reports which patterns match."""
+    options = re2.Options()
+    options.case_sensitive = False
+    options.never_capture = True
+    options.max_mem = max_mem
+    return re2.Set.SearchSet(options)
+
+
 class _CodeCues:
     """One code's cues: an RE2 set over their loosened forms, and the Python patterns."""
 
     def __init__(self, regexes: Sequence[re.Pattern[str]]) -> None:
         self.regexes = tuple(regexes)
-        options = re2.Options()
-        options.case_sensitive = False
-        options.never_capture = True
-        options.max_mem = _RE2_MEMORY
-        self._set = re2.Set.SearchSet(options)
+        self._set = _search_set(_RE2_MEMORY)
         self._in_set: list[int] = []  # set index -> cue index
         self._always: list[int] = []  # cues with no RE2 form: always searched
         for i, regex in enumerate(self.regexes):
@@ -185,11 +190,7 @@ class Prefilter:
 
     def __init__(self, groups: Sequence[Sequence[re.Pattern[str]]]) -> None:
         self._size = len(groups)
-        options = re2.Options()
-        options.case_sensitive = False
-        options.never_capture = True
-        options.max_mem = _PREFILTER_MEMORY
-        self._set = re2.Set.SearchSet(options)
+        self._set = _search_set(_PREFILTER_MEMORY)
         self._group_of: dict[int, int] = {}  # set index -> group
         always: set[int] = set()
         for group, patterns in enumerate(groups):

@@ -12,6 +12,9 @@ from typing import Any
 import yaml
 
 from therasim.agents.scripted import SCRIPTED, ScriptedFn
+from therasim.personas import Persona
+from therasim.protocols import default_protocol_for
+from therasim.simulations.records import SessionSpec
 
 
 @contextlib.contextmanager
@@ -41,3 +44,20 @@ def study_file(tmp_path: Path, **fields: Any) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
+
+
+def session_spec(
+    persona: Persona, subject: str, severity: str = "distress", **kw: Any
+) -> SessionSpec:
+    """A session of ``persona`` with ``subject`` on its modality's default protocol, 30 turns."""
+    return SessionSpec.model_validate(
+        {
+            "persona": persona.id,
+            "persona_version": persona.version,
+            "severity": severity,
+            "subject": subject,
+            "protocol": default_protocol_for(persona.modality),
+            "max_turns": 30,
+            **kw,
+        }
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -16,11 +17,8 @@ from hypothesis import strategies as st
 
 from therasim.agents.appraiser import (
     Appraisal,
-    Evidence,
-    _kind_in,
-    _normalise_quotes,
+    Lexicon,
     lexical_appraisal,
-    load_lexicon,
 )
 from therasim.agents.appraiser_prompt import appraiser_system_prompt
 from therasim.agents.context import TurnContext, Utterance
@@ -40,26 +38,12 @@ KINDS: list[PhaseKind | None] = [None, *PhaseKind]
 
 def long_way(text: str, kind: PhaseKind | None) -> Appraisal:
     """``lexical_appraisal`` searching every code's rules, as it did before the prefilter."""
-    lex = load_lexicon()
-    haystack = _normalise_quotes(text)
-    evidence: dict[BehaviourCode, str] = {}
-    for matcher in lex.matchers(kind):
-        span = matcher.earliest(haystack)
-        if span is not None:
-            evidence[matcher.code] = text[span[0] : span[1]]
-    code = lex.short_reply_code
-    if (
-        code is not None
-        and code not in evidence
-        and kind is not None
-        and (not lex.short_reply_only_in or _kind_in(kind, lex.short_reply_only_in))
-        and len(text.split()) <= lex.short_reply_max_words
-    ):
-        evidence[code] = text.strip()
-    codes = [c for c in BehaviourCode if c in evidence]
-    return Appraisal(
-        codes=codes, evidence=[Evidence(code=c, span=evidence[c]) for c in codes if evidence[c]]
-    )
+
+    def every_rule(self: Lexicon, kind: PhaseKind | None, haystack: str) -> list[object]:
+        return list(self.matchers(kind))
+
+    with mock.patch.object(Lexicon, "candidates", every_rule):
+        return lexical_appraisal(text, phase_kind=kind)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from factories import scripted_agents
+from factories import scripted_agents, session_spec
 
 from therasim.agents.llm import Gateway, GatewayConfig
 from therasim.agents.types import CompletionRequest
 from therasim.personas import Persona, load_library
-from therasim.protocols import default_protocol_for
 from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason
 from therasim.simulations.session import run_session, topology_mermaid
 from therasim.simulations.store import Store
@@ -27,22 +26,6 @@ def library() -> dict[str, Persona]:
 
 def offline_gateway() -> Gateway:
     return Gateway(GatewayConfig(cache_enabled=False))
-
-
-def make_spec(
-    persona: Persona, subject: str, severity: str = "distress", **kw: object
-) -> SessionSpec:
-    return SessionSpec.model_validate(
-        {
-            "persona": persona.id,
-            "persona_version": persona.version,
-            "severity": severity,
-            "subject": subject,
-            "protocol": default_protocol_for(persona.modality),
-            "max_turns": 30,
-            **kw,
-        }
-    )
 
 
 async def simulate(spec: SessionSpec, library: dict[str, Persona]) -> SessionResult:
@@ -68,7 +51,7 @@ def test_topology_snapshot() -> None:
 async def test_offline_session_is_deterministic(
     library: dict[str, Persona], tmp_path: Path
 ) -> None:
-    spec = make_spec(library["pe-combat-01"], "scripted:adherent", seed=11)
+    spec = session_spec(library["pe-combat-01"], "scripted:adherent", seed=11)
     rows = []
     for name in ("a", "b"):
         result = await simulate(spec, library)
@@ -85,7 +68,7 @@ async def test_offline_session_is_deterministic(
 
 
 async def test_every_turn_has_state_phase_and_codes(library: dict[str, Persona]) -> None:
-    result = await simulate(make_spec(library["pe-combat-01"], "scripted:adherent"), library)
+    result = await simulate(session_spec(library["pe-combat-01"], "scripted:adherent"), library)
     assert result.status == "completed", result.error
     assert result.termination_reason == TerminationReason.PROTOCOL_COMPLETE
     therapist = [t for t in result.turns if t.speaker == "therapist"]
@@ -99,7 +82,7 @@ async def test_every_turn_has_state_phase_and_codes(library: dict[str, Persona])
 
 async def test_cbt_patient_opens(library: dict[str, Persona]) -> None:
     result = await simulate(
-        make_spec(library["cbt-sleep-01"], "scripted:adherent", severity="routine"), library
+        session_spec(library["cbt-sleep-01"], "scripted:adherent", severity="routine"), library
     )
     assert result.turns[0].speaker == "patient"
     assert result.status == "completed", result.error
@@ -107,7 +90,7 @@ async def test_cbt_patient_opens(library: dict[str, Persona]) -> None:
 
 async def test_imminent_risk_hands_off_to_crisis(library: dict[str, Persona]) -> None:
     result = await simulate(
-        make_spec(library["pe-combat-01"], "scripted:adherent", severity="imminent"), library
+        session_spec(library["pe-combat-01"], "scripted:adherent", severity="imminent"), library
     )
     assert result.termination_reason == TerminationReason.CRISIS_HANDOFF
     last = [t for t in result.turns if t.speaker == "therapist"][-1]
@@ -127,7 +110,7 @@ def _reversing(request: CompletionRequest) -> str:
 async def test_persistent_role_reversal_is_recorded_as_the_session_error(
     library: dict[str, Persona],
 ) -> None:
-    spec = make_spec(
+    spec = session_spec(
         library["pe-combat-01"],
         "scripted:adherent",
         patient="scripted:test-reversing-patient",
@@ -160,7 +143,9 @@ async def test_mechanism_safety_reflex_vs_adherent_pe(library: dict[str, Persona
     arms: dict[str, list[tuple[float, float, float]]] = {}
     for arm in ("adherent", "safety-reflex"):
         arms[arm] = [
-            _final(await simulate(make_spec(p, f"scripted:{arm}", questionnaires=False), library))
+            _final(
+                await simulate(session_spec(p, f"scripted:{arm}", questionnaires=False), library)
+            )
             for p in pe
         ]
     final = {a: statistics.mean(v[0] for v in r) for a, r in arms.items()}
@@ -178,7 +163,9 @@ async def test_mechanism_abandoning_vs_adherent_cbt(library: dict[str, Persona])
     belief: dict[str, float] = {}
     for arm in ("adherent", "abandoning"):
         finals = [
-            _final(await simulate(make_spec(p, f"scripted:{arm}", questionnaires=False), library))
+            _final(
+                await simulate(session_spec(p, f"scripted:{arm}", questionnaires=False), library)
+            )
             for p in cbt
         ]
         belief[arm] = statistics.mean(f[2] for f in finals)
@@ -190,7 +177,7 @@ async def test_mechanism_abandoning_vs_adherent_cbt(library: dict[str, Persona])
 async def test_real_local_session(
     library: dict[str, Persona], local_model: str, real_requests: None, tmp_path: Path
 ) -> None:
-    spec = make_spec(
+    spec = session_spec(
         library["pe-combat-01"],
         local_model,
         severity="routine",

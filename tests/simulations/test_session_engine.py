@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from factories import scripted_agents
+from factories import scripted_agents, session_spec
 from langgraph.errors import GraphRecursionError
 
 from therasim.agents.llm import BoundGateway, Gateway, GatewayConfig
 from therasim.agents.types import CompletionRequest
 from therasim.personas import Persona, load_library
-from therasim.protocols import default_protocol_for, load_protocol
+from therasim.protocols import load_protocol
 from therasim.simulations.records import (
     SessionResult,
     SessionSpec,
@@ -50,20 +50,6 @@ def _reversing(request: CompletionRequest) -> str:
 def _scripted_agents() -> Iterator[None]:
     with scripted_agents({"test-engine-reversing-patient": _reversing}):
         yield
-
-
-def spec_of(persona: Persona, subject: str, severity: str = "distress", **kw: Any) -> SessionSpec:
-    return SessionSpec.model_validate(
-        {
-            "persona": persona.id,
-            "persona_version": persona.version,
-            "severity": severity,
-            "subject": subject,
-            "protocol": default_protocol_for(persona.modality),
-            "max_turns": 30,
-            **kw,
-        }
-    )
 
 
 def comparable(result: SessionResult) -> dict[str, Any]:
@@ -133,7 +119,7 @@ ENDS = {
 @pytest.mark.parametrize("case", list(CASES))
 async def test_direct_driver_matches_langgraph(case: str, library: dict[str, Persona]) -> None:
     persona, subject, severity, kw = CASES[case]
-    spec = spec_of(library[persona], subject, severity, **kw)
+    spec = session_spec(library[persona], subject, severity, **kw)
     via_graph = await simulate(spec, library, "langgraph")
     direct = await simulate(spec, library, "direct")
     assert comparable(direct) == comparable(via_graph)
@@ -147,7 +133,7 @@ def budget_after(reads: int) -> Callable[[], bool]:
 
 
 async def test_budget_stop_matches(library: dict[str, Persona]) -> None:
-    spec = spec_of(library["pe-combat-01"], "scripted:adherent", questionnaires=False)
+    spec = session_spec(library["pe-combat-01"], "scripted:adherent", questionnaires=False)
     via_graph = await simulate(spec, library, "langgraph", over_budget=budget_after(4))
     direct = await simulate(spec, library, "direct", over_budget=budget_after(4))
     assert via_graph.termination_reason == TerminationReason.BUDGET_EXHAUSTED
@@ -172,7 +158,7 @@ def deps_of(spec: SessionSpec, library: dict[str, Persona], gateway: Gateway) ->
 @pytest.mark.parametrize("limit", [1, 2, 5])
 async def test_recursion_limit_matches(limit: int, library: dict[str, Persona]) -> None:
     """Both stop after ``limit`` node runs with LangGraph's error, having run the same nodes."""
-    spec = spec_of(library["pe-combat-01"], "scripted:adherent", questionnaires=False)
+    spec = session_spec(library["pe-combat-01"], "scripted:adherent", questionnaires=False)
     gateway = Gateway(GatewayConfig(cache_enabled=False))
     calls = []
     try:
@@ -194,7 +180,9 @@ async def test_recursion_limit_matches(limit: int, library: dict[str, Persona]) 
 
 async def test_final_state_matches(library: dict[str, Persona]) -> None:
     """``drive`` returns the state ``ainvoke`` returns: the same keys and values."""
-    spec = spec_of(library["cbt-sleep-01"], "scripted:adherent", "routine", questionnaires=False)
+    spec = session_spec(
+        library["cbt-sleep-01"], "scripted:adherent", "routine", questionnaires=False
+    )
     gateway = Gateway(GatewayConfig(cache_enabled=False))
     finals = []
     try:
@@ -220,7 +208,7 @@ async def test_final_state_matches(library: dict[str, Persona]) -> None:
 async def test_engine_from_the_environment(
     library: dict[str, Persona], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = spec_of(library["pe-combat-01"], "scripted:null", max_turns=2, questionnaires=False)
+    spec = session_spec(library["pe-combat-01"], "scripted:null", max_turns=2, questionnaires=False)
     seen: list[str] = []
     original = session_graph().ainvoke
 
