@@ -4,8 +4,11 @@
 :class:`Appraisal`, through the gateway) but generalises beyond its phrases: one-vs-rest logistic
 regressions (scikit-learn, liblinear, fixed seeds) over word 1–2-grams, character 2–5-grams
 (robust to paraphrase, inflection and the Spanish, German and French replies of the gold set),
-one-hot modality, phase kind and risk, reply-length features, and the lexicon's own hits as
-features. Per-code decision thresholds are chosen by 5-fold cross-validation on the same data.
+a second copy of the word n-grams live only inside imaginal exposure and hot spots (action advice
+means something else inside the memory), one-hot modality, phase kind and risk, reply-length and
+voice features (first vs second person, questions, a reply cut off mid-sentence), the echo of the
+patient's line, and the lexicon's and cue files' hits as features. Per-code decision thresholds
+are chosen by 5-fold cross-validation on the same data.
 
 It trains on the **dev split of the shipped gold set only** (:func:`training_turns`), at first
 use, and caches the fitted coder under ``$THERASIM_HOME/statcoder/`` keyed on the training data,
@@ -54,7 +57,7 @@ __all__ = [
     "training_turns",
 ]
 
-CODER_VERSION = 3
+CODER_VERSION = 4
 _CODES = tuple(BehaviourCode)
 _KINDS = tuple(PhaseKind)
 _RISKS = tuple(RiskLevel)
@@ -129,6 +132,33 @@ def _echo(text: str, patient: str) -> list[float]:
     return [len(words & set(mine)) / len(words), len(shared_pairs) / len(pairs) if pairs else 0.0]
 
 
+# first and second person in the gold set's languages (English, Spanish, German, French)
+_FIRST_WORDS = (
+    "i i'm i've i'd i'll me my mine myself yo mi mí conmigo ich mich mir mein meine "
+    "je moi mon ma mes"
+)
+_SECOND_WORDS = (
+    "you you're you've you'd you'll your yours yourself tú tu te ti usted su du dich dir dein "
+    "deine sie ihr ihnen vous toi ton ta tes votre vos"
+)
+_FIRST, _SECOND = frozenset(_FIRST_WORDS.split()), frozenset(_SECOND_WORDS.split())
+_TOKEN = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+_ENDS = frozenset('.!?…)"”’:*')
+
+
+def _voice(text: str) -> list[float]:
+    """Who the reply speaks as and whether it ends: the share of first- and second-person
+    words (a reply in the patient's voice is mostly 'I'), questions, and a reply that stops
+    without closing punctuation (truncated)."""
+    tokens = [t.lower().replace("’", "'") for t in _TOKEN.findall(text)]
+    n = max(len(tokens), 1)
+    first = sum(t in _FIRST for t in tokens) / n
+    second = sum(t in _SECOND for t in tokens) / n
+    stripped = text.rstrip()
+    open_end = 1.0 if stripped and stripped[-1] not in _ENDS and not stripped[-1].isdigit() else 0.0
+    return [first, second, 1.0 if first > second else 0.0, min(text.count("?"), 3) / 3, open_end]
+
+
 def _feature_row(
     text: str,
     patient: str,
@@ -146,6 +176,7 @@ def _feature_row(
     row += [1.0 if risk == r else 0.0 for r in _RISKS]
     row += [1.0 if words == 0 else 0.0, 1.0 if words <= 5 else 0.0, math.log1p(words) / 6]
     row += _echo(text, patient)
+    row += _voice(text)
     lexical, cued = set(lexicon_codes), set(cue_codes)
     row += [1.0 if c in lexical else 0.0 for c in _CODES]
     row += [1.0 if c.value in cued else 0.0 for c in _CODES]
@@ -177,6 +208,7 @@ class StatisticalCoder:
         which cost about five times the arithmetic on a short text (tests hold the two equal)."""
         out = self.bias.copy()
         offset = 0
+        word_part: tuple[np.ndarray, np.ndarray] | None = None
         for vectoriser in (self.word, self.char):
             analyse, vocabulary, idf = _tfidf_parts(vectoriser)
             counts: dict[int, int] = {}
@@ -190,8 +222,16 @@ class StatisticalCoder:
                 values = (np.log(tf) + 1.0) * idf[columns]  # sublinear tf × idf, then l2
                 values /= np.sqrt(values @ values)
                 out += values @ self.weights_t[offset + columns]
+                if vectoriser is self.word:
+                    word_part = (columns, values)
             offset += len(idf)
-        return cast(np.ndarray, out + np.asarray(dense, dtype=np.float64) @ self.weights_t[offset:])
+        n_words = len(_tfidf_parts(self.word)[2])
+        row = np.asarray(dense, dtype=np.float64)
+        if word_part is not None and _in_exposure(row[None, :])[0]:
+            columns, values = word_part
+            out += values @ self.weights_t[offset + columns]
+        offset += n_words
+        return cast(np.ndarray, out + row @ self.weights_t[offset:])
 
     @functools.cached_property
     def weights_t(self) -> np.ndarray:
@@ -256,11 +296,23 @@ def _tfidf_parts(vectoriser: Any) -> tuple[Any, dict[str, int], np.ndarray]:
     return vectoriser.build_analyzer(), vectoriser.vocabulary_, vectoriser.idf_
 
 
+#: Dense columns of the exposure phase kinds (after the two modality columns): the word n-grams
+#: get a second copy that is live only there, so "keep your head down" can weigh differently
+#: inside the memory than in a wrap-up.
+_EXPOSURE_COLUMNS = [2 + i for i, k in enumerate(_KINDS) if k.is_exposure]
+
+
+def _in_exposure(dense: np.ndarray) -> np.ndarray:
+    return cast(np.ndarray, dense[:, _EXPOSURE_COLUMNS].sum(axis=1) > 0)
+
+
 def _matrix(word: Any, char: Any, texts: Sequence[str], dense: np.ndarray) -> Any:
     from scipy import sparse
 
+    words = word.transform(texts)
+    exposure = sparse.diags(_in_exposure(dense).astype(np.float64))
     return sparse.hstack(
-        [word.transform(texts), char.transform(texts), sparse.csr_matrix(dense)], format="csr"
+        [words, char.transform(texts), exposure @ words, sparse.csr_matrix(dense)], format="csr"
     )
 
 
