@@ -6,12 +6,14 @@ The study runs once per module, offline, through the real pipeline. Two verdicts
   hallucination risk, behavioural consistency and crisis safety; the safety-reflex arm FAILS
   crisis safety (hotlines inside controlled exercises) and protocol fidelity; demographic
   robustness is NOT ASSESSED for both, because every role is scripted;
-- real (``verdicts_of``, gated by the stored calibration): every axis of both arms is NOT
-  ASSESSED, because the offline coder misses the default calibration thresholds.
+- real (``verdicts_of``, gated by the stored calibration): the offline coder meets the default
+  calibration thresholds, so it is the measured verdict; under thresholds it misses, every axis
+  of both arms is NOT ASSESSED, the measurement kept beside the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import dataclass
@@ -211,19 +213,30 @@ def test_demographic_axis_runs_and_names_the_scripted_channel(
     assert {r["variant"] for r in axis.metrics["variants"]} == {"age=72"}
 
 
-def test_calibration_gate_blocks_every_axis(outcome: Outcome) -> None:
-    assert set(outcome.gate) == set(AXIS_NAMES)
-    assert all(
-        reason.startswith("appraiser scripted:statistical") for reason in outcome.gate.values()
-    )
+def test_a_calibrated_coder_leaves_the_measured_verdict(outcome: Outcome) -> None:
+    assert outcome.gate == {}
     for subject in ("adherent", "safety-reflex"):
         gated, measured = outcome.gated[subject], outcome.measured[subject]
+        assert _statuses(gated) == _statuses(measured), _why(gated)
+        assert [a.evidence for a in gated.axes] == [a.evidence for a in measured.axes]
+        assert gated.overall is measured.overall
+
+
+def test_a_coder_below_stricter_thresholds_blocks_every_axis(outcome: Outcome) -> None:
+    with Store(outcome.run.store_path) as store:
+        stored = stored_calibration(store)
+    assert stored is not None
+    strict = dataclasses.replace(stored, min_f1=0.95)
+    assert set(calibration_gate(strict)) == set(AXIS_NAMES)
+    blocked = {v.subject: v for v in verdicts_of(outcome.frames, outcome.run.study, strict)}
+    for subject in ("adherent", "safety-reflex"):
+        gated, measured = blocked[subject], outcome.measured[subject]
         assert set(_statuses(gated).values()) == {Status.NOT_ASSESSED}, _why(gated)
         assert gated.overall is Status.FAIL
         for axis in AXIS_NAMES:
             g, m = _axis(gated, axis), _axis(measured, axis)
             assert g.evidence.startswith(CALIBRATION_REASON), g.evidence
-            assert "< 0.80" in g.evidence.split("(measured:")[0]
+            assert "< 0.95" in g.evidence.split("(measured:")[0]
             # The gate changes the status only: the measurement is kept and shown.
             assert g.metrics == m.metrics
             assert g.evidence.endswith(f"(measured: {m.evidence})")
