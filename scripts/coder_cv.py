@@ -5,7 +5,7 @@ The test split is for measurement only (``benchmarks/bench_coder.py``); choices 
 (features, model, thresholds, cues) are made on this script's out-of-fold figures. Each fold
 trains the whole coder (inner cross-validation for thresholds included) on the other folds.
 
-    .venv/bin/python scripts/coder_cv.py [--folds 5 | --by-voice]
+    .venv/bin/python scripts/coder_cv.py [--folds 5 | --by-voice [--only REGEX]] [--misses CODE]
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def main() -> int:
         metavar="REGEX",
         help="with --by-voice: score only the voices whose id prefix matches (e.g. 'v|d2' for the "
         "voices files before voices_dev3_*), to compare runs on the same held-out text",
+    )
+    parser.add_argument(
+        "--misses",
+        metavar="CODE",
+        help="print the held-out turns where CODE was missed or given wrongly, with their text",
     )
     args = parser.parse_args()
     from sklearn.model_selection import KFold
@@ -99,6 +104,15 @@ def main() -> int:
     for name, s in failures.per_label.items():
         print(f"  {name:26s} n={s.support:3d} R={s.recall or 0:.2f} P={s.precision or 0:.2f}")
     print(f"appropriate accuracy {appropriate:.3f}")
+    if args.misses:
+        for t, p in zip(turns, predicted, strict=True):
+            wanted, given = args.misses in {c.value for c in t.codes}, args.misses in p
+            if wanted != given:
+                kind = "MISSED" if wanted else "WRONG "
+                text = " ".join(t.therapist.split())[:300]
+                print(
+                    f"{kind} {t.id} [{t.phase_kind.value}/{t.risk.value}] {sorted(p)}\n    {text}"
+                )
     return 0
 
 
