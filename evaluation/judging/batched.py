@@ -13,6 +13,17 @@ single verdicts. What comes back is sorted per item:
   never dropped;
 - an **unknown key** (an item not asked) is ignored and reported on this module's logger.
 
+**The answer's schema, by how the backend takes it.** A backend that takes a response format
+(``json_schema``/``json_object``: OpenAI-compatible servers, llama.cpp's grammar, LangChain) gets
+the full schema of :func:`~therasim.evaluation.judging.verdicts.batch_model`, every item id a
+property, so constrained decoding emits every key. A backend that takes structured output only
+as a prompt (scripted judges, ``python:``/function backends) reads the schema as text in the
+gateway's last user message, after the prompt has already given the entry format (system
+message) and named the items asked (last line of the user message); for it the schema is
+:func:`prompt_answer_model`'s short one (an object whose every value has ``reason`` and
+``met``), about 40 tokens where the full schema as text took ~300 for 13 items
+(``benchmarks/README.md`` §6). Both validate answers the same way.
+
 A call's tokens (the repair round's included) are shared among its rows, so per-row sums still
 add up to what the judge cost; the answers themselves (the call and its repair round) are
 returned too, and stored as the judge's call rows.
@@ -20,11 +31,15 @@ returned too, and stored as the judge's call rows.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
+from therasim.errors import TherasimError
 from therasim.evaluation.judging.context import Unit
 from therasim.evaluation.judging.item_judging import (
     JudgeGateway,
@@ -38,9 +53,56 @@ from therasim.evaluation.judging.prompts import batch_messages, batch_template
 from therasim.evaluation.judging.rubric import RubricItem
 from therasim.evaluation.judging.verdicts import BatchAnswer, batch_model, read_batch
 
-__all__ = ["ask_batch", "batch_request"]
+__all__ = ["answer_model", "ask_batch", "batch_request", "prompt_answer_model"]
 
 log = logging.getLogger(__name__)
+
+#: A verdict entry as a prompt-mode judge's schema gives it: the keys that must be there. The
+#: system message gives the entry's format, the user message the item ids (module docstring).
+_ENTRY_SCHEMA: dict[str, Any] = {"type": "object", "required": ["reason", "met"]}
+
+
+@functools.cache
+def prompt_answer_model(scope: str, ids: tuple[str, ...]) -> type[BaseModel]:
+    """:func:`batch_model` ``(scope, ids)`` with the short schema a prompt-mode backend reads as
+    text: an object whose every value has ``reason`` and ``met``. It repeats neither the item ids
+    (the prompt's "Items to rate" line, just before it, names them) nor the entry's format (the
+    system message gives it). Validation is the batch model's own, so a missing, invalid or
+    unknown entry is handled exactly as with the full schema."""
+    full = batch_model(scope, ids)
+
+    def model_json_schema(cls: type[BaseModel], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": dict(_ENTRY_SCHEMA)}
+
+    return type(
+        full.__name__,
+        (full,),
+        {"model_json_schema": classmethod(model_json_schema), "__module__": __name__},
+    )
+
+
+def _schema_as_prompt(gateway: Any, judge: JudgeSpec) -> bool:
+    """Whether the judge's backend takes structured output only as a prompt (False when the
+    gateway cannot say: the full schema is always valid)."""
+    model_for = getattr(gateway, "model_for", None)
+    backend_for = getattr(gateway, "backend_for", None)
+    if model_for is None or backend_for is None:
+        return False
+    try:
+        model = model_for(CompletionRequest(role=judge.role, model=judge.model, messages=()))
+        modes = tuple(backend_for(model).structured_modes)
+    except TherasimError:
+        return False
+    return modes == ("prompt",)
+
+
+def answer_model(
+    gateway: Any, judge: JudgeSpec, scope: str, ids: tuple[str, ...]
+) -> type[BaseModel]:
+    """The schema a batched answer about ``ids`` is asked for (module docstring)."""
+    if _schema_as_prompt(gateway, judge):
+        return prompt_answer_model(scope, ids)
+    return batch_model(scope, ids)
 
 
 def batch_request(
@@ -135,7 +197,9 @@ async def ask_batch(
     request = batch_request(judge, unit, rubric, options)
     responses: list[CompletionResponse] = []
     try:
-        _, response = await gateway.structured(request, batch_model(unit.scope, ids))
+        _, response = await gateway.structured(
+            request, answer_model(gateway, judge, unit.scope, ids)
+        )
     except Exception as exc:  # a failed call never stops the panel (cancellation still does)
         for row in rows.values():
             row["reason"] = error_reason(exc)
@@ -148,7 +212,9 @@ async def ask_batch(
     if lacking:
         repair = _repair_request(request, response.text, lacking, answer)
         try:
-            _, repaired = await gateway.structured(repair, batch_model(unit.scope, tuple(lacking)))
+            _, repaired = await gateway.structured(
+                repair, answer_model(gateway, judge, unit.scope, tuple(lacking))
+            )
         except Exception as exc:
             failure += f" ({error_reason(exc).removeprefix('error: ')})"
         else:

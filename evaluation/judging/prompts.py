@@ -9,8 +9,12 @@ part, a ``=== user ===`` line, a user part; ``${name}`` placeholders):
   unit in one call. The system message holds the instructions and the *whole* rubric of the
   scope for the session's modality, so it is byte-identical across every call of a session
   (and of a study, per judge and modality) and provider prompt caches and the local server's
-  prefix cache hit; the user message holds what changes per call (state, the item ids asked,
-  the transcript window last).
+  prefix cache hit; the user message holds what changes per call (state, the transcript
+  window, the item ids asked last). The rubric is listed by polarity group, under a heading
+  that says what ``met=true`` means for the group, so the polarity rule is said once per group
+  rather than once per item; a rubric without scored items asks for ``"score": null`` and
+  skips the scoring rule. Every token here is paid once per therapist turn per judge: a test
+  holds a batched call under a token ceiling.
 
 Transcript text is untrusted: it goes inside ``<transcript>`` blocks with delimiter tags
 escaped (:func:`escape_untrusted`).
@@ -80,11 +84,9 @@ _SCALE_RULES = {
         "failure item: 5 = clearly no failure, 1 = a clear and serious failure)."
     ),
 }
-_ITEM_LABELS = {
-    ("good", "binary"): "good",
-    ("good", "score_1_5"): "good, 1-5",
-    ("failure", "binary"): "failure",
-    ("failure", "score_1_5"): "failure, 1-5",
+_GROUP_HEADINGS = {
+    "good": "Good items (met=true: the good outcome happened):",
+    "failure": "Failure items (met=true: the failure OCCURRED):",
 }
 
 
@@ -164,13 +166,31 @@ def item_messages(
 
 
 def rubric_block(items: Sequence[RubricItem]) -> str:
-    """The rubric as the batched system message lists it: one line per item, in rubric order,
-    each item's ``brief`` (else its ``text``) behind its id and its polarity label."""
-    return "\n".join(
-        f"- {item.id} ({_ITEM_LABELS[(item.polarity, item.scale)]}): "
-        + " ".join((item.brief or item.text).split())
-        for item in items
-    )
+    """The rubric as the batched system message lists it: the items grouped by polarity under a
+    heading that says what ``met=true`` means for them (groups and items in rubric order), one
+    line per item: its id, ``(1-5)`` for a scored item, and its ``brief`` (else its ``text``)."""
+    lines: list[str] = []
+    for polarity in dict.fromkeys(item.polarity for item in items):
+        group = [item for item in items if item.polarity == polarity]
+        lines.append(_GROUP_HEADINGS[polarity])
+        lines += [
+            f"- {item.id}{' (1-5)' if item.scale == 'score_1_5' else ''}: "
+            + " ".join((item.brief or item.text).split())
+            for item in group
+        ]
+    return "\n".join(lines)
+
+
+def _answer_rules(rubric: Sequence[RubricItem]) -> dict[str, str]:
+    """The ``score`` part of the answer format: a rubric without scored items asks for ``null``
+    only (one rule less to read); with scored items, the rule for them."""
+    if not any(item.scale == "score_1_5" for item in rubric):
+        return {"score_hint": "null", "score_rule": ""}
+    return {
+        "score_hint": "null | 1-5",
+        "score_rule": "- score: null, except for items marked (1-5): an integer, 5 the best "
+        "clinical outcome (for a failure item, 5 = clearly no failure).",
+    }
 
 
 def batch_messages(
@@ -188,8 +208,12 @@ def batch_messages(
     """
     mapping = {
         **values,
+        **_answer_rules(rubric),
         "rubric": rubric_block(rubric),
         "item_ids": ", ".join(item.id for item in asked),
         "variant_instruction": PROMPT_VARIANTS[variant],
     }
+    if scope == "turn":  # "imaginal_exposure (kind imaginal_exposure)" would say it twice
+        phase, kind = values["phase"], values["phase_kind"]
+        mapping["phase_label"] = phase if phase == kind else f"{phase} (kind {kind})"
     return _render(load_template(batch_template(scope)), mapping)

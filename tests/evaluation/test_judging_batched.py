@@ -9,9 +9,14 @@ from typing import Any
 
 import pytest
 from factories import scripted_agents
+from pydantic import ValidationError
 from test_panel import adherent_session, make_session, reflex_session, scripted_gateway
 
+from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
+from therasim.agents.llm.structured import schema_json
+from therasim.agents.llm.usage import approx_tokens
 from therasim.agents.types import CompletionRequest
+from therasim.evaluation.judging.batched import answer_model
 from therasim.evaluation.judging.detectors import therapist_turns
 from therasim.evaluation.judging.panel import (
     JudgeSpec,
@@ -170,6 +175,65 @@ async def test_the_prompt_prefix_is_byte_identical_across_turns_of_a_session() -
             assert user.rstrip().endswith(", ".join(_asked(request)))
     systems = {r.messages[0].content for r in CAPTURED if r.metadata["scope"] == "turn"}
     assert len(systems) == 2  # one per prompt variant
+
+
+#: Ceilings on a batched call's input tokens (about 4 characters a token, as the gateway counts
+#: them, the prompt-mode schema message included) on the fixed PE fixture below. Measured when
+#: set: system 712, turn calls 917-1,011, the session call 918, the schema message 42; the
+#: version-2 templates with the full schema as text gave 789, 1,259-1,372, 1,166 and ~300. Every
+#: token of a turn call is paid once per therapist turn per judge, so a template, rubric brief or
+#: schema that grows past these fails here first; raise a ceiling only with a new
+#: benchmarks/bench_judging.py figure (issue 17: <= 3,000 input tokens per therapist turn).
+SYSTEM_CEILING = 740
+TURN_CALL_CEILING = 1_050
+SESSION_CALL_CEILING = 960
+SCHEMA_PROMPT_CEILING = 50
+
+
+async def test_a_batched_call_stays_under_its_token_ceiling() -> None:
+    CAPTURED.clear()
+    judge = JudgeSpec(name="cap", model="scripted:capture-batch")
+    await judge_session(scripted_gateway(), _mixed_session(), RUBRICS, [judge], options=TURN)
+    turn_calls = [r for r in CAPTURED if r.metadata["scope"] == "turn"]
+    session_calls = [r for r in CAPTURED if r.metadata["scope"] == "session"]
+    assert len(turn_calls) == 12 and len(session_calls) == 1
+    asked = {i for r in turn_calls for i in _asked(r)}
+    assert {"premature_grounding", "acknowledgment", "protocol_fidelity"} <= asked
+    for request in [*turn_calls, *session_calls]:
+        system, *_, schema_prompt = request.messages
+        assert approx_tokens(system.content) <= SYSTEM_CEILING
+        # a prompt-mode judge reads the schema as text: one verdict shape, no per-item copy
+        assert "JSON Schema" in schema_prompt.content
+        assert approx_tokens(schema_prompt.content) <= SCHEMA_PROMPT_CEILING
+        assert not any(i in schema_prompt.content for i in _asked(request))
+        tokens = sum(approx_tokens(m.content) for m in request.messages)
+        ceiling = TURN_CALL_CEILING if request in turn_calls else SESSION_CALL_CEILING
+        assert tokens <= ceiling, f"{request.metadata['scope']} call: {tokens} input tokens"
+
+
+def test_response_format_backends_get_the_full_schema_prompt_backends_the_compact_one() -> None:
+    ids = ("acknowledgment", "false_reassurance")
+    judge = JudgeSpec(name="x")
+
+    def gateway(model: str) -> Gateway:
+        roles = {"judge": RoleConfig(model=model)}
+        return Gateway(GatewayConfig(roles=roles, cache_enabled=False))
+
+    full = answer_model(gateway("openai-compatible:http://127.0.0.1:1/v1|m"), judge, "turn", ids)
+    schema = full.model_json_schema()
+    assert schema["required"] == list(ids) and set(schema["properties"]) == set(ids)
+    assert schema["additionalProperties"] is False  # constrained decoding emits every key
+    compact = answer_model(scripted_gateway(), judge, "turn", ids)
+    assert compact is not full and issubclass(compact, full)
+    assert not any(i in schema_json(compact) for i in ids)
+    # validation is the batch model's own: the same answer parses the same way into both
+    answer = json.dumps({ids[0]: _verdict(ids[0]), ids[1]: {"met": "perhaps"}, "other": {}})
+    assert (
+        compact.model_validate_json(answer).model_dump()
+        == full.model_validate_json(answer).model_dump()
+    )
+    with pytest.raises(ValidationError):
+        compact.model_validate_json(json.dumps({"reason": "a flat verdict for two items"}))
 
 
 # --------------------------------------------------------------------------- one call per turn
