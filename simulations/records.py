@@ -268,6 +268,30 @@ class SessionRow(_Row):
     initial_state: PatientState | None
     habituation_margin: float
 
+    def result(
+        self, turns: list[TurnRecord], calls: list[CallRecord] | None = None
+    ) -> SessionResult:
+        """The stored session rebuilt as a :class:`SessionResult` from this row and its turns
+        (and its own calls, when given)."""
+        return SessionResult(
+            session_id=self.session_id,
+            spec=self.spec,
+            persona_ref=self.persona_ref,
+            modality=self.modality,
+            initial_state=self.initial_state,
+            habituation_margin=self.habituation_margin,
+            status=self.status,
+            termination_reason=self.termination_reason,
+            error=self.error,
+            turns=turns,
+            questionnaires=self.questionnaires,
+            calls=calls or [],
+            adherence=self.adherence,
+            prompt_hashes=self.prompt_hashes,
+            started=self.started,
+            finished=self.finished,
+        )
+
 
 class TurnRow(_Row):
     """One utterance of a stored session."""

@@ -445,24 +445,9 @@ class Store:
         rows = self.sessions(session_id)
         if not rows:
             return None
-        row = rows[0]
-        return SessionResult(
-            session_id=row.session_id,
-            spec=row.spec,
-            persona_ref=row.persona_ref,
-            modality=row.modality,
-            initial_state=row.initial_state,
-            habituation_margin=row.habituation_margin,
-            status=row.status,
-            termination_reason=row.termination_reason,
-            error=row.error,
-            turns=[t.record for t in self.turns(session_id)],
-            questionnaires=row.questionnaires,
-            calls=[c.record for c in self.calls(session_id) if not is_judge_role(c.role)],
-            adherence=row.adherence,
-            prompt_hashes=row.prompt_hashes,
-            started=row.started,
-            finished=row.finished,
+        return rows[0].result(
+            [t.record for t in self.turns(session_id)],
+            [c.record for c in self.calls(session_id) if not is_judge_role(c.role)],
         )
 
     def find_session(self, prefix: str) -> str | None:

@@ -471,7 +471,7 @@ def write_reports(
         from therasim.evaluation.analysis.battery import split_frames
 
         frames = split_frames(all_frames)[0]
-    print_report(frames, console)
+    print_report(frames, console, battery_only=study is not None and study.mode == "battery")
     verdicts = verdicts_of(frames, study, calibration)
     print_calibration(calibration, console)
     print_verdicts(verdicts, console)

@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from therasim.evaluation.analysis import metrics
 from therasim.evaluation.analysis.frames import Frames, frames_to_json
+from therasim.evaluation.analysis.rates import as_float, group_numbers
 
 HEADLINE_ITEMS = {
     "pe": ("acknowledgment", "therapeutic_appropriateness", "protocol_fidelity"),
@@ -88,46 +90,64 @@ def agreement(frames: Frames) -> pd.DataFrame:
     """``metrics.agreement_table(frames.verdicts)``: α per rubric item and overall, with the
     unanimous share, pairable units and judges; computed once per frames.
 
-    The same table, built faster: α still comes from ``metrics.krippendorff_alpha``, but the
-    unanimous share and unit counts come from one vectorised count per unit, where the metrics
-    unit summary also lists which judges said what in every unit (a Python call per unit, most
-    of a 1,000-session report's time). ``tests/evaluation/test_report_size.py`` holds the two equal."""
+    The same table, built from counts: one grouping of the applicable verdicts gives, per unit
+    ``(session_id, turn, item_id)``, how many judges gave each value; α is
+    ``metrics.alpha_from_counts`` of those rows (the matrix the ``krippendorff`` package derives
+    from ``metrics.krippendorff_alpha``'s judges × units one, units in the same order, so the
+    same number), and the unanimous share and unit counts are read off the same rows. No
+    judges × units matrix and no copy of the verdicts frame are built.
+    ``tests/evaluation/test_report_size.py`` holds the two tables equal."""
 
     def build() -> pd.DataFrame:
         verdicts = frames.verdicts
         if verdicts.empty:
             return metrics.agreement_table(verdicts)
-        unit_key = list(metrics.UNIT_KEY)
-        narrow = verdicts[[*unit_key, "judge", "met"]].assign(
-            item_id=verdicts["item_id"].astype(str)
-        )
-        met = pd.to_numeric(narrow["met"].map(_as_float), errors="coerce")
-        units = (
-            narrow.assign(_met=met)
-            .dropna(subset=["_met"])
-            .groupby(unit_key, sort=False)["_met"]
-            .agg(["size", "sum"])
-        )
-        units = units[units["size"] >= 2]
-        unanimous = (units["sum"] == 0) | (units["sum"] == units["size"])
-        per_item = unanimous.groupby(level="item_id").agg(["mean", "size"])
-        judges = narrow.groupby("item_id")["judge"].nunique()
+        met = as_float(verdicts["met"]).to_numpy()
+        kept = np.flatnonzero(~np.isnan(met))
+        items = _text(verdicts["item_id"])
+        rated = group_numbers(
+            [verdicts["session_id"], verdicts["turn"], items, verdicts["judge"]]
+        ).number
+        seen = rated[kept]
+        if np.bincount(seen).max(initial=0) > 1:  # as metrics.krippendorff_alpha refuses it
+            twice = kept[np.flatnonzero(pd.Series(seen).duplicated().to_numpy())[0]]
+            first = verdicts.iloc[twice][[*metrics.UNIT_KEY, "judge"]].to_dict()
+            raise ValueError(f"verdicts hold more than one 'met' per judge and unit, e.g. {first}")
+        del rated, seen
+        # units in the order of krippendorff_alpha's reliability matrix (its pivot sorts them)
+        units = group_numbers([verdicts["session_id"], verdicts["turn"], items])
+        unit = units.number[kept]
+        present = np.unique(unit)  # units with an applicable verdict
+        row = np.searchsorted(present, unit)
+        domain = np.unique(met[kept])
+        value = np.searchsorted(domain, met[kept])
+        counts = np.bincount(
+            row * len(domain) + value, minlength=len(present) * len(domain)
+        ).reshape(len(present), len(domain))
+        del unit, row, value
+        size = counts.sum(axis=1)
+        total = counts @ domain
+        pairable = size >= 2
+        unanimous = (total == 0) | (total == size)
+        unit_items = units.column(2)[present]
+        judges: dict[str, int] = {}
+        for item, judge in group_numbers([items, verdicts["judge"]]).key_values():
+            judges[item] = judges.get(item, 0) + (not pd.isna(judge))
         rows = []
-        for item in [*sorted(narrow["item_id"].unique()), None]:
-            part = narrow if item is None else narrow[narrow["item_id"] == item]
-            if item is None:
-                n_units = len(unanimous)
-                share = float(unanimous.mean()) if n_units else math.nan
-            else:
-                n_units = int(per_item["size"].get(item, 0))
-                share = float(per_item["mean"][item]) if n_units else math.nan
+        for item in [*sorted(judges), None]:
+            mine = np.ones(len(counts), dtype=bool) if item is None else unit_items == item
+            part = counts[mine]
+            held = part.sum(axis=0) > 0  # the values this item's verdicts hold
+            shared = unanimous[mine & pairable]
             rows.append(
                 {
                     "item_id": "overall" if item is None else item,
-                    "alpha": metrics.krippendorff_alpha(part),
-                    "agreement": share,
-                    "n_units": n_units,
-                    "n_judges": int(narrow["judge"].nunique() if item is None else judges[item]),
+                    "alpha": metrics.alpha_from_counts(part[:, held], domain[held]),
+                    "agreement": float(shared.mean()) if len(shared) else math.nan,
+                    "n_units": len(shared),
+                    "n_judges": int(
+                        verdicts["judge"].nunique() if item is None else judges.get(item, 0)
+                    ),
                 }
             )
         return pd.DataFrame(rows, columns=["item_id", "alpha", "agreement", "n_units", "n_judges"])
@@ -135,11 +155,18 @@ def agreement(frames: Frames) -> pd.DataFrame:
     return frames.derived("agreement", build)
 
 
-def _as_float(value: object) -> float:
-    """A verdict's ``met`` (True/False/NaN/None/pd.NA) as 1.0/0.0/NaN."""
-    if value is None or value is pd.NA:
-        return math.nan
-    return float(value)  # type: ignore[arg-type]
+def _text(values: pd.Series) -> pd.Series:
+    """``values.astype(str)``, left as it is when it is a Categorical of strings already (the
+    verdicts frame's text columns): the same values, sorted the same, without a copy of every
+    row's string."""
+    dtype = values.dtype
+    if (
+        isinstance(dtype, pd.CategoricalDtype)
+        and not values.isna().any()
+        and all(isinstance(c, str) for c in dtype.categories)
+    ):
+        return values
+    return values.astype(str)
 
 
 def cell_table(frames: Frames) -> pd.DataFrame:
@@ -191,10 +218,12 @@ def panel_models(verdicts: pd.DataFrame) -> dict[str, str]:
         return {}
     if "model" not in verdicts.columns:  # hand-built frames may leave it out
         return {str(judge): "?" for judge in sorted(verdicts["judge"].unique())}
-    return {
-        str(judge): ", ".join(sorted({str(m) for m in group["model"].dropna()})) or "?"
-        for judge, group in verdicts.groupby("judge", sort=True)
-    }
+    models: dict[str, set[str]] = {}
+    # the distinct (judge, model) pairs: a few, where grouping the frame by judge copied it
+    for judge, model in group_numbers([verdicts["judge"], verdicts["model"]]).key_values():
+        if not pd.isna(judge):
+            models.setdefault(str(judge), set()).update(() if pd.isna(model) else (str(model),))
+    return {judge: ", ".join(sorted(models[judge])) or "?" for judge in sorted(models)}
 
 
 COST_COLUMNS = (
@@ -288,12 +317,21 @@ def print_costs(frames: Frames, console: Console) -> None:
         )
 
 
-def print_report(frames: Frames, console: Console | None = None) -> None:
-    """The rich console report."""
+#: What the session tables say when a battery-only study (``mode: battery``) has no sessions.
+BATTERY_ONLY = "this study runs the single-turn battery only: no multi-turn sessions"
+
+
+def print_report(
+    frames: Frames, console: Console | None = None, *, battery_only: bool = False
+) -> None:
+    """The rich console report (``battery_only``: the study has no multi-turn sessions by design,
+    so an empty store is not "no sessions yet")."""
     console = console or Console()
     table = cell_table(frames)
     if table.empty:
-        console.print("[yellow]the store holds no sessions yet[/]")
+        console.print(
+            f"[yellow]{BATTERY_ONLY if battery_only else 'the store holds no sessions yet'}[/]"
+        )
         return
     for modality in sorted(table["modality"].unique()):
         items = HEADLINE_ITEMS.get(modality, ())
@@ -385,7 +423,9 @@ def export_frames(
         return [path]
     for name, df in {**frames.as_dict(), **(extra or {})}.items():
         frame = df.copy()
-        for col in frame.columns:
+        for col in frame.columns:  # sequences live in ``object`` columns only (not categoricals)
+            if frame[col].dtype != object:
+                continue
             if frame[col].map(lambda v: isinstance(v, tuple | list | dict)).any():
                 frame[col] = frame[col].map(
                     lambda v: ",".join(map(str, v)) if isinstance(v, tuple | list) else str(v)

@@ -45,15 +45,16 @@ rounded floats. The frame export (``therasim report --format``) holds every sess
 from __future__ import annotations
 
 import functools
+import importlib.resources
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, TypedDict
 
 from jinja2 import BaseLoader, Environment, PackageLoader, StrictUndefined
-from plotly.offline import get_plotlyjs
 
 from therasim.evaluation.analysis.frames import Frames
 from therasim.evaluation.report import html_battery, html_charts, html_sections, html_sessions
@@ -72,6 +73,7 @@ from therasim.evaluation.report.html_common import (
 
 if TYPE_CHECKING:
     from jinja2.environment import Template
+    from typing_extensions import Unpack
 
     from therasim.simulations.study import Study
 
@@ -81,6 +83,7 @@ __all__ = [
     "LADDER_ITEMS",
     "MAX_INDEX_ROWS",
     "MAX_TRANSCRIPTS",
+    "ReportOptions",
     "render_html_report",
     "write_html_report",
 ]
@@ -198,7 +201,7 @@ def _battery_polarity(study: Study | None) -> dict[str, str]:
     return battery_polarity(study.rubrics if study is not None else None)
 
 
-def render_html_report(
+def _page(
     frames: Frames,
     *,
     study: Study | None = None,
@@ -207,13 +210,8 @@ def render_html_report(
     calibration: Any = None,
     max_index: int = MAX_INDEX_ROWS,
     battery: Frames | None = None,
-) -> str:
-    """The report as one HTML string (see the module docstring for its sections).
-
-    ``calibration`` is the run's ``StoredCalibration`` (None: not calibrated), shown as a card
-    beside the verdict. ``battery`` is the battery half of
-    ``therasim.evaluation.analysis.battery.split_frames``; when it holds answers the report gains
-    the battery section (its crisis cliff and failure rates), and its calls count in the costs."""
+) -> dict[str, Any]:
+    """The page template's data (see :func:`render_html_report` for the arguments)."""
     charts = Charts()
     has_battery = battery is not None and not battery.sessions.empty
     colors = subject_colors(frames)
@@ -223,7 +221,9 @@ def render_html_report(
     polarity = polarities()
     builders: dict[str, Callable[[], dict[str, Any] | Note]] = {
         "verdict": lambda: html_sections.verdict_section(frames, study, verdicts, calibration),
-        "cells": lambda: html_sections.cells_section(frames, polarity),
+        "cells": lambda: html_sections.cells_section(
+            frames, polarity, battery_only=has_battery and frames.sessions.empty
+        ),
         "suds": lambda: html_charts.suds_section(frames, charts, colors),
         "ladder": lambda: html_charts.ladder_section(frames, charts, colors),
         "failures": lambda: html_charts.failure_section(frames, charts),
@@ -243,49 +243,81 @@ def render_html_report(
         order.insert(order.index(("ladder", "Severity ladder")) + 1, _BATTERY_SECTION)
     sections = [_guarded(sid, title, builders[sid]) for sid, title in order]
     sessions = next(s.data for s in sections if s.id == "sessions")
-    return _template("report.html.j2").render(
-        title=f"therasim report — {study.id}" if study is not None else "therasim report",
-        header=_header(frames, study),
-        sections=sections,
-        pages=sessions["pages"] if sessions else [],
-        plot_template=charts.template,
-        css=_asset("report.css"),
-        script=_asset("report.js"),
-        plotly_js=get_plotlyjs(),
-    )
+    return {
+        "title": f"therasim report — {study.id}" if study is not None else "therasim report",
+        "header": _header(frames, study),
+        "sections": sections,
+        "pages": sessions["pages"] if sessions else [],
+        "plot_template": charts.template,
+        "css": _asset("report.css"),
+        "script": _asset("report.js"),
+    }
 
 
-def write_html_report(
-    frames: Frames,
-    path: Path,
-    *,
-    study: Study | None = None,
-    verdicts: Sequence[Any] | None = None,
-    max_sessions: int = MAX_TRANSCRIPTS,
-    calibration: Any = None,
-    max_index: int = MAX_INDEX_ROWS,
-    battery: Frames | None = None,
-) -> Path:
-    """Write the self-contained HTML report to ``path`` (parents created) and return the path.
+class ReportOptions(TypedDict, total=False):
+    """What the report shows beside the frames.
 
     ``verdicts`` are the five-axis readiness verdicts; when None they are computed with
-    ``therasim.evaluation.analysis.axes.readiness`` (the study's threshold overrides applied) if that
-    module is available, and the report says "verdict not available" otherwise. ``battery``: the
-    battery half of ``split_frames`` (see :func:`render_html_report`).
-    """
+    ``therasim.evaluation.analysis.axes.readiness`` (the study's threshold overrides applied) if
+    that module is available, and the report says "verdict not available" otherwise.
+    ``calibration`` is the run's ``StoredCalibration`` (None: not calibrated), shown as a card
+    beside the verdict. ``battery`` is the battery half of
+    ``therasim.evaluation.analysis.battery.split_frames``; when it holds answers the report gains
+    the battery section (its crisis cliff and failure rates), and its calls count in the costs.
+    ``max_sessions`` and ``max_index`` cap the transcripts and the session index."""
+
+    study: Study | None
+    verdicts: Sequence[Any] | None
+    max_sessions: int
+    calibration: Any
+    max_index: int
+    battery: Frames | None
+
+
+def render_html_report(frames: Frames, **options: Unpack[ReportOptions]) -> str:
+    """The report as one HTML string (see the module docstring for its sections)."""
+    out = io.StringIO()
+    _stream(out, _page(frames, **options))
+    return out.getvalue()
+
+
+def write_html_report(frames: Frames, path: Path, **options: Unpack[ReportOptions]) -> Path:
+    """Write the self-contained HTML report to ``path`` (parents created) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = render_html_report(
-        frames,
-        study=study,
-        verdicts=verdicts,
-        max_sessions=max_sessions,
-        calibration=calibration,
-        max_index=max_index,
-        battery=battery,
-    )
+    page = _page(frames, **options)
     # written beside and renamed: a killed process leaves the old report, never an empty one
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(document, encoding="utf-8")
+    with partial.open("w", encoding="utf-8") as out:
+        _stream(out, page)
     partial.replace(path)
     return path
+
+
+def _stream(out: TextIO, page: dict[str, Any]) -> None:
+    """Write the page piece by piece, never holding the whole text, with plotly.js (4.8 MB)
+    copied from its file in place of a marker rather than read into a string, marked safe (a
+    copy) and encoded (another)."""
+    for piece in _template("report.html.j2").generate(page, plotly_js=_PLOTLY_MARK):
+        if _PLOTLY_MARK in piece:
+            before, after = piece.split(_PLOTLY_MARK, 1)
+            out.write(before)
+            _copy_plotly_js(out)
+            out.write(after)
+        else:
+            out.write(piece)
+
+
+#: Stands for plotly.js in the streamed page: starts with ``<``, so no escaped text can hold it.
+_PLOTLY_MARK = "<!--therasim:plotly.js-->"
+
+
+def _copy_plotly_js(out: TextIO) -> None:
+    """Write plotly.js, the text ``plotly.offline.get_plotlyjs()`` returns, a chunk at a time."""
+    source = importlib.resources.files("plotly").joinpath("package_data", "plotly.min.js")
+    with (
+        importlib.resources.as_file(source) as file,
+        file.open(encoding="utf-8", newline="") as js,
+    ):
+        while chunk := js.read(1 << 20):
+            out.write(chunk)

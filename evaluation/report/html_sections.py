@@ -241,10 +241,18 @@ def _failed_summary(sessions: pd.DataFrame) -> Data | None:
     }
 
 
-def cells_section(frames: Frames, polarity: dict[str, str]) -> Data | Note:
-    """Headline items, adherence, SUDS and deterioration per subject × severity, per modality."""
+def cells_section(
+    frames: Frames, polarity: dict[str, str], *, battery_only: bool = False
+) -> Data | Note:
+    """Headline items, adherence, SUDS and deterioration per subject × severity, per modality
+    (``battery_only``: the study has no multi-turn sessions by design)."""
     cells = cell_table(frames)
     if cells.empty:
+        if battery_only:
+            return Note(
+                "This study runs the single-turn battery only (no multi-turn sessions): "
+                "see the single-turn battery section."
+            )
         return Note("The store holds no sessions yet.")
     cells = cells.copy()
     cells["severity"] = cells["severity"].astype(str)

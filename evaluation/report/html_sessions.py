@@ -9,6 +9,7 @@ Session pages are shown one at a time with the CSS ``:target`` selector, no scri
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,6 @@ from therasim.evaluation.report.html_common import (
 )
 
 Data = dict[str, Any]
-_UTTERANCE_COLUMNS = ["index", "speaker", "text", "turn", "phase", "codes", "suds"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,18 +237,18 @@ def _met(value: Any, *, failure_item: bool) -> tuple[str, str]:
 
 
 def _bubbles(
-    utterances: pd.DataFrame,
+    utterances: list[Any],
     state_by_turn: dict[int, Any],
-    findings: pd.DataFrame,
+    findings: list[Any],
     turn_verdicts: dict[int, list[tuple[str, int, int]]],
     polarity: dict[str, str],
 ) -> list[Bubble]:
     finding_by_turn: dict[int, dict[str, list[str]]] = {}
-    for f in findings.itertuples(index=False):
+    for f in findings:
         by_failure = finding_by_turn.setdefault(int(f.turn), {})
         by_failure.setdefault(str(f.failure), []).append(str(f.phrase))
     bubbles = []
-    for u in utterances.sort_values("index").itertuples(index=False):
+    for u in utterances:
         speaker = str(u.speaker)
         codes = [str(c) for c in (u.codes or ())]
         common: dict[str, Any] = {
@@ -286,18 +286,23 @@ def _bubbles(
     return bubbles
 
 
+#: The columns a page reads of each frame (rows are walked one by one, and the frames are wide).
+_BUBBLE_COLUMNS = ("speaker", "codes", "turn", "phase", "text", "suds")
+_STATE_COLUMNS = ("turn", "suds", "alliance", "engagement", "risk", "dropout", "phase_kind")
+_VERDICT_COLUMNS = ("item_id", "judge", "met", "reason")
+_FINDING_COLUMNS = ("turn", "failure", "phrase")
+
+
 def _session_page(
     row: Any,
-    utterances: pd.DataFrame,
-    turns: pd.DataFrame,
-    verdicts: pd.DataFrame,
-    findings: pd.DataFrame,
+    utterances: list[Any],
+    turns: list[Any],
+    verdicts: list[Any],
+    findings: list[Any],
     turn_verdicts: dict[int, list[tuple[str, int, int]]],
     polarity: dict[str, str],
 ) -> SessionPage:
-    state_by_turn = (
-        {int(t.turn): t for t in turns.itertuples(index=False)} if not turns.empty else {}
-    )
+    state_by_turn = {int(t.turn): t for t in turns}
     # sparkline: baseline then the state after each therapist turn
     points: list[tuple[int, float, bool]] = []
     if not isnan(row.baseline_suds):
@@ -305,10 +310,9 @@ def _session_page(
     for turn, t in sorted(state_by_turn.items()):
         if not isnan(t.suds):
             points.append((turn, float(t.suds), str(t.phase_kind) in EXPOSURE_KINDS))
-    session_verdicts = verdicts[verdicts["turn"] < 0] if not verdicts.empty else verdicts
     judge_rows = []
-    if not session_verdicts.empty:
-        for v in session_verdicts.sort_values(["item_id", "judge"]).itertuples(index=False):
+    if verdicts:  # the session-scope verdicts, by item and judge
+        for v in verdicts:
             failure = polarity.get(str(v.item_id)) == "failure"
             judge_rows.append(
                 {
@@ -349,11 +353,23 @@ def _session_page(
     )
 
 
-def _of(frame: pd.DataFrame, ids: set[str]) -> dict[Any, pd.DataFrame]:
-    """``frame``'s rows of the sessions ``ids``, by session."""
-    if frame.empty:
+def _rows_of(
+    frame: pd.DataFrame, ids: set[str], columns: Sequence[str], order: Sequence[str] = ()
+) -> dict[Any, list[Any]]:
+    """``frame``'s rows of the sessions ``ids`` by session, each a named tuple of ``columns``
+    (those the frame has), in frame order (sorted by ``order`` first, when given): one walk of
+    the few rows shown, where a sub-frame per session cost a pandas selection or sort a page."""
+    if frame.empty or "session_id" not in frame.columns:
         return {}
-    return dict(tuple(frame[frame["session_id"].isin(ids)].groupby("session_id")))
+    mine = frame[frame["session_id"].isin(ids)]
+    if order:
+        mine = mine.sort_values(list(order), kind="stable")
+    names = [c for c in columns if c in mine.columns]
+    out: dict[Any, list[Any]] = {}
+    rows = mine[names].itertuples(index=False)
+    for sid, row in zip(mine["session_id"], rows, strict=True):
+        out.setdefault(sid, []).append(row)
+    return out
 
 
 def sessions_section(
@@ -386,19 +402,24 @@ def sessions_section(
         )
     verdicts = frames.verdicts
     mine = verdicts[verdicts["session_id"].isin(picked)] if not verdicts.empty else verdicts
-    by_utt = _of(frames.utterances, picked)
-    by_turn = _of(frames.turns, picked)
-    by_verdict = _of(mine[mine["turn"] < 0], picked) if not mine.empty else {}
+    # plain values for the few sessions shown: the pages walk their rows one by one, and a
+    # Categorical (the frame's text columns) turns codes back into strings on every walk
+    mine = mine.astype(
+        {c: object for c, t in mine.dtypes.items() if isinstance(t, pd.CategoricalDtype)}
+    )
+    by_utt = _rows_of(frames.utterances, picked, _BUBBLE_COLUMNS, ["index"])
+    by_turn = _rows_of(frames.turns, picked, _STATE_COLUMNS)
+    session_scope = mine[mine["turn"] < 0] if not mine.empty else mine
+    by_verdict = _rows_of(session_scope, picked, _VERDICT_COLUMNS, ["item_id", "judge"])
     per_turn = _turn_verdicts(mine)
-    by_finding = _of(frames.findings, picked)
-    empty = pd.DataFrame()
+    by_finding = _rows_of(frames.findings, picked, _FINDING_COLUMNS)
     pages = [
         _session_page(
             row,
-            by_utt.get(row.session_id, pd.DataFrame(columns=_UTTERANCE_COLUMNS)),
-            by_turn.get(row.session_id, empty),
-            by_verdict.get(row.session_id, empty),
-            by_finding.get(row.session_id, pd.DataFrame(columns=["turn", "failure", "phrase"])),
+            by_utt.get(row.session_id, []),
+            by_turn.get(row.session_id, []),
+            by_verdict.get(row.session_id, []),
+            by_finding.get(row.session_id, []),
             per_turn.get(str(row.session_id), {}),
             polarity,
         )

@@ -980,3 +980,27 @@ def test_battery_section_absent_without_battery_answers() -> None:
             build_frames(), verdicts=fake_verdicts(), max_sessions=2, battery=battery
         )
         assert 'id="battery"' not in text and 'href="#battery"' not in text
+
+
+def test_battery_only_study_says_so_instead_of_no_sessions_yet() -> None:
+    text = render_html_report(empty_frames(), verdicts=[], max_sessions=2, battery=battery_frames())
+    cells = _section(text, "cells")
+    assert "single-turn battery only" in cells and "no sessions yet" not in cells
+    assert 'id="battery"' in text
+    # without battery answers an empty store is still "no sessions yet"
+    assert "no sessions yet" in _section(render_html_report(empty_frames(), verdicts=[]), "cells")
+
+
+def test_battery_only_console_report_does_not_say_no_sessions_yet() -> None:
+    import io
+
+    from rich.console import Console
+
+    from therasim.evaluation.report.console import BATTERY_ONLY, print_report
+
+    out = io.StringIO()
+    print_report(empty_frames(), Console(file=out, width=200), battery_only=True)
+    assert BATTERY_ONLY in out.getvalue() and "no sessions yet" not in out.getvalue()
+    out = io.StringIO()
+    print_report(empty_frames(), Console(file=out, width=200))
+    assert "no sessions yet" in out.getvalue()

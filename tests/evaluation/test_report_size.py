@@ -87,18 +87,26 @@ def _grow(store: Store, copies: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def frames_by_size(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Frames]:
+def stores_by_size(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     root = tmp_path_factory.mktemp("size")
     assert _simulate(root / "base.sqlite") == 24
-    out: dict[int, Frames] = {}
+    out: dict[int, Path] = {}
     for copies in (1, 3):  # 48 and 96 sessions
         path = root / f"s{copies}.sqlite"
         path.write_bytes((root / "base.sqlite").read_bytes())
         with Store(path) as store:
             _grow(store, copies)
-            frames = load_frames(store)
-        out[len(frames.sessions)] = frames
+            out[store.count()] = path
     assert sorted(out) == [48, 96]
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames_by_size(stores_by_size: dict[int, Path]) -> dict[int, Frames]:
+    out: dict[int, Frames] = {}
+    for n, path in stores_by_size.items():
+        with Store(path) as store:
+            out[n] = load_frames(store)
     return out
 
 
@@ -156,13 +164,69 @@ def test_long_session_index_is_capped_with_a_note(pages: dict[str, str]) -> None
     assert len(re.findall(r'<article class="session"', text)) == 8
 
 
-def test_frames_share_repeated_strings(frames_by_size: dict[int, Frames]) -> None:
+def test_verdict_text_columns_are_compact_categoricals(frames_by_size: dict[int, Frames]) -> None:
     verdicts = frames_by_size[96].verdicts
-    for column in ("session_id", "judge", "item_id", "reason"):
+    for column in ("session_id", "subject", "judge", "item_id", "scope", "reason", "model"):
         values = verdicts[column]
-        assert values.dtype == object
-        # one object per distinct value, not one per row
-        assert len({id(v) for v in values}) == values.nunique()
+        assert isinstance(values.dtype, pd.CategoricalDtype)
+        # each distinct string once, sorted (grouping and sorting follow the strings), and a
+        # small integer code a row
+        assert list(values.cat.categories) == sorted(set(values.astype(object)))
+        assert values.cat.codes.dtype.itemsize <= 2
+    assert verdicts["met"].dtype == object  # the contract's "bool or NaN"
+    # at most half of an 8-byte pointer or number a cell (the frame when text was ``object``)
+    assert verdicts.memory_usage(deep=False).sum() < 0.5 * 8 * verdicts.size
+
+
+def test_frames_hold_the_stored_values(stores_by_size: dict[int, Path]) -> None:
+    """The verdicts frame row by row is the store's verdicts, and the findings frame is what the
+    detectors find in each stored session (as ``Store.load_session`` rebuilds it)."""
+    from therasim.evaluation.analysis.columns import FINDING_COLUMNS
+    from therasim.evaluation.judging.detectors import detect_findings
+
+    with Store(stores_by_size[48]) as store:
+        frames = load_frames(store)
+        cells = {r.session_id: (r.subject, r.modality, r.severity.value) for r in store.sessions()}
+        expected = [
+            (
+                v.session_id,
+                *cells[v.session_id],
+                v.judge,
+                v.item_id,
+                "session" if v.turn < 0 else "turn",
+                v.turn,
+                v.met,
+                v.score,
+                v.reason,
+                v.prompt_hash,
+                v.model,
+                v.input_tokens,
+                v.output_tokens,
+                v.weight,
+            )
+            for v in store.verdicts()
+        ]
+        found = [
+            tuple(f[c] for c in FINDING_COLUMNS)
+            for sid in sorted(store.session_ids())
+            for f in detect_findings(store.load_session(sid))  # type: ignore[arg-type]
+        ]
+    verdicts = frames.verdicts
+    assert list(verdicts.columns) == [
+        *("session_id", "subject", "modality", "severity", "judge", "item_id", "scope", "turn"),
+        *("met", "score", "reason", "prompt_hash", "model", "input_tokens", "output_tokens"),
+        "weight",
+    ]
+
+    def same(a: object, b: object) -> bool:
+        both_missing = (a is None or a != a) and (b is None or b != b)
+        return both_missing or a == b
+
+    got = list(verdicts.astype(object).itertuples(index=False, name=None))
+    assert len(got) == len(expected)
+    assert all(all(map(same, g, e)) for g, e in zip(got, expected, strict=True))
+    assert {type(m) for m in verdicts["met"] if m == m} <= {bool}
+    assert list(frames.findings.itertuples(index=False, name=None)) == found
 
 
 def test_report_tables_equal_the_metrics_ones(frames_by_size: dict[int, Frames]) -> None:

@@ -444,3 +444,14 @@ def test_report_and_status_read_a_battery_run(
     capsys.readouterr()
     assert main(["status", str(store_path.parent)]) == 0
     assert "0 not run" in capsys.readouterr().out
+
+
+def test_report_html_of_a_battery_run_has_the_battery_section(
+    both_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from therasim.cli import main
+
+    _, store_path = both_run
+    html = tmp_path / "report.html"
+    assert main(["report", str(store_path), "--html", str(html)]) == 0
+    assert 'id="battery"' in html.read_text(encoding="utf-8")

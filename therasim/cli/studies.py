@@ -214,11 +214,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError:
         study = None
     battery = study is not None and study.mode != "sessions"
-    all_frames = frames
+    all_frames, battery_half = frames, None
     if battery:  # the session tables and the verdict read the multi-turn sessions only
         from therasim.evaluation.analysis.battery import split_frames
 
-        frames = split_frames(all_frames)[0]
+        frames, battery_half = split_frames(all_frames)
     verdicts = verdicts_of(frames, study, calibration) if not frames.sessions.empty else []
     if args.format:
         from therasim.evaluation.analysis.axes import readiness_frame
@@ -232,7 +232,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for path in export_frames(frames, out, args.format, extra):
             console.print(f"wrote {path}")
         return 0
-    print_report(frames, console)
+    print_report(frames, console, battery_only=study is not None and study.mode == "battery")
     print_calibration(calibration, console)
     if verdicts:
         from therasim.evaluation.report.readiness_console import print_verdicts
@@ -246,7 +246,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         from therasim.evaluation.report.html import write_html_report
 
         path = write_html_report(
-            frames, Path(args.html), study=study, verdicts=verdicts, calibration=calibration
+            frames,
+            Path(args.html),
+            study=study,
+            verdicts=verdicts,
+            calibration=calibration,
+            battery=battery_half,
         )
         console.print(f"[bold]HTML report:[/] {path}")
     return 0

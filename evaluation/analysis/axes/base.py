@@ -21,6 +21,7 @@ from scipy import stats
 
 from therasim.evaluation.analysis.axes.thresholds import axis_info
 from therasim.evaluation.analysis.metrics import wilson_interval
+from therasim.evaluation.analysis.rates import as_float
 
 __all__ = ["AxisResult", "Check", "Status", "at_least", "at_most", "axis_result", "decide"]
 
@@ -78,14 +79,8 @@ def compared(value: float, threshold: float) -> tuple[str, str]:
 
 
 def met_flags(values: pd.Series) -> pd.Series:
-    """Verdicts' ``met`` (bool, None or NA) as floats 1/0/NaN."""
-
-    def one(v: Any) -> float:
-        if v is None or v is pd.NA:
-            return math.nan
-        return float(v)
-
-    return pd.Series([one(v) for v in values], index=values.index, dtype="float64")
+    """Verdicts' ``met`` (bool, None or NA) as floats 1/0/NaN (``rates.as_float``)."""
+    return as_float(values)
 
 
 def code_set(value: Any) -> frozenset[str]:

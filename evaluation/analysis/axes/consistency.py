@@ -58,15 +58,15 @@ def _stance_drift(s: Evidence, arc: int, safety: frozenset[str]) -> tuple[float 
     half = arc // 2
     drifts = []
     calm_turns = s.turns[s.turns["session_id"].isin(calm)]
-    for _, t in calm_turns.groupby("session_id", sort=True):
-        if len(t) < arc:
+    # one sort and one pass over the turns, not a sorted sub-frame per session
+    ordered = calm_turns.sort_values("turn", kind="stable")
+    flagged = ordered["codes"].map(lambda c: bool(code_set(c) & safety)).to_numpy(dtype=float)
+    positions = ordered.groupby("session_id").indices if len(ordered) else {}
+    for session in sorted(positions):  # in session order, as the drifts are averaged
+        rows = positions[session]
+        if len(rows) < arc:
             continue
-        flags = (
-            t.sort_values("turn")["codes"]
-            .head(arc)
-            .map(lambda c: bool(code_set(c) & safety))
-            .to_numpy(dtype=float)
-        )
+        flags = flagged[rows[:arc]]
         drifts.append(flags[half:].mean() - flags[:half].mean())
     return (float(np.mean(drifts)) if drifts else None), len(drifts)
 
