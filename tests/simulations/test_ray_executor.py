@@ -1,5 +1,6 @@
 """``executor: {kind: ray}`` on a local Ray cluster: the same store as the local executor, a
-killed worker loses nothing, and without Ray the study fails fast naming the extra.
+killed worker loses nothing, the budget caps spending, and without Ray the study fails fast
+naming the extra.
 
 The Ray tests share one ``ray.init(num_cpus=2)`` (module fixture; select them with ``-m ray``).
 They are skipped when Ray is not installed; CI installs the extra (``make``).
@@ -19,6 +20,7 @@ import pytest
 from therasim.agents.llm import Gateway
 from therasim.errors import ConfigError
 from therasim.personas import load_library
+from therasim.simulations.records import TerminationReason
 from therasim.simulations.runner import RunStats, executor_override, run_specs
 from therasim.simulations.store import Store
 from therasim.simulations.study import Study, expand, load_study
@@ -43,6 +45,17 @@ def reply(messages):
     return "Let's stay with that memory a little longer. What do you notice right now?"
 """
 
+# A ``python:`` subject slow enough (0.1 s a reply) that the driver's half-second budget reads
+# see the spending grow while sessions are still in flight.
+SLOW = """
+import time
+
+
+def reply(messages):
+    time.sleep(0.1)
+    return "Stay with it. What happens next, and how high is it now, out of 100?"
+"""
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -50,6 +63,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ray = pytest.importorskip("ray")
     modules = tmp_path_factory.mktemp("ray-modules")
     (modules / "ray_killer_subject.py").write_text(KILLER)
+    (modules / "ray_slow_subject.py").write_text(SLOW)
     marker = modules / "killed"
     ray.init(
         num_cpus=2,
@@ -184,6 +198,41 @@ async def test_a_session_that_always_kills_its_worker_is_stored_failed(
         killed.error and "worker running this session died on each of its 1 attempt" in killed.error
     )
     assert (stats.completed, stats.failed, stats.retried) == (1, 1, 1)
+
+
+async def test_the_budget_caps_spending_on_ray(
+    cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once spent, no session starts and those in flight stop at their next turn
+    (``budget_exhausted``); a rerun without the budget then stores exactly what the local
+    executor stores. The overshoot on Ray is up to the driver's half-second read of the workers'
+    spending (docs/scale-out.md), so it is bounded here by the unlimited run, not by one turn."""
+    doc: dict[str, Any] = {
+        "subjects": {"slow": "python:ray_slow_subject:reply"},
+        "repeats": 4,
+        "max_turns": 8,
+        "questionnaires": False,
+        "concurrency": 4,
+    }
+    monkeypatch.syspath_prepend(str(cluster))
+    unlimited = await _run(_quickstart(**doc), tmp_path / "local.sqlite")
+    limit = unlimited.usage.total_tokens // 5
+    ray_doc = doc | {"executor": {"kind": "ray", "workers": 2}}
+    path = tmp_path / "ray.sqlite"
+    stats = await _run(_quickstart(**ray_doc, budget={"max_tokens": limit}), path)
+    with Store(path) as store:
+        rows = store.sessions()
+        spent = store.uncached_totals().total_tokens
+    assert stats.budget_exhausted
+    assert stats.not_started > 0  # no new session once spent
+    assert len(rows) == stats.completed + stats.failed  # what started is stored, once
+    assert limit <= spent < unlimited.usage.total_tokens * 3 // 4
+    stopped = [r for r in rows if r.termination_reason == TerminationReason.BUDGET_EXHAUSTED]
+    assert stopped and all(r.status == "failed" for r in stopped)
+    # a rerun with no budget redoes the stopped and unstarted sessions only
+    final = await _run(_quickstart(**ray_doc), path)
+    assert final.skipped == stats.completed
+    assert _contents(path) == _contents(tmp_path / "local.sqlite")
 
 
 def test_without_ray_the_study_names_the_extra(
