@@ -323,6 +323,27 @@ class CallRow(_Row):
         return trusted(CallRecord, {name: fields[name] for name in CallRecord.model_fields})
 
 
+class CallBatch(_Row):
+    """Consecutive calls as columns (each list holds one field of every row, in order), as
+    :class:`VerdictBatch` is for verdicts: a study judged item by item stores about ten calls a
+    therapist turn, so the calls table is as long as the verdicts."""
+
+    session_id: list[str]
+    idx: list[int]
+    role: list[str]
+    model: list[str]
+    cached: list[bool]
+    latency_s: list[float]
+    input_tokens: list[int]
+    cached_input_tokens: list[int]
+    output_tokens: list[int]
+    cost_usd: list[float | None]
+    attempts: list[int]
+
+    def __len__(self) -> int:
+        return len(self.session_id)
+
+
 class VerdictRow(_Row):
     """One judge's verdict on one rubric item for one unit (a turn, or ``turn = -1``: the
     session)."""

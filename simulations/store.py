@@ -34,6 +34,7 @@ from typing import Any
 from therasim.agents.llm.usage import Totals
 from therasim.errors import ConfigError, redact_secrets
 from therasim.simulations.records import (
+    CallBatch,
     CallRecord,
     CallRow,
     SessionResult,
@@ -127,6 +128,7 @@ _SESSION_JSON = ("spec", "variant", "questionnaires", "adherence", "prompt_hashe
 _CALL_NAMES = tuple(CallRow.model_fields)
 _CALL_FIELDS = ", ".join(_CALL_NAMES)
 _CALL_SET = set(_CALL_NAMES)
+_CALL_GETTERS = [(name, itemgetter(i)) for i, name in enumerate(_CALL_NAMES)]
 _CALL_INSERT = (
     f"INSERT INTO calls ({_CALL_FIELDS}) VALUES ({', '.join(':' + n for n in _CALL_NAMES)})"
 )
@@ -404,6 +406,14 @@ class Store:
             row = dict(zip(_CALL_NAMES, values, strict=True))
             row["cached"] = bool(row["cached"])
             yield trusted(CallRow, row, _CALL_SET)
+
+    def call_batches(self) -> Iterator[CallBatch]:
+        """Every call, in :meth:`calls` order, ``_BATCH`` rows a batch (as columns)."""
+        query = f"SELECT {_CALL_FIELDS} FROM calls ORDER BY session_id, idx"
+        for rows in self._batches(query):
+            columns = {name: list(map(get, rows)) for name, get in _CALL_GETTERS}
+            columns["cached"] = [bool(c) for c in columns["cached"]]
+            yield trusted(CallBatch, columns, _CALL_SET)
 
     def verdicts(self) -> Iterator[VerdictRow]:
         """Every verdict, by session, judge, item and unit (streamed in batches)."""

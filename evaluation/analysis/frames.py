@@ -3,7 +3,7 @@
 Frames follow the column contract in :mod:`therasim.evaluation.analysis.columns` (``SESSION_COLUMNS``,
 ``TURN_COLUMNS``, ``VERDICT_COLUMNS``, ``FINDING_COLUMNS``, the extra columns the reports use,
 and the ordered Categoricals). They are built from the store's typed rows (``Store.sessions``,
-``turns``, ``verdicts``, ``calls``), the store's one read path; metrics are pure functions of
+``turns``, ``verdict_batches``, ``call_batches``), the store's one read path; metrics are pure functions of
 these frames; judging and reporting read the store only.
 
 Cost: the calls frame holds the sessions' calls and their judges' (role ``judge:<name>``); the
@@ -19,7 +19,9 @@ text columns (``session_id``, ``subject``, ``modality``, ``judge``, ``item_id``,
 ``reason``, ``prompt_hash``, ``model``) as pandas Categoricals with their distinct values sorted:
 the same values, one small integer code a row instead of an 8-byte pointer (~25 MB instead of
 ~52 MB at 450,000 rows), and grouping by them needs no hashing of strings. ``met`` stays an
-``object`` column of ``True``/``False``/``NaN`` (the column contract's "bool or NaN").
+``object`` column of ``True``/``False``/``NaN`` (the column contract's "bool or NaN"). The calls
+frame, as long as the verdicts when judging goes item by item, is built the same way from column
+batches (``Store.call_batches``), its text kept as ``object`` pointers to one copy of each string.
 
 The lexical findings are detected on the sessions as they stream past (each session rebuilt
 from its stored row and utterances, without its calls, which the detectors do not read), not
@@ -455,25 +457,55 @@ def _only(batch: VerdictBatch, sessions: Mapping[str, object]) -> VerdictBatch:
     )
 
 
+#: The calls frame's machine-typed columns (``array`` typecodes); the rest are text.
+_CALL_NUMERIC = {
+    "idx": "q",
+    "cached": "b",
+    "latency_s": "d",
+    "input_tokens": "q",
+    "cached_input_tokens": "q",
+    "output_tokens": "q",
+    "cost_usd": "d",
+    "attempts": "q",
+}
+
+
 def _calls(store: Store) -> pd.DataFrame:
-    """Every stored call, streamed (an empty frame when the store holds none)."""
-    out = _Columns(CALL_COLUMNS)
-    share = out.share
-    for c in store.calls():
-        out.add(
-            share(c.session_id),
-            c.idx,
-            share(c.role),
-            share(c.model),
-            c.cached,
-            c.latency_s,
-            c.input_tokens,
-            c.cached_input_tokens,
-            c.output_tokens,
-            c.cost_usd,
-            c.attempts,
-        )
-    return out.frame() if out.rows else pd.DataFrame()
+    """Every stored call, streamed a batch of columns at a time (an empty frame when the store
+    holds none). As for the verdicts, each batch becomes machine values at once (text as codes
+    into one copy of each string), so no Python object per row and column is held: a study
+    judged item by item stores about as many calls as verdicts. The frame is value for value
+    the one a row-by-row build gives: text as ``object``, ``cost_usd`` float with NaN for an
+    unknown price, or ``object`` ``None`` throughout when no call has a price."""
+    text = {c: _Dictionary() for c in CALL_COLUMNS if c not in _CALL_NUMERIC}
+    data: dict[str, array[Any]] = {c: array("i") for c in text}
+    data |= {c: array(t) for c, t in _CALL_NUMERIC.items()}
+    dtypes = {c: np.dtype(a.typecode) for c, a in data.items()}
+    dtypes["cached"] = np.dtype(bool)
+    priced = False
+    for batch in store.call_batches():
+        for column, dictionary in text.items():
+            data[column].frombytes(dictionary.codes(getattr(batch, column)).tobytes())
+        costs = batch.cost_usd
+        priced = priced or any(c is not None for c in costs)
+        for column in _CALL_NUMERIC:
+            values = costs if column == "cost_usd" else getattr(batch, column)
+            dtype = np.float64 if column == "cost_usd" else dtypes[column]
+            data[column].frombytes(np.asarray(values, dtype=dtype).tobytes())  # None -> NaN
+    if not data["idx"]:
+        return pd.DataFrame()
+    out: dict[str, Any] = {}
+    for name in CALL_COLUMNS:  # each buffer is dropped once converted: one column at a time
+        values = np.frombuffer(data.pop(name), dtype=dtypes[name])
+        if name in text:
+            strings = np.array(list(text[name]), dtype=object)
+            out[name] = pd.Series(strings[values], dtype=object)
+        elif name == "cost_usd" and not priced:
+            out[name] = pd.Series(np.full(len(values), None, dtype=object))
+        else:
+            out[name] = values
+        del values
+    return pd.DataFrame(out, columns=list(CALL_COLUMNS), copy=False)
 
 
 def _add_session_costs(sessions: pd.DataFrame, calls: pd.DataFrame) -> None:

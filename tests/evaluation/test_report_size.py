@@ -5,10 +5,12 @@ strings. ``benchmarks/bench_report.py`` measures time and memory at 48 to 960 se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
@@ -227,6 +229,45 @@ def test_frames_hold_the_stored_values(stores_by_size: dict[int, Path]) -> None:
     assert all(all(map(same, g, e)) for g, e in zip(got, expected, strict=True))
     assert {type(m) for m in verdicts["met"] if m == m} <= {bool}
     assert list(frames.findings.itertuples(index=False, name=None)) == found
+
+
+def test_the_calls_frame_holds_the_stored_calls(stores_by_size: dict[int, Path]) -> None:
+    """Built a batch of columns at a time, the calls frame is still every stored call in
+    order, text as ``object`` (one shared copy of each string) and numbers machine-typed."""
+    from therasim.evaluation.analysis.columns import CALL_COLUMNS
+
+    with Store(stores_by_size[96]) as store:
+        calls = load_frames(store).calls
+        expected = [tuple(getattr(c, name) for name in CALL_COLUMNS) for c in store.calls()]
+    assert list(calls.columns) == list(CALL_COLUMNS)
+    assert len(calls) == len(expected) > 96
+    assert calls["role"].str.startswith("judge:").any()  # the judges' calls are rows too
+    assert all(calls[c].dtype == object for c in ("session_id", "role", "model"))
+    assert calls["cached"].dtype == bool and calls["input_tokens"].dtype == np.int64
+    got = list(calls.astype(object).itertuples(index=False, name=None))
+    assert got == expected
+    assert len({id(s) for s in calls["role"]}) == calls["role"].nunique()  # strings shared
+
+
+def test_an_unknown_price_is_nan_and_no_price_at_all_is_none(
+    stores_by_size: dict[int, Path], tmp_path: Path
+) -> None:
+    """``cost_usd`` as a row-by-row build gives it: float with NaN where a price is unknown,
+    ``None`` throughout when no call has one."""
+    import sqlite3
+
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(stores_by_size[48].read_bytes())
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE calls SET cost_usd = NULL WHERE idx = 0")
+    with Store(path) as store:
+        cost = load_frames(store).calls["cost_usd"]
+    assert cost.dtype == np.float64 and cost.isna().sum() == 48 and (cost.dropna() == 0).all()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE calls SET cost_usd = NULL")
+    with Store(path) as store:
+        cost = load_frames(store).calls["cost_usd"]
+    assert cost.dtype == object and set(cost) == {None}
 
 
 def test_report_tables_equal_the_metrics_ones(frames_by_size: dict[int, Frames]) -> None:
