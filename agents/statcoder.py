@@ -1,14 +1,14 @@
 """The statistical coder: a linear model over n-grams, context and the lexicon, trained on gold.
 
 ``scripted:statistical`` codes a therapist turn the way the lexicon does (same output,
-:class:`Appraisal`, through the gateway) but generalises beyond its phrases: one-vs-rest logistic
-regressions (scikit-learn, liblinear, fixed seeds) over word 1–2-grams, character 2–5-grams
-(robust to paraphrase, inflection and the Spanish, German and French replies of the gold set),
-a second copy of the word n-grams live only inside imaginal exposure and hot spots (action advice
-means something else inside the memory), one-hot modality, phase kind and risk, reply-length and
-voice features (first vs second person, questions, a reply cut off mid-sentence), the echo of the
-patient's line, and the lexicon's and cue files' hits as features. Per-code decision thresholds
-are chosen by 5-fold cross-validation on the same data.
+:class:`Appraisal`, through the gateway) but generalises beyond its phrases: one-vs-rest linear
+SVMs (scikit-learn's LinearSVC, balanced class weights, fixed seeds) over word 1–2-grams, character
+2–5-grams (robust to paraphrase, inflection and the Spanish, German and French replies of the gold
+set), a second copy of the word n-grams live only inside imaginal exposure and hot spots (action
+advice means something else inside the memory), one-hot modality, phase kind and risk, reply-length
+and voice features (first vs second person, questions, a reply cut off mid-sentence), the echo of
+the patient's line (its words, word pairs and stems), and the lexicon's and cue files' hits as
+features. Per-code decision thresholds are chosen by 5-fold cross-validation on the same data.
 
 It trains on the **dev split of the shipped gold set only** (:func:`training_turns`), at first
 use, and caches the fitted coder under ``$THERASIM_HOME/statcoder/`` keyed on the training data,
@@ -57,7 +57,7 @@ __all__ = [
     "training_turns",
 ]
 
-CODER_VERSION = 4
+CODER_VERSION = 5
 _CODES = tuple(BehaviourCode)
 _KINDS = tuple(PhaseKind)
 _RISKS = tuple(RiskLevel)
@@ -121,15 +121,29 @@ _WORD = re.compile(r"[^\W\d_]{4,}")
 
 def _echo(text: str, patient: str) -> list[float]:
     """How much of the patient's line the reply takes up (reflections restate it): the share of
-    the patient's content words, and of their word pairs, that recur in the reply."""
+    the patient's content words, and of their word pairs, that recur in the reply; the share of
+    their word stems (first five letters: "exhausted" ~ "exhaustion") that recur in the reply's
+    first sentence, where a reflection usually sits; and the share of the reply's own words
+    that come from the patient's line."""
     theirs = [w.lower() for w in _WORD.findall(patient)]
     if not theirs:
-        return [0.0, 0.0]
+        return [0.0, 0.0, 0.0, 0.0]
     mine = [w.lower() for w in _WORD.findall(text)]
     words = set(theirs)
     pairs = set(itertools.pairwise(theirs))
     shared_pairs = pairs & set(itertools.pairwise(mine))
-    return [len(words & set(mine)) / len(words), len(shared_pairs) / len(pairs) if pairs else 0.0]
+    stems = {w[:5] for w in theirs}
+    first = _FIRST_SENTENCE.match(text)
+    opening = {w.lower()[:5] for w in _WORD.findall(first.group(0) if first else text)}
+    return [
+        len(words & set(mine)) / len(words),
+        len(shared_pairs) / len(pairs) if pairs else 0.0,
+        len(stems & opening) / len(stems),
+        sum(w[:5] in stems for w in mine) / len(mine) if mine else 0.0,
+    ]
+
+
+_FIRST_SENTENCE = re.compile(r"[^.?!\n]*[.?!\n]?")
 
 
 # first and second person in the gold set's languages (English, Spanish, German, French)

@@ -453,6 +453,20 @@ def test_codebook_rules_for_short_and_sympathy_only_replies() -> None:
     assert codebook_rules({challenge}, "Never?", PhaseKind.CBT_CHALLENGE) == {challenge}
 
 
+def test_echo_features_measure_how_much_of_the_patients_line_the_reply_takes_up() -> None:
+    from therasim.agents.statcoder import _echo
+
+    patient = "I am exhausted, I let everyone down again"  # words: exhausted, everyone, down, again
+    reply = "So you feel exhaustion and think everyone is let down. What else?"
+    words, pairs, stems_first, from_patient = _echo(reply, patient)
+    assert words == 2 / 4  # everyone, down (exhaustion is another word)
+    assert pairs == 1 / 3  # "everyone down" (words under four letters are not counted)
+    assert stems_first == 3 / 4  # exhau-, every-, down in the first sentence; not again
+    assert from_patient == 3 / 7  # of feel, exhaustion, think, everyone, down, what, else
+    assert _echo("Stay with it.", patient) == [0.0, 0.0, 0.0, 0.0]
+    assert _echo("Anything.", "") == [0.0, 0.0, 0.0, 0.0]
+
+
 def test_cue_index_finds_exactly_what_searching_every_cue_finds(shipped: list[GoldTurn]) -> None:
     from therasim.agents.statcoder import _cue_spans, load_cues
 
