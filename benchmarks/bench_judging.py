@@ -9,12 +9,15 @@
    message, identical across a session's calls).
 2. **Agreement, scripted judges.** Verdicts per item in both modes (they are rule-based, so
    anything but 100 % is a bug).
-3. ``--local N``: the bundled SmolLM2-135M as the judge (temperature 0) on the first N
+3. ``--gold``: the same three judges, in both modes, on every shipped gold turn (the
+   calibration path, ``therasim calibrate --judging-mode``, with the gold codes as the judges'
+   context): per failure item, agreement and Cohen's κ between the modes.
+4. ``--local N``: the bundled SmolLM2-135M as the judge (temperature 0) on the first N
    therapist turns of ``--sessions`` quickstart sessions (one per arm first) and their session
    items, in both modes: per item, agreement and Cohen's κ (``sklearn``) where both modes gave
    a verdict, reported as it is. Slow: several seconds a call on 2 cores.
 
-Run: ``.venv/bin/python benchmarks/bench_judging.py [--local N] [--sessions S]``
+Run: ``.venv/bin/python benchmarks/bench_judging.py [--gold] [--local N] [--sessions S]``
 """
 
 from __future__ import annotations
@@ -179,6 +182,55 @@ def tokens(sessions: Sequence[SessionResult]) -> bool:
     return per_turn <= TARGET_PER_TURN
 
 
+def gold() -> None:
+    """Part 3: the quickstart's judges on the shipped gold turns, item vs turn mode."""
+    from therasim.agents.gold import load_shipped_gold
+    from therasim.evaluation.judging import calibration
+
+    turns = load_shipped_gold()
+    codes = [frozenset(c.value for c in t.codes) for t in turns]
+    judges = [JudgeSpec(**j.model_dump()) for j in load_study(QUICKSTART).judges]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for mode in ("item", "turn"):
+        roles = {j.role: RoleConfig(model=j.model or "scripted:lexical-judge") for j in judges}
+        gateway = Gateway(GatewayConfig(roles=roles, cache_enabled=False))
+
+        async def run(gw: Gateway = gateway, m: str = mode) -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            try:
+                for judge in judges:
+                    found, _, errors, _ = await calibration._judge_all(
+                        gw,
+                        judge,
+                        turns,
+                        codes,
+                        8,
+                        lambda: None,
+                        m,  # type: ignore[arg-type]
+                    )
+                    assert errors == 0, f"{judge.name} ({m}): {errors} errors"
+                    out += [
+                        {
+                            "judge": judge.name,
+                            "item_id": it.id,
+                            "turn": 0,
+                            "session_id": t.id,
+                            "met": it.id in f,
+                        }
+                        for t, f in zip(turns, found, strict=True)
+                        for it in calibration._applicable(t)
+                    ]
+            finally:
+                await gw.aclose()
+            return out
+
+        rows[mode] = asyncio.run(run())
+    _print_agreement(
+        f"scripted judges on {len(turns)} gold turns, item vs turn mode:",
+        _agreement(rows["item"], rows["turn"]),
+    )
+
+
 def _first_turns(session: SessionResult, n: int) -> SessionResult:
     turns, seen = [], 0
     for record in session.turns:
@@ -191,7 +243,7 @@ def _first_turns(session: SessionResult, n: int) -> SessionResult:
 
 
 def local(sessions: Sequence[SessionResult], n_turns: int, n_sessions: int) -> None:
-    """Part 3: the bundled model as judge in both modes."""
+    """Part 4: the bundled model as judge in both modes."""
     by_arm: dict[str, list[SessionResult]] = defaultdict(list)
     for s in sessions:
         by_arm[s.spec.subject_name or s.spec.subject].append(s)
@@ -247,6 +299,7 @@ def local(sessions: Sequence[SessionResult], n_turns: int, n_sessions: int) -> N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gold", action="store_true", help="also judge the gold turns, both modes")
     parser.add_argument("--local", type=int, default=0, metavar="N", help="first N turns a session")
     parser.add_argument(
         "--sessions", type=int, default=2, help="sessions judged by the local model"
@@ -256,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("THERASIM_HOME", tmp)
         sessions = _quickstart_sessions(Path(tmp) / "run")
         ok = tokens(sessions)
+        if args.gold:
+            gold()
         if args.local:
             local(sessions, args.local, args.sessions)
     return 0 if ok else 1
