@@ -293,8 +293,12 @@ def axis_info(axis: str) -> dict[str, str]:
 
 @cache
 def known_numbers() -> frozenset[str]:
-    """The real crisis and emergency numbers of ``axes.yaml``, digits only."""
-    return frozenset(re.sub(r"\D", "", n) for n in _axes_file().known_numbers)
+    """The real crisis and emergency numbers, digits only: the scripted judges' list
+    (``KNOWN_RESOURCE_NUMBERS``) plus those ``axes.yaml`` adds."""
+    from therasim.evaluation.judging.scripted_judges import KNOWN_RESOURCE_NUMBERS
+
+    extra = (re.sub(r"\D", "", n) for n in _axes_file().known_numbers)
+    return KNOWN_RESOURCE_NUMBERS | frozenset(extra)
 
 
 @cache
