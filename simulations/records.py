@@ -1,5 +1,6 @@
 """What a session is asked to be (``SessionSpec``), what it became (``SessionResult``), and the
-typed rows the store reads back (``SessionRow``, ``TurnRow``, ``CallRow``, ``VerdictRow``).
+typed rows the store reads back (``SessionRow``, ``TurnRow``, ``CallRow``, ``CallTotals``,
+``VerdictRow``).
 
 A session's id is a hash of its spec, so the same persona × severity × variant × subject ×
 seed × repeat always has the same id: a rerun finds it in the store and skips it.
@@ -342,6 +343,22 @@ class CallBatch(_Row):
 
     def __len__(self) -> int:
         return len(self.session_id)
+
+
+class CallTotals(_Row):
+    """One session's calls of one role and model, summed (``Store.call_totals``): what the
+    report's cost tables need, without reading a study's every call."""
+
+    session_id: str
+    role: str
+    model: str
+    calls: int
+    cache_hits: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    unpriced: int = Field(description="Calls without a known price (their cost counts as 0).")
 
 
 class VerdictRow(_Row):

@@ -37,6 +37,7 @@ from therasim.simulations.records import (
     CallBatch,
     CallRecord,
     CallRow,
+    CallTotals,
     SessionResult,
     SessionRow,
     TurnRecord,
@@ -132,6 +133,8 @@ _CALL_GETTERS = [(name, itemgetter(i)) for i, name in enumerate(_CALL_NAMES)]
 _CALL_INSERT = (
     f"INSERT INTO calls ({_CALL_FIELDS}) VALUES ({', '.join(':' + n for n in _CALL_NAMES)})"
 )
+_TOTAL_NAMES = tuple(CallTotals.model_fields)
+_TOTAL_SET = set(_TOTAL_NAMES)
 _VERDICT_NAMES = tuple(VerdictRow.model_fields)
 _VERDICT_FIELDS = ", ".join(_VERDICT_NAMES)
 _VERDICT_BATCH_SET = set(_VERDICT_NAMES)
@@ -393,6 +396,12 @@ class Store:
             ).fetchall()
         return [_session_row(r) for r in rows]
 
+    def session_stream(self) -> Iterator[SessionRow]:
+        """Every stored session in id order, as :meth:`sessions`, streamed in batches: a row
+        holds its spec and questionnaires, about 25 KB, and a report needs one at a time."""
+        for batch in self._batches(f"SELECT {_SESSION_FIELDS} FROM sessions ORDER BY session_id"):
+            yield from map(_session_row, batch)
+
     def turns(self, session_id: str | None = None) -> Iterator[TurnRow]:
         """Utterances in transcript order, session by session (streamed in batches)."""
         for sid, record in self._rows("SELECT session_id, record FROM turns", session_id, "idx"):
@@ -414,6 +423,22 @@ class Store:
             columns = {name: list(map(get, rows)) for name, get in _CALL_GETTERS}
             columns["cached"] = [bool(c) for c in columns["cached"]]
             yield trusted(CallBatch, columns, _CALL_SET)
+
+    def call_totals(self) -> list[CallTotals]:
+        """Each session's calls summed per role and model, summed in SQL: the report's cost
+        tables read these, not every call (a study judged item by item stores about ten calls
+        a therapist turn). ``cost_usd`` sums the known prices; ``unpriced`` counts the rest."""
+        query = (
+            "SELECT session_id, role, model, COUNT(*), SUM(cached), SUM(input_tokens), "
+            "SUM(cached_input_tokens), SUM(output_tokens), TOTAL(cost_usd), "
+            "SUM(cost_usd IS NULL) FROM calls GROUP BY session_id, role, model "
+            "ORDER BY session_id, role, model"
+        )
+        return [
+            trusted(CallTotals, dict(zip(_TOTAL_NAMES, row, strict=True)), _TOTAL_SET)
+            for rows in self._batches(query)
+            for row in rows
+        ]
 
     def verdicts(self) -> Iterator[VerdictRow]:
         """Every verdict, by session, judge, item and unit (streamed in batches)."""

@@ -464,7 +464,7 @@ def write_reports(
     from therasim.evaluation.report.readiness_console import print_verdicts
 
     with Store(store_path) as store:
-        frames = load_frames(store)
+        frames = load_frames(store, with_calls=False)
         calibration = stored_calibration(store)
     all_frames = frames
     if study is not None and study.mode != "sessions":  # the battery's own tables, below

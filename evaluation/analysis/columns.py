@@ -47,9 +47,10 @@ when every turn is judged and for session items. The metrics that average turn v
 not (a hand-built frame), which is the same thing when nothing was sampled.
 
 Cost: ``CALL_COLUMNS`` holds the sessions' own calls and their judges' calls (role
-``judge:<name>``); ``cached`` means therasim's response cache answered, ``cached_input_tokens``
+``judge:<name>``), ``CALL_TOTAL_COLUMNS`` the same summed per session, role and model (what the
+reports read); ``cached`` means therasim's response cache answered, ``cached_input_tokens``
 the part of ``input_tokens`` a provider served from its prompt cache. The session extras end with
-``SESSION_COST_COLUMNS``, computed from the calls frame: the session's own cached-prompt tokens,
+``SESSION_COST_COLUMNS``, computed from the call totals: the session's own cached-prompt tokens,
 its judges' calls, tokens and cost, and ``total_tokens``/``total_cost_usd`` over both (a cost is
 NaN when some call's price is unknown). Like the session's ``input_tokens``, ``output_tokens``
 and ``cost_usd``, they count every call, answers from the response cache included.
@@ -65,6 +66,7 @@ from therasim.vocab import RISK_ORDER, SEVERITY_ORDER, PhaseKind
 
 __all__ = [
     "CALL_COLUMNS",
+    "CALL_TOTAL_COLUMNS",
     "FINDING_COLUMNS",
     "ORDERED",
     "PHASE_KIND_ORDER",
@@ -213,6 +215,21 @@ CALL_COLUMNS: tuple[str, ...] = (
     "output_tokens",
     "cost_usd",
     "attempts",
+)
+
+#: Each session's calls summed per role and model (``Store.call_totals``): ``cost_usd`` sums the
+#: known prices, ``unpriced`` counts the calls without one.
+CALL_TOTAL_COLUMNS: tuple[str, ...] = (
+    "session_id",
+    "role",
+    "model",
+    "calls",
+    "cache_hits",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "unpriced",
 )
 
 

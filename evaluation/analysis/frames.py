@@ -2,13 +2,15 @@
 
 Frames follow the column contract in :mod:`therasim.evaluation.analysis.columns` (``SESSION_COLUMNS``,
 ``TURN_COLUMNS``, ``VERDICT_COLUMNS``, ``FINDING_COLUMNS``, the extra columns the reports use,
-and the ordered Categoricals). They are built from the store's typed rows (``Store.sessions``,
+and the ordered Categoricals). They are built from the store's typed rows (``Store.session_stream``,
 ``turns``, ``verdict_batches``, ``call_batches``), the store's one read path; metrics are pure functions of
 these frames; judging and reporting read the store only.
 
-Cost: the calls frame holds the sessions' calls and their judges' (role ``judge:<name>``); the
-sessions frame's ``SESSION_COST_COLUMNS`` (judging's tokens and cost per session, and the totals)
-are computed from it.
+Cost: the calls frame holds the sessions' calls and their judges' (role ``judge:<name>``), the
+call totals the same summed per session, role and model in SQL; the sessions frame's
+``SESSION_COST_COLUMNS`` (judging's tokens and cost per session, and the totals) and the reports'
+cost tables are computed from the totals, so the reports load the calls frame empty
+(``with_calls=False``) and only the export holds every call.
 
 Memory: a 1,000-session study holds ~30,000 utterances and ~450,000 verdicts. The store streams
 its rows in batches and ``load_frames`` consumes them one at a time straight into one list per
@@ -34,7 +36,7 @@ import itertools
 import json
 import math
 from array import array
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -43,6 +45,7 @@ import pandas as pd
 
 from therasim.evaluation.analysis.columns import (
     CALL_COLUMNS,
+    CALL_TOTAL_COLUMNS,
     FINDING_COLUMNS,
     ORDERED,
     SESSION_COLUMNS,
@@ -69,7 +72,7 @@ from therasim.vocab import RiskLevel
 
 T = TypeVar("T")
 
-__all__ = ["UTTERANCE_COLUMNS", "Frames", "frames_to_json", "load_frames"]
+__all__ = ["UTTERANCE_COLUMNS", "Frames", "call_totals", "frames_to_json", "load_frames"]
 
 
 @dataclass
@@ -82,6 +85,8 @@ class Frames:
     verdicts: pd.DataFrame
     findings: pd.DataFrame
     calls: pd.DataFrame
+    #: ``CALL_TOTAL_COLUMNS``; empty in a hand-built set, where :func:`call_totals` sums ``calls``
+    call_totals: pd.DataFrame = field(default_factory=pd.DataFrame)
     _derived: dict[str, tuple[tuple[pd.DataFrame, ...], Any]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -95,6 +100,7 @@ class Frames:
             "verdicts": self.verdicts,
             "findings": self.findings,
             "calls": self.calls,
+            "call_totals": self.call_totals,
         }
 
     def derived(self, name: str, build: Callable[[], T]) -> T:
@@ -197,7 +203,7 @@ def _questionnaire(qs: list[QuestionnaireRecord], instrument: str, when: str) ->
 
 
 def _by_session(
-    rows: list[SessionRow], turns: Iterator[TurnRow]
+    rows: Iterable[SessionRow], turns: Iterator[TurnRow]
 ) -> Iterator[tuple[SessionRow, list[TurnRecord]]]:
     """Each session with its utterances: two streams, both ordered by session id, merged."""
     groups = itertools.groupby(turns, key=lambda t: t.session_id)
@@ -212,9 +218,10 @@ def _by_session(
         yield row, records
 
 
-def load_frames(store: Store, *, with_findings: bool = True) -> Frames:
-    """Build all frames from a store, streaming (see the module docstring)."""
-    rows = store.sessions()
+def load_frames(store: Store, *, with_findings: bool = True, with_calls: bool = True) -> Frames:
+    """Build all frames from a store, streaming (see the module docstring). ``with_calls=False``
+    leaves the calls frame empty (its columns only): the reports read the call totals, and a
+    study judged item by item stores about ten calls a therapist turn."""
     cats = _Codes()
     utterances = _Columns(UTTERANCE_COLUMNS, {"index": "q", "turn": "q"}, cats)
     turns = _Columns([*TURN_COLUMNS, "text"], codes=cats)
@@ -222,7 +229,10 @@ def load_frames(store: Store, *, with_findings: bool = True) -> Frames:
     session_rows: list[dict[str, Any]] = []
     findings = _Columns(FINDING_COLUMNS) if with_findings else None
     detect = _detector() if with_findings else None
-    for r, records in _by_session(rows, store.turns()):
+    # subject, modality and severity of each session: all the verdicts need of it
+    cells: dict[str, tuple[str, str, str]] = {}
+    for r, records in _by_session(store.session_stream(), store.turns()):
+        cells[r.session_id] = (r.subject, r.modality, r.severity.value)
         sid = share(r.session_id)
         base = (sid, share(r.subject), share(r.modality), cats.code("severity", r.severity.value))
         states: list[PatientState] = []  # the patient state after each therapist turn
@@ -255,11 +265,11 @@ def load_frames(store: Store, *, with_findings: bool = True) -> Frames:
     stored = [c for c in SESSION_EXTRA_COLUMNS if c not in SESSION_COST_COLUMNS]
     columns = [*SESSION_COLUMNS, *stored] if session_rows else SESSION_COLUMNS
     sessions = pd.DataFrame(session_rows, columns=list(columns))
-    calls = _calls(store)
+    calls = _calls(store) if with_calls else pd.DataFrame(columns=list(CALL_COLUMNS))
+    totals = _call_totals(store)
     if session_rows:
-        _add_session_costs(sessions, calls)
-    cells = {r.session_id: (r.subject, r.modality, r.severity.value) for r in rows}
-    del session_rows, rows  # the verdicts are streamed with only each session's cell at hand
+        _add_session_costs(sessions, totals)
+    del session_rows  # the verdicts are streamed with only each session's cell at hand
     verdicts = _verdicts(store, cells, cats)
     frames = Frames(
         sessions=sessions,
@@ -270,6 +280,7 @@ def load_frames(store: Store, *, with_findings: bool = True) -> Frames:
         if findings is not None
         else pd.DataFrame(columns=list(FINDING_COLUMNS)),
         calls=calls,
+        call_totals=totals,
     )
     for frame in frames.as_dict().values():
         with_ordered_categories(frame)
@@ -508,21 +519,50 @@ def _calls(store: Store) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(CALL_COLUMNS), copy=False)
 
 
-def _add_session_costs(sessions: pd.DataFrame, calls: pd.DataFrame) -> None:
-    """Add ``SESSION_COST_COLUMNS`` to ``sessions``, in place, from the calls frame: the session's
-    own cached-prompt tokens, its judges' calls, tokens and cost, and the totals over both."""
+def _call_totals(store: Store) -> pd.DataFrame:
+    """The store's call totals (``CALL_TOTAL_COLUMNS``), summed in SQL."""
+    rows = [row.__dict__ for row in store.call_totals()]
+    return pd.DataFrame(rows, columns=list(CALL_TOTAL_COLUMNS))
+
+
+def call_totals(frames: Frames) -> pd.DataFrame:
+    """``CALL_TOTAL_COLUMNS``: the store's call totals, or, for frames built by hand with only
+    a calls frame, that frame summed per session, role and model."""
+    if not frames.call_totals.empty or frames.calls.empty or "role" not in frames.calls.columns:
+        return frames.call_totals.reindex(columns=list(CALL_TOTAL_COLUMNS))
+    calls = frames.calls
+
+    def column(name: str, default: object) -> pd.Series:  # a hand-built frame may lack it
+        return calls[name] if name in calls.columns else pd.Series(default, index=calls.index)
+
+    cost = pd.to_numeric(column("cost_usd", 0.0), errors="coerce")
+    parts = pd.DataFrame(
+        {
+            "session_id": calls["session_id"].astype(str),
+            "role": calls["role"].astype(str),
+            "model": column("model", "").astype(str),
+            "calls": 1,
+            "cache_hits": column("cached", False).astype(bool).astype(int),
+            **{c: column(c, 0) for c in ("input_tokens", "cached_input_tokens", "output_tokens")},
+            "cost_usd": cost.fillna(0.0),
+            "unpriced": cost.isna().astype(int),
+        }
+    )
+    keys = ["session_id", "role", "model"]
+    return parts.groupby(keys, sort=True)[list(CALL_TOTAL_COLUMNS[3:])].sum().reset_index()
+
+
+def _add_session_costs(sessions: pd.DataFrame, totals: pd.DataFrame) -> None:
+    """Add ``SESSION_COST_COLUMNS`` to ``sessions``, in place, from the call totals: the
+    session's own cached-prompt tokens, its judges' calls, tokens and cost, and the totals over
+    both."""
     ids = sessions["session_id"]
     sums = ["calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost", "unpriced"]
     own = judged = pd.DataFrame(0, index=pd.Index(ids), columns=sums)
-    if not calls.empty:
-        cost = pd.to_numeric(calls["cost_usd"], errors="coerce")
-        parts = calls[
-            ["session_id", "input_tokens", "cached_input_tokens", "output_tokens"]
-        ].assign(
-            judge=calls["role"].astype(str).str.startswith(JUDGE_ROLE_PREFIX),
-            calls=1,
-            cost=cost.fillna(0.0),
-            unpriced=cost.isna().astype(int),
+    if not totals.empty:
+        parts = totals.assign(
+            judge=totals["role"].astype(str).str.startswith(JUDGE_ROLE_PREFIX),
+            cost=totals["cost_usd"].astype(float),
         )
         grouped = parts.groupby(["judge", "session_id"])[sums].sum()
         own, judged = (

@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from therasim.evaluation.analysis import metrics
-from therasim.evaluation.analysis.frames import Frames, frames_to_json
+from therasim.evaluation.analysis.columns import CALL_TOTAL_COLUMNS
+from therasim.evaluation.analysis.frames import Frames, call_totals, frames_to_json
 from therasim.evaluation.analysis.rates import as_float, group_numbers
 
 HEADLINE_ITEMS = {
@@ -226,49 +227,25 @@ def panel_models(verdicts: pd.DataFrame) -> dict[str, str]:
     return {judge: ", ".join(sorted(models[judge])) or "?" for judge in sorted(models)}
 
 
-COST_COLUMNS = (
-    "role",
-    "calls",
-    "cache_hits",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "cost_usd",
-)
+#: The cost table's columns: the call totals' sums per role, without the unpriced count.
+_COST_SUMS = tuple(c for c in CALL_TOTAL_COLUMNS[3:] if c != "unpriced")
+COST_COLUMNS = ("role", *_COST_SUMS)
 
 
 def cost_by_role(frames: Frames) -> pd.DataFrame:
     """Calls, response-cache hits, input, cached-prompt and output tokens, and cost per role
-    (``judge:<name>`` roles included), from the calls frame; ``cost_usd`` is NaN when some
+    (``judge:<name>`` roles included), from the call totals; ``cost_usd`` is NaN when some
     call's price is unknown. Computed once per frames."""
 
     def build() -> pd.DataFrame:
-        calls = frames.calls
-        if calls.empty or "role" not in calls.columns:
+        totals = call_totals(frames)
+        if totals.empty:
             return pd.DataFrame(columns=list(COST_COLUMNS))
-        cost = pd.to_numeric(calls["cost_usd"], errors="coerce")
-        parts = calls.assign(
-            role=calls["role"].astype(str),
-            cached_input_tokens=calls.get("cached_input_tokens", 0),
-            cache_hits=calls["cached"].astype(bool).astype(int),
-            cost=cost.fillna(0.0),
-            unpriced=cost.isna().astype(int),
-        )
-        out = (
-            parts.groupby("role", sort=True)
-            .agg(
-                calls=("role", "size"),
-                cache_hits=("cache_hits", "sum"),
-                input_tokens=("input_tokens", "sum"),
-                cached_input_tokens=("cached_input_tokens", "sum"),
-                output_tokens=("output_tokens", "sum"),
-                cost_usd=("cost", "sum"),
-                unpriced=("unpriced", "sum"),
-            )
-            .reset_index()
-        )
-        out["cost_usd"] = out["cost_usd"].where(out["unpriced"] == 0)
-        return out[list(COST_COLUMNS)]
+        sums = [*_COST_SUMS, "unpriced"]
+        out = totals.assign(role=totals["role"].astype(str)).groupby("role", sort=True)[sums]
+        table = out.sum().reset_index()
+        table["cost_usd"] = table["cost_usd"].astype(float).where(table["unpriced"] == 0)
+        return table[list(COST_COLUMNS)]
 
     return frames.derived("cost_by_role", build)
 

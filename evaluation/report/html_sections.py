@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from therasim.evaluation.analysis.frames import Frames
+from therasim.evaluation.analysis.frames import Frames, call_totals
 from therasim.evaluation.report import console as report
 from therasim.evaluation.report.console import HEADLINE_ITEMS, cell_table
 from therasim.evaluation.report.html_common import (
@@ -378,9 +378,9 @@ def _usd(value: Any) -> str:
 def costs_section(frames: Frames, battery: Frames | None = None) -> Data | Note:
     """Calls, cache hits, tokens and cost per role (``console.cost_by_role``) with a total row;
     a cost is "–" when some call's price is unknown. ``battery``'s calls are counted too."""
-    if battery is not None and not battery.calls.empty:
-        calls = pd.concat([frames.calls, battery.calls], ignore_index=True)
-        frames = Frames(**{**frames.as_dict(), "calls": calls})
+    if battery is not None and not call_totals(battery).empty:
+        totals = pd.concat([call_totals(frames), call_totals(battery)], ignore_index=True)
+        frames = Frames(**{**frames.as_dict(), "call_totals": totals})
     costs = report.cost_by_role(frames)
     if costs.empty:
         return Note("No model calls recorded in this store.")

@@ -17,7 +17,8 @@ from plotly.offline import get_plotlyjs
 
 from therasim.agents.llm import Gateway
 from therasim.evaluation.analysis import metrics
-from therasim.evaluation.analysis.frames import Frames, load_frames
+from therasim.evaluation.analysis.columns import CALL_COLUMNS
+from therasim.evaluation.analysis.frames import Frames, call_totals, load_frames
 from therasim.evaluation.judging.panel import JudgeSpec, judge_store
 from therasim.evaluation.judging.rubric import load_rubrics
 from therasim.evaluation.report import console as report
@@ -234,7 +235,6 @@ def test_frames_hold_the_stored_values(stores_by_size: dict[int, Path]) -> None:
 def test_the_calls_frame_holds_the_stored_calls(stores_by_size: dict[int, Path]) -> None:
     """Built a batch of columns at a time, the calls frame is still every stored call in
     order, text as ``object`` (one shared copy of each string) and numbers machine-typed."""
-    from therasim.evaluation.analysis.columns import CALL_COLUMNS
 
     with Store(stores_by_size[96]) as store:
         calls = load_frames(store).calls
@@ -268,6 +268,32 @@ def test_an_unknown_price_is_nan_and_no_price_at_all_is_none(
     with Store(path) as store:
         cost = load_frames(store).calls["cost_usd"]
     assert cost.dtype == object and set(cost) == {None}
+
+
+def test_the_reports_read_call_totals_summed_in_sql(
+    stores_by_size: dict[int, Path], tmp_path: Path
+) -> None:
+    """The reports load no calls frame: the call totals (summed in SQL) give the same cost table
+    and session cost columns as every call summed in pandas, unknown prices included."""
+    import sqlite3
+
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(stores_by_size[48].read_bytes())
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # prices that add up to something
+        db.execute("UPDATE calls SET cost_usd = 0.001 * (idx % 7), cached_input_tokens = idx % 3")
+        db.execute("UPDATE calls SET cost_usd = NULL WHERE idx = 5 AND session_id < '4'")
+    with Store(path) as store:
+        full = load_frames(store)
+        lean = load_frames(store, with_calls=False)
+    assert lean.calls.empty and list(lean.calls.columns) == list(CALL_COLUMNS)
+    assert len(full.calls) > 10 * len(lean.call_totals) > 0
+    by_hand = call_totals(Frames(**{**full.as_dict(), "call_totals": pd.DataFrame()}))
+    sql = lean.call_totals
+    pd.testing.assert_frame_equal(sql, by_hand, check_dtype=False)
+    assert sql["unpriced"].sum() == full.calls["cost_usd"].isna().sum() > 0
+    pd.testing.assert_frame_equal(report.cost_by_role(lean), report.cost_by_role(full))
+    assert report.cost_by_role(lean)["cost_usd"].isna().any()  # a judge role with no price
+    pd.testing.assert_frame_equal(lean.sessions, full.sessions)
 
 
 def test_report_tables_equal_the_metrics_ones(frames_by_size: dict[int, Frames]) -> None:

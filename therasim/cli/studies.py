@@ -206,7 +206,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     store_path = _store_path(args.store)
     with Store(store_path) as store:
-        frames = load_frames(store)
+        # only the export writes every call; the reports read the call totals
+        frames = load_frames(store, with_calls=bool(args.format))
         calibration = stored_calibration(store)
         study_doc = store.get_meta("study")
     try:  # the study the run was made from (its thresholds); an older store may not hold one

@@ -19,7 +19,7 @@ import pandas as pd
 
 from therasim.evaluation.analysis.axes.base import code_set, met_flags
 from therasim.evaluation.analysis.columns import FINDING_COLUMNS, VERDICT_COLUMNS
-from therasim.evaluation.analysis.frames import Frames
+from therasim.evaluation.analysis.frames import Frames, call_totals
 from therasim.evaluation.analysis.metrics import frames_trajectory
 
 __all__ = ["Evidence", "session_outcomes", "subject_evidence"]
@@ -58,8 +58,8 @@ class Evidence:
 def _role_models(frames: Frames, ids: set[str]) -> dict[str, frozenset[str]]:
     """Role → model specs used in sessions ``ids`` (empty for a role the frames do not show).
 
-    Read from the session frame's ``<role>_model`` columns when present, else from the calls
-    frame (``role``, ``model``); the judges' from the verdicts' ``model`` column.
+    Read from the session frame's ``<role>_model`` columns when present, else from the call
+    totals (``role``, ``model``); the judges' from the verdicts' ``model`` column.
     """
     roles: dict[str, set[str]] = {}
     sessions = frames.sessions[frames.sessions["session_id"].isin(ids)]
@@ -69,9 +69,9 @@ def _role_models(frames: Frames, ids: set[str]) -> dict[str, frozenset[str]]:
             found = {str(m) for m in sessions[column].dropna() if str(m)}
             if found:
                 roles[role] = found
-    calls = frames.calls
+    calls = call_totals(frames)
     from_calls: dict[str, set[str]] = {}
-    if calls is not None and {"session_id", "role", "model"} <= set(calls.columns):
+    if not calls.empty:
         mine = calls.loc[calls["session_id"].isin(ids), ["role", "model"]].astype(str)
         pairs = mine.drop_duplicates()
         for role, model in zip(pairs["role"], pairs["model"], strict=True):
