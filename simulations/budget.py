@@ -52,6 +52,13 @@ def _sent(gateway: Gateway) -> Totals:
     return Totals.sum(gateway.accounting.roles.values())
 
 
+def is_spent(budget: Budget, spent: Totals) -> bool:
+    """Whether ``spent`` reaches the budget's token or cost limit."""
+    return (budget.max_tokens is not None and spent.total_tokens >= budget.max_tokens) or (
+        budget.max_cost_usd is not None and spent.cost_usd >= budget.max_cost_usd
+    )
+
+
 @dataclass
 class BudgetMeter:
     """Live spending against a study's budget (tokens and cost): earlier runs plus what this
@@ -80,13 +87,7 @@ class BudgetMeter:
 
     def exhausted(self) -> bool:
         """True once the tokens or the cost reach their limit."""
-        if not self.limited:
-            return False
-        spent = self.spent()
-        b = self.budget
-        return (b.max_tokens is not None and spent.total_tokens >= b.max_tokens) or (
-            b.max_cost_usd is not None and spent.cost_usd >= b.max_cost_usd
-        )
+        return self.limited and is_spent(self.budget, self.spent())
 
     def check(self) -> None:
         """Raise :class:`BudgetExhausted` once the budget is spent."""

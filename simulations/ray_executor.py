@@ -19,10 +19,13 @@ flight are sent again, each up to ``max_retries`` times, then stored as failed w
 A session's result is written only by the driver and only once, so none is lost or written
 twice; one that never comes back (every worker gone) is not stored, and a rerun redoes it.
 
-**The budget** is metered here: what earlier runs spent plus what every actor's gateway has sent,
-read every half second (a restarted actor's spending before its restart is kept). Once spent, no
-session starts and the actors stop those in flight at their next turn (``budget_exhausted``), as
-the local runner does; the overshoot is at most half a second of spending more than there.
+**The budget** is metered by one more actor, the ledger (:class:`BudgetLedger`): what earlier
+runs spent plus what every worker's gateway has sent. Each worker charges it after every
+utterance of every session (one small remote call, made only when the study has a budget)
+and learns whether the budget is spent; a restarted worker's spending before its restart is
+kept. Once spent, the sessions in flight stop at their next turn (``budget_exhausted``) and the
+driver, which asks the ledger before it starts sessions, starts no more, as the local runner
+does: the overshoot is at most one turn per session in flight.
 
 **The cluster.** ``address: local`` starts a Ray cluster on this machine with ``workers`` CPUs
 for the run and stops it afterwards; ``auto`` connects to the running cluster (``ray start``),
@@ -59,15 +62,15 @@ from therasim.agents.llm import (
 from therasim.agents.llm.usage import Totals
 from therasim.errors import ConfigError, TherasimError
 from therasim.personas.schema import Persona
-from therasim.simulations.budget import BudgetMeter
-from therasim.simulations.records import SessionResult, SessionSpec
+from therasim.simulations.budget import BudgetMeter, is_spent
+from therasim.simulations.records import SessionResult, SessionSpec, TurnRecord
 from therasim.simulations.runner import ProgressFn, RunStats, failed_result, tally
 from therasim.simulations.store import Store
-from therasim.simulations.study import ExecutorSpec, Study
+from therasim.simulations.study import Budget, ExecutorSpec, Study
 
 RAY_EXTRA = "pip install 'therasim[ray]'"
-POLL_S = 0.5  # how often the driver reads the budget and wakes without a result
-CONTROL_CALLS = 4  # actor calls beside the sessions: ready, stop, spent, close
+POLL_S = 0.5  # how often the driver wakes without a result
+CONTROL_CALLS = 3  # actor calls beside the sessions: ready, spent, close
 DOWN_LIMIT = 20  # failed pings (backing off to 5 s, ~1.5 min in all) before a worker is given up
 
 
@@ -95,12 +98,14 @@ class SessionWorker:
         config: GatewayConfig,
         personas: dict[str, Persona],
         allow_real: bool,
-        metered: bool,
+        ledger: Any | None = None,
+        index: int = 0,
     ) -> None:
         allow_model_requests(allow_real)  # this process is the actor's alone
         self._config = config
         self._library = personas
-        self._metered = metered
+        self._ledger = ledger  # the budget's BudgetLedger actor; None without a budget
+        self._index = index
         self._stopped = False
         self._gateway: Gateway | None = None
 
@@ -125,16 +130,27 @@ class SessionWorker:
         """One session to its end; an exception is the session's failure, not the actor's."""
         from therasim.simulations.session import run_session
 
-        over_budget = (lambda: self._stopped) if self._metered else None
+        metered = self._ledger is not None
         try:
-            return await run_session(spec, self._gate(), self._library, over_budget=over_budget)
+            return await run_session(
+                spec,
+                self._gate(),
+                self._library,
+                on_turn=self._charge if metered else None,
+                over_budget=(lambda: self._stopped) if metered else None,
+            )
         except Exception as exc:  # a bug must cost one session, not the batch
             detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
             return failed_result(spec, self._library, detail)
 
-    async def stop(self) -> None:
-        """The budget is spent: sessions in flight stop at their next turn boundary."""
-        self._stopped = True
+    async def _charge(self, record: TurnRecord) -> None:
+        """After each utterance, tell the ledger what this worker has sent and learn whether the
+        budget is spent; the session reads that at its next turn boundary and stops there.
+        (Charging at every utterance, not only at boundaries, keeps the ledger within a call
+        or two of what this worker has sent.)"""
+        if not self._stopped and self._ledger is not None:
+            pid, sent = await self.spent()
+            self._stopped = await self._ledger.charge.remote(self._index, pid, sent)
 
     async def spent(self) -> tuple[int, Totals]:
         """This process's id and what its gateway has sent so far (what the budget counts)."""
@@ -146,6 +162,26 @@ class SessionWorker:
         if self._gateway is not None:
             await self._gateway.aclose()
             self._gateway = None
+
+
+class BudgetLedger:
+    """A Ray actor (made with ``ray.remote`` at run time): the study's spending across the
+    workers, against its budget. Workers charge it at every turn boundary."""
+
+    def __init__(self, budget: Budget, before: Totals) -> None:
+        self._budget = budget
+        self._before = before  # earlier runs, and this run's driver before the workers
+        self._spending = _Spending()
+
+    async def charge(self, worker: int, pid: int, sent: Totals) -> bool:
+        """Record what worker ``worker`` (process ``pid``) has sent in all; whether the budget
+        is now spent."""
+        self._spending.update(worker, pid, sent)
+        return await self.spent()
+
+    async def spent(self) -> bool:
+        """Whether the budget is spent."""
+        return is_spent(self._budget, self._before + self._spending.total())
 
 
 @dataclass
@@ -242,7 +278,7 @@ def _start_workers(
     executor: ExecutorSpec,
     gateway: Gateway,
     library: dict[str, Persona],
-    metered: bool,
+    ledger: Any | None,
 ) -> list[Any]:
     """Create the actors and wait until each has built its session graph."""
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -256,7 +292,8 @@ def _start_workers(
         max_concurrency=per + CONTROL_CALLS,
     )
     config = _worker_config(gateway, executor, n)
-    workers = [actor.remote(config, personas, model_requests_allowed(), metered) for _ in range(n)]
+    allow_real = model_requests_allowed()
+    workers = [actor.remote(config, personas, allow_real, ledger, i) for i in range(n)]
     refs = [w.ready.remote() for w in workers]
     try:
         ray.get(refs)
@@ -292,8 +329,15 @@ async def run_on_ray(
     ray = require_ray()
     started_here = _connect(ray, executor)
     workers: list[Any] = []
+    ledger = None
     try:
         with _worker_logs_hidden(ray):
+            if meter.limited:  # one small actor; no CPU of its own, so it never waits for one
+                ledger = (
+                    ray.remote(BudgetLedger)
+                    .options(num_cpus=0, max_restarts=-1)
+                    .remote(meter.budget, meter.spent())
+                )
             workers = await asyncio.to_thread(
                 _start_workers,
                 ray,
@@ -302,17 +346,17 @@ async def run_on_ray(
                 executor=executor,
                 gateway=gateway,
                 library=library,
-                metered=meter.limited,
+                ledger=ledger,
             )
             await _drive(
-                ray, workers, todo, stats, study, executor, store, library, progress, meter
+                ray, workers, todo, stats, study, executor, store, library, progress, ledger
             )
             with contextlib.suppress(ray.exceptions.RayError):
                 await asyncio.to_thread(ray.get, [w.close.remote() for w in workers], timeout=10)
     finally:
-        for w in workers:
+        for actor in [*workers, *([ledger] if ledger is not None else [])]:
             with contextlib.suppress(Exception):
-                ray.kill(w)
+                ray.kill(actor)
         if started_here:
             ray.shutdown()
     if progress is not None:
@@ -390,39 +434,22 @@ async def _drive(
     store: Store,
     library: dict[str, Persona],
     progress: ProgressFn | None,
-    meter: BudgetMeter,
+    ledger: Any | None,
 ) -> None:
-    """The driver's loop: keep ``concurrency`` sessions in flight, store what comes back."""
+    """The driver's loop: keep ``concurrency`` sessions in flight, store what comes back; with a
+    budget, ask the ``ledger`` before starting sessions."""
     queue: deque[tuple[SessionSpec, int]] = deque((spec, 0) for spec in todo)
     pending: dict[Any, _Job] = {}
     pool = _Pool(ray, workers)
-    spending = _Spending()
-    polled = 0.0
-
-    def over_budget() -> bool:
-        if not meter.limited:
-            return False
-        b, spent = meter.budget, meter.before + spending.total()
-        return (b.max_tokens is not None and spent.total_tokens >= b.max_tokens) or (
-            b.max_cost_usd is not None and spent.cost_usd >= b.max_cost_usd
-        )
-
-    def read_spending() -> None:
-        refs = {w.spent.remote(): i for i, w in enumerate(workers)}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=POLL_S)
-        for ref in ready:
-            with contextlib.suppress(ray.exceptions.RayError):
-                pid, sent = ray.get(ref)
-                spending.update(refs[ref], pid, sent)
 
     while queue or pending:
-        if meter.limited and not stats.budget_exhausted and time.monotonic() - polled >= POLL_S:
-            await asyncio.to_thread(read_spending)
-            polled = time.monotonic()
-            if over_budget():
-                stats.budget_exhausted = True
-                for w in workers:
-                    w.stop.remote()
+        if (
+            ledger is not None
+            and not stats.budget_exhausted
+            and queue
+            and len(pending) < study.concurrency
+        ):
+            stats.budget_exhausted = await asyncio.to_thread(ray.get, ledger.spent.remote())
         pool.ping_due()
         while queue and len(pending) < study.concurrency:
             if stats.budget_exhausted:

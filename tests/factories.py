@@ -15,6 +15,7 @@ from therasim.agents.scripted import SCRIPTED, ScriptedFn
 from therasim.personas import Persona
 from therasim.protocols import default_protocol_for
 from therasim.simulations.records import SessionSpec
+from therasim.simulations.store import Store
 
 
 @contextlib.contextmanager
@@ -61,3 +62,15 @@ def session_spec(
             **kw,
         }
     )
+
+
+def largest_turn(store: Store) -> int:
+    """The most tokens one turn took in ``store``: a turn is at most a subject, an appraiser
+    and a patient call in a row (with questionnaires off): the budget's overshoot unit."""
+    largest = 0
+    for sid in store.session_ids():
+        session = store.load_session(sid)
+        assert session is not None
+        tokens = [c.input_tokens + c.output_tokens for c in session.calls]
+        largest = max([largest, *(sum(tokens[i : i + 3]) for i in range(len(tokens)))])
+    return largest

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import study_file
+from factories import largest_turn, study_file
 
 from therasim.agents.llm import Gateway
 from therasim.agents.llm.usage import Totals
@@ -54,18 +54,6 @@ async def _run(study: Study, store: Store) -> tuple[RunStats, int]:
         await gateway.aclose()
 
 
-def _largest_turn(store: Store) -> int:
-    """The most tokens one turn took: a turn is at most a subject, an appraiser and a patient
-    call in a row (questionnaires are off)."""
-    largest = 0
-    for sid in store.session_ids():
-        session = store.load_session(sid)
-        assert session is not None
-        tokens = [c.input_tokens + c.output_tokens for c in session.calls]
-        largest = max([largest, *(sum(tokens[i : i + 3]) for i in range(len(tokens)))])
-    return largest
-
-
 async def test_the_budget_caps_spending_to_one_turn_per_session_in_flight(tmp_path: Path) -> None:
     with Store(tmp_path / "free.sqlite") as store:
         _, unlimited = await _run(_study(None), store)
@@ -75,7 +63,7 @@ async def test_the_budget_caps_spending_to_one_turn_per_session_in_flight(tmp_pa
         reasons = {
             r.session_id: (r.status, r.termination_reason, r.n_turns) for r in store.sessions()
         }
-        largest = _largest_turn(store)
+        largest = largest_turn(store)
     assert stats.budget_exhausted
     assert limit <= spent <= limit + CONCURRENCY * largest  # overshoot ≤ one turn per session
     assert stats.not_started > 0  # no new session started once spent
