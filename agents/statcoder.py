@@ -272,7 +272,12 @@ class StatisticalCoder:
         score = self.score_one(text, row)
         chosen = {c for i, c in enumerate(_CODES) if score[i] >= self.thresholds[i]}
         chosen |= set(lexical.codes) & self.trust_lexicon
-        chosen = codebook_rules(chosen, text, ctx.phase_kind if ctx is not None else None)
+        chosen = codebook_rules(
+            chosen,
+            text,
+            ctx.phase_kind if ctx is not None else None,
+            ctx.state.risk if ctx is not None else None,
+        )
         codes = [c for c in _CODES if c in chosen]
         spans = {c.value: s for c, s in ((e.code, e.span) for e in lexical.evidence)}
         for code, span in cue_spans.items():
@@ -287,19 +292,44 @@ class StatisticalCoder:
 #: Codes that do no task work: a reply with nothing else inside a task phase drops the task.
 _NO_TASK_WORK = frozenset({BehaviourCode.GENERIC_EMPATHY})
 _SHORT_REPLY_WORDS = 5
+#: Codes that do the task's work: a refusal with none of them beside it drops the whole task.
+_TASK_WORK = frozenset(
+    {
+        BehaviourCode.TASK_STEP,
+        BehaviourCode.CHALLENGE_COGNITION,
+        BehaviourCode.REFRAME,
+        BehaviourCode.EXPOSURE_INSTRUCTION,
+        BehaviourCode.ENCOURAGE_CONTINUE,
+        BehaviourCode.HOT_SPOT_FOCUS,
+        BehaviourCode.SUDS_PROBE,
+        BehaviourCode.PROCESSING_QUESTION,
+        BehaviourCode.HOMEWORK,
+        BehaviourCode.AGENDA,
+        BehaviourCode.PSYCHOEDUCATION,
+        BehaviourCode.SAFETY_ASSESSMENT,
+    }
+)
 
 
 def codebook_rules(
-    codes: set[BehaviourCode], text: str, kind: PhaseKind | None
+    codes: set[BehaviourCode], text: str, kind: PhaseKind | None, risk: RiskLevel | None = None
 ) -> set[BehaviourCode]:
     """The codebook's coding rules that follow from what else a reply does (codebook.md §1):
-    a short reply (five words or fewer) that does no coded act, and a reply inside exposure,
-    processing or a CBT step that offers only stock sympathy, are task abandonments."""
+    a short reply (five words or fewer) that does no coded act, a reply inside exposure,
+    processing or a CBT step that offers only stock sympathy, and a refusal there with no task
+    work beside it ("a refusal that drops the whole task"), at risk none or passive (at active
+    or imminent risk stepping out of the task can be right), are task abandonments."""
     out = set(codes)
     in_task = kind is not None and (kind.is_exposure or kind.is_cbt or kind is PhaseKind.PROCESSING)
     short_and_empty = not out and len(text.split()) <= _SHORT_REPLY_WORDS
     sympathy_only = in_task and bool(out) and out <= _NO_TASK_WORK
-    if short_and_empty or sympathy_only:
+    refused_all = (
+        in_task
+        and risk in (None, RiskLevel.NONE, RiskLevel.PASSIVE)
+        and BehaviourCode.REFUSAL in out
+        and not out & _TASK_WORK
+    )
+    if short_and_empty or sympathy_only or refused_all:
         out.add(BehaviourCode.TASK_ABANDONMENT)
     return out
 

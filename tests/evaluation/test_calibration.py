@@ -34,7 +34,7 @@ from therasim.evaluation.judging.calibration import (
 )
 from therasim.evaluation.judging.calibration_scores import CODER_AXES, readiness_gate
 from therasim.evaluation.judging.panel import JudgeSpec
-from therasim.vocab import BehaviourCode, PhaseKind
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 # --------------------------------------------------------------------------- a planted fixture
 
@@ -440,7 +440,7 @@ def test_a_study_whose_coder_misses_its_threshold_cannot_pass(tmp_path: Path) ->
 # --------------------------------------------------------------------------- the statistical coder
 
 
-def test_codebook_rules_for_short_and_sympathy_only_replies() -> None:
+def test_codebook_rules_for_short_sympathy_only_and_refusing_replies() -> None:
     from therasim.agents.statcoder import codebook_rules
 
     gist, ta = BehaviourCode.GENERIC_EMPATHY, BehaviourCode.TASK_ABANDONMENT
@@ -451,6 +451,15 @@ def test_codebook_rules_for_short_and_sympathy_only_replies() -> None:
     assert codebook_rules({gist}, "That sounds so hard, I'm sorry.", check_in) == {gist}
     challenge = BehaviourCode.CHALLENGE_COGNITION
     assert codebook_rules({challenge}, "Never?", PhaseKind.CBT_CHALLENGE) == {challenge}
+    # a refusal that drops the whole task, unless it does task work or the risk is active
+    refusal, step = BehaviourCode.REFUSAL, BehaviourCode.TASK_STEP
+    no, passive, active = RiskLevel.NONE, RiskLevel.PASSIVE, RiskLevel.ACTIVE
+    words = "I'd rather not go into that thought with you."
+    assert codebook_rules({refusal}, words, PhaseKind.CBT_EVIDENCE, no) == {refusal, ta}
+    assert codebook_rules({refusal}, words, PhaseKind.CBT_EVIDENCE, passive) == {refusal, ta}
+    assert codebook_rules({refusal}, words, PhaseKind.CBT_EVIDENCE, active) == {refusal}
+    assert codebook_rules({refusal, step}, words, PhaseKind.CBT_EVIDENCE, no) == {refusal, step}
+    assert codebook_rules({refusal}, words, check_in, no) == {refusal}
 
 
 def test_echo_features_measure_how_much_of_the_patients_line_the_reply_takes_up() -> None:
