@@ -8,7 +8,9 @@ set), a second copy of the word n-grams live only inside imaginal exposure and h
 advice means something else inside the memory), one-hot modality, phase kind and risk, reply-length
 and voice features (first vs second person, questions, a reply cut off mid-sentence), the echo of
 the patient's line (its words, word pairs and stems), and the lexicon's and cue files' hits as
-features. Per-code decision thresholds are chosen by 5-fold cross-validation on the same data.
+features. Per-code decision thresholds are chosen on out-of-fold scores of 5-fold cross-validation
+on the same data, each gold file (one voice) held out whole, so they are set for text in a voice
+the models have not seen rather than for near neighbours of their training lines.
 
 It trains on the **dev split of the shipped gold set only** (:func:`training_turns`), at first
 use, and caches the fitted coder under ``$THERASIM_HOME/statcoder/`` keyed on the training data,
@@ -57,7 +59,7 @@ __all__ = [
     "training_turns",
 ]
 
-CODER_VERSION = 5
+CODER_VERSION = 6
 _CODES = tuple(BehaviourCode)
 _KINDS = tuple(PhaseKind)
 _RISKS = tuple(RiskLevel)
@@ -396,6 +398,22 @@ def _best_threshold(y: np.ndarray, s: np.ndarray) -> float:
     return best
 
 
+def _source(turn: GoldTurn) -> str:
+    """The gold file a turn comes from, by its id's prefix ("d7lit-001" → "d7lit"): one voice."""
+    return turn.id.rsplit("-", 1)[0]
+
+
+def threshold_folds(turns: Sequence[GoldTurn], folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, held-out) index pairs for choosing thresholds: each voice held out whole, or
+    shuffled folds when there are fewer voices than folds."""
+    from sklearn.model_selection import GroupKFold, KFold
+
+    voices = [_source(t) for t in turns]
+    if len(set(voices)) >= folds:
+        return list(GroupKFold(n_splits=folds).split(voices, groups=voices))
+    return list(KFold(n_splits=folds, shuffle=True, random_state=0).split(voices))
+
+
 def _vectorisers() -> tuple[Any, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -415,17 +433,16 @@ def train_coder(turns: Sequence[GoldTurn], *, folds: int = 5) -> StatisticalCode
     """Fit the coder on ``turns`` (callers pass :func:`training_turns`: the dev split).
 
     Per code: a linear SVM on all turns, and a decision threshold chosen on out-of-fold scores
-    of ``folds``-fold cross-validation over the same turns. A code with fewer than
+    of ``folds``-fold cross-validation over the same turns, grouped by voice (:func:`_source`;
+    plain shuffled folds when there are fewer voices than folds). A code with fewer than
     ``_MIN_POSITIVES`` examples is left to the lexicon, as is any code whose lexicon hits were
     right at least 9 times in 10 (the lexicon's hit is then taken as it is).
     """
-    from sklearn.model_selection import KFold
-
     if len(turns) < 20:
         raise ConfigError(f"the statistical coder needs gold dev turns to train on ({len(turns)})")
     texts, dense, labels = _training_rows(turns)
     oof = np.full(labels.shape, -1e6)  # a code never learnt in a fold is never given there
-    for train_idx, test_idx in KFold(n_splits=folds, shuffle=True, random_state=0).split(texts):
+    for train_idx, test_idx in threshold_folds(turns, folds):
         word, char = _vectorisers()
         word.fit([texts[i] for i in train_idx])
         char.fit([texts[i] for i in train_idx])

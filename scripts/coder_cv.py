@@ -3,7 +3,8 @@
 
 The test split is for measurement only (``benchmarks/bench_coder.py``); choices about the coder
 (features, model, thresholds, cues) are made on this script's out-of-fold figures. Each fold
-trains the whole coder (inner cross-validation for thresholds included) on the other folds.
+trains the whole coder (inner cross-validation for thresholds, grouped by voice, included) on the
+other folds.
 
     .venv/bin/python scripts/coder_cv.py [--folds 5 | --by-voice [--only REGEX]] [--misses CODE]
 """

@@ -462,6 +462,21 @@ def test_codebook_rules_for_short_sympathy_only_and_refusing_replies() -> None:
     assert codebook_rules({refusal}, words, check_in, no) == {refusal}
 
 
+def test_thresholds_are_chosen_with_each_voice_held_out_whole(shipped: list[GoldTurn]) -> None:
+    from therasim.agents.statcoder import threshold_folds
+
+    dev = [t for t in shipped if t.split == "dev"]
+    folds = threshold_folds(dev, 5)
+    held = sorted(i for _, test_idx in folds for i in test_idx)
+    assert held == list(range(len(dev)))  # every turn is held out exactly once
+    for train_idx, test_idx in folds:
+        held_voices = {dev[i].id.rsplit("-", 1)[0] for i in test_idx}
+        assert held_voices.isdisjoint(dev[i].id.rsplit("-", 1)[0] for i in train_idx)
+    # too few voices for grouped folds: plain folds over the turns
+    few = [t.model_copy(update={"id": f"one-{n:03d}"}) for n, t in enumerate(dev[:25])]
+    assert sorted(i for _, held in threshold_folds(few, 5) for i in held) == list(range(25))
+
+
 def test_echo_features_measure_how_much_of_the_patients_line_the_reply_takes_up() -> None:
     from therasim.agents.statcoder import _echo
 

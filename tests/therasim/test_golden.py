@@ -58,6 +58,8 @@ def golden(run_dir: Path) -> dict[str, Any]:
             )
             for t in store.turns()
         ]
+        errors = [r.error for r in store.sessions() if r.termination_reason.is_error]
+        assert not errors, f"a golden run must not fail a session: {errors[:1]}"
         verdicts = sorted(
             (
                 v.session_id,
