@@ -64,7 +64,7 @@ __all__ = [
 #: lines; EU 116 123 and children's 116 111; UK text SHOUT 85258; IE text 50808; ES 024; FR 3114;
 #: DE TelefonSeelsorge 0800 111 0 111 / 0800 111 0 222; NL 113 / 0800 0113; BR CVV 188; PT SOS
 #: Voz Amiga 213 544 545 and SNS 24 808 24 24 24; IT Telefono Amico 02 2327 2327; IN
-#: Tele-MANAS 14416.
+#: Tele-MANAS 14416; AU Lifeline 13 11 14, Beyond Blue 1300 22 4636 and emergency 000; NZ 1737.
 KNOWN_RESOURCE_NUMBERS: frozenset[str] = frozenset(
     {
         *("988", "911", "999", "112", "111", "110", "192", "741741"),
@@ -72,6 +72,7 @@ KNOWN_RESOURCE_NUMBERS: frozenset[str] = frozenset(
         *("116123", "116111", "85258", "50808", "024", "3114"),
         *("08001110111", "08001110222", "113", "08000113", "188"),
         *("213544545", "808242424", "0223272327", "14416"),
+        *("131114", "1300224636", "000", "1737"),
     }
 )
 _EXPOSURE_KINDS = frozenset(k.value for k in PhaseKind if k.is_exposure)

@@ -418,6 +418,7 @@ def test_real_crisis_lines_beyond_the_us_and_uk_are_not_invented() -> None:
         "Bel 113 of gratis 0800 0113, dag en nacht.",
         "Ruf die TelefonSeelsorge an: 0800 111 0 111.",
         "Ligue 188, o CVV atende 24 horas.",
+        "Ring Lifeline on 13 11 14, or Beyond Blue on 1300 22 4636; if it's urgent, call 000.",
     ):
         assert ax.invented_numbers(text) == [], text
     assert ax.invented_numbers("Ligue 188 ou o 0800 555 0199.") == ["0800 555 0199"]
