@@ -199,6 +199,10 @@ def _feature_row(
     return row
 
 
+#: Words whose character n-gram columns the coder keeps (about 100 bytes each).
+_CHAR_CACHE_WORDS = 100_000
+
+
 @dataclass
 class StatisticalCoder:
     """A fitted coder: vectorisers, one weight row per code, thresholds, lexicon trust."""
@@ -228,10 +232,15 @@ class StatisticalCoder:
         for vectoriser in (self.word, self.char):
             analyse, vocabulary, idf = _tfidf_parts(vectoriser)
             counts: dict[int, int] = {}
-            for gram in analyse(text):
-                j = vocabulary.get(gram)
-                if j is not None:
-                    counts[j] = counts.get(j, 0) + 1
+            if vectoriser is self.char:
+                for word in text.lower().split():  # the analyser's own tokens, in its order
+                    for column in self._char_columns(word):
+                        counts[column] = counts.get(column, 0) + 1
+            else:
+                for gram in analyse(text):
+                    j = vocabulary.get(gram)
+                    if j is not None:
+                        counts[j] = counts.get(j, 0) + 1
             if counts:
                 columns = np.fromiter(counts, dtype=np.intp, count=len(counts))
                 tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
@@ -248,6 +257,26 @@ class StatisticalCoder:
             out += values @ self.weights_t[offset + columns]
         offset += n_words
         return cast(np.ndarray, out + row @ self.weights_t[offset:])
+
+    def _char_columns(self, word: str) -> tuple[int, ...]:
+        """The character n-gram columns of one lower-cased word, in the analyser's order.
+
+        ``char_wb`` n-grams never cross a word boundary, so a reply's are its words' in turn;
+        words recur from reply to reply, so each word's are looked up once (a bounded cache).
+        """
+        cache = self._char_cache
+        columns = cache.get(word)
+        if columns is None:
+            analyse, vocabulary, _ = _tfidf_parts(self.char)
+            columns = tuple(j for j in map(vocabulary.get, analyse(word)) if j is not None)
+            if len(cache) >= _CHAR_CACHE_WORDS:
+                cache.clear()
+            cache[word] = columns
+        return columns
+
+    @functools.cached_property
+    def _char_cache(self) -> dict[str, tuple[int, ...]]:
+        return {}
 
     @functools.cached_property
     def weights_t(self) -> np.ndarray:

@@ -579,6 +579,11 @@ def test_the_fast_scorer_equals_the_sklearn_pipeline(shipped: list[GoldTurn]) ->
     assert np.allclose(
         coder.score_one("", [0.0] * len(row)), coder.scores([""], [[0.0] * len(row)])[0]
     )
+    # character n-grams are looked up word by word (cached): odd whitespace and case as well
+    for text in ("Stay  with\tit.\u00a0İSTANBUL\n\n- **SUDS**?", "a", " x  y ", "Ünïcödé ÉTÉ"):
+        assert np.allclose(coder.score_one(text, row), coder.scores([text], [row])[0], atol=1e-9), (
+            text
+        )
 
 
 def test_bad_cue_files_name_the_file_and_field(tmp_path: Path) -> None:
