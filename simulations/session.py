@@ -31,6 +31,7 @@ through ``session_graph().ainvoke``; the tests hold the two equal, session for s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -343,6 +344,10 @@ async def drive(
     while goto != END:
         node, destinations = NODES[goto]
         command = await node(values, runtime)
+        # Let other sessions run between steps, as LangGraph's loop does: without it a session
+        # ran its scripted nodes straight on after its HTTP reply while other sessions' ready
+        # work waited, and the backend sat idler (benchmarks §1: efficiency 0.86-0.89 -> 0.92).
+        await asyncio.sleep(0)
         runs += 1
         update = command.update
         if update:

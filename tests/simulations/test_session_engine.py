@@ -226,3 +226,37 @@ async def test_engine_from_the_environment(
     monkeypatch.setenv(ENGINE_ENV, "pregel")
     with pytest.raises(Exception, match="THERASIM_SESSION_ENGINE"):
         await simulate(spec, library, None)
+
+
+@pytest.mark.parametrize("engine", ["direct", "langgraph"])
+async def test_sessions_in_flight_take_turns_between_steps(
+    engine: Engine, library: dict[str, Persona]
+) -> None:
+    """With every role scripted no call ever waits, so a session would run to its end before the
+    next one started unless the driver yields between steps; it does, like LangGraph's loop, so
+    one session's reply is not held up behind another's whole run."""
+    import asyncio
+
+    order: list[str] = []
+
+    def recorder(name: str) -> Callable[[Any], None]:
+        return lambda record: order.append(name)
+
+    gateway = Gateway(GatewayConfig(cache_enabled=False))
+    try:
+        specs = {
+            name: session_spec(
+                library["pe-combat-01"], "scripted:adherent", seed=seed, questionnaires=False
+            )
+            for name, seed in (("a", 1), ("b", 2))
+        }
+        await asyncio.gather(
+            *(
+                run_session(spec, gateway, library, engine=engine, on_turn=recorder(name))
+                for name, spec in specs.items()
+            )
+        )
+    finally:
+        await gateway.aclose()
+    assert order.count("a") > 2 and order.count("b") > 2
+    assert order.index("b") < len(order) - 1 - order[::-1].index("a")  # b starts before a ends
