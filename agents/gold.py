@@ -154,6 +154,13 @@ def select_split(turns: Iterable[GoldTurn], split: Literal["dev", "test", "all"]
     return [t for t in turns if (t.split or "dev") == split]
 
 
+def default_split(named_files: bool) -> Literal["test", "all"]:
+    """The split scored when none is asked for: ``test`` of the shipped set (its dev split trains
+    the statistical coder), every line of files the user names (their lines may carry no split,
+    and a line without one counts as dev)."""
+    return "all" if named_files else "test"
+
+
 def dev_turns(turns: Iterable[GoldTurn] | None = None) -> list[GoldTurn]:
     """The turns a coder may learn from: the dev split only, never test."""
     return select_split(load_shipped_gold() if turns is None else turns, "dev")

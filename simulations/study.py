@@ -182,8 +182,10 @@ class CalibrationSpec(_Data):
         default_factory=list,
         description="Gold JSONL files (default: the set shipped with therasim).",
     )
-    split: Literal["dev", "test", "all"] = Field(
-        default="test", description="Which split of the gold files to score."
+    split: Literal["dev", "test", "all"] | None = Field(
+        default=None,
+        description="Which split of the gold files to score (default: test of the shipped set; "
+        "every line of the files named under gold, where a line without a split counts as dev).",
     )
     judges: bool = Field(default=True, description="Calibrate the judge panel too.")
     min_f1: float = Field(default=0.80, ge=0, le=1, description="Least code micro-F1.")

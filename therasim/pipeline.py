@@ -325,7 +325,7 @@ async def calibrate_study(
         return None
     import hashlib
 
-    from therasim.agents.gold import load_gold, select_split, shipped_gold_files
+    from therasim.agents.gold import default_split, load_gold, select_split, shipped_gold_files
 
     files = [Path(f) for f in spec.gold] or shipped_gold_files()
     digest = hashlib.sha256(spec.model_dump_json().encode())
@@ -348,9 +348,10 @@ async def calibrate_study(
     from therasim.evaluation.judging.panel import JudgeSpec
 
     judges = [JudgeSpec(**j.model_dump()) for j in entries]
-    turns = select_split(load_gold(files), spec.split)
+    split = spec.split or default_split(bool(spec.gold))
+    turns = select_split(load_gold(files), split)
     if not turns:
-        raise ConfigError(f"no gold turns in split {spec.split!r}", field="calibration.split")
+        raise ConfigError(f"no gold turns in split {split!r}", field="calibration.split")
     with _progress_bar(console) as bar:
         task = bar.add_task("calibration", total=None, info="", visible=show_progress)
         report = await calibrate(
@@ -358,7 +359,7 @@ async def calibrate_study(
             turns,
             appraiser=study.appraiser.model or "",
             judges=judges,
-            split=spec.split,
+            split=split,
             gold_files=[str(f) for f in files],
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             judging_mode=study.judging.mode,

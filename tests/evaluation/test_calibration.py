@@ -221,6 +221,34 @@ def test_cli_calibrate_json_contract_and_threshold_exit(
     assert "Behaviour codes" in out.read_text()
 
 
+def test_cli_calibrate_scores_every_line_of_named_files_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's own gold file need carry no split: by default all its lines are scored (the
+    shipped set's default is its test split), and ``--split`` still selects."""
+    lines = [{k: v for k, v in t.items() if k != "split"} for t in FIXTURE]
+    gold = write_gold(tmp_path / "mine.jsonl", lines)
+    args = ["calibrate", "--appraiser", "scripted:test-planted-coder", "--gold", str(gold)]
+    assert main([*args, "--format", "json", "--no-cache"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["n"] == 4 and data["split"] == "all"
+    assert main([*args, "--split", "test", "--no-cache"]) == 1
+    assert "no gold turns in split 'test'" in capsys.readouterr().err
+
+
+def test_cli_calibrate_warns_when_the_coder_is_scored_on_its_training_lines(
+    tmp_path: Path, shipped: list[GoldTurn], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = [t for t in shipped if t.split == "dev"][:3]
+    test = [t for t in shipped if t.split == "test"][:2]
+    gold = tmp_path / "mixed.jsonl"
+    gold.write_text("".join(t.model_dump_json(exclude_none=True) + "\n" for t in [*dev, *test]))
+    assert main(["calibrate", "--gold", str(gold), "--format", "json", "--no-cache"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 5
+    assert "warning: 3 of the 5 gold turns are in the statistical coder's training" in captured.err
+
+
 # --------------------------------------------------------------------------- the format
 
 
@@ -390,7 +418,7 @@ def _study(tmp_path: Path, gold: Path, **calibration: Any) -> Path:
         "max_turns": 6,
         "cache": False,
         "output": str(tmp_path / "run"),
-        "calibration": {"gold": [str(gold)], "split": "all", **calibration},
+        "calibration": {"gold": [str(gold)], **calibration},  # every line: split unset
     }
     path = tmp_path / "study.yaml"
     path.write_text(json.dumps(doc))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,6 +20,7 @@ from therasim.cli.common import console, parse_judges, run_then_close, table
 if TYPE_CHECKING:  # numpy and pydantic models: imported when the verb runs, not at CLI start
     from rich.table import Table
 
+    from therasim.agents.gold import GoldTurn
     from therasim.evaluation.judging.calibration_scores import CalibrationReport, Score, ScoreSet
 
 __all__ = ["add_parsers", "cmd_calibrate"]
@@ -35,7 +38,7 @@ def run_calibration(args: argparse.Namespace, console: Console) -> CalibrationRe
         TimeElapsedColumn,
     )
 
-    from therasim.agents.gold import load_gold, select_split, shipped_gold_files
+    from therasim.agents.gold import default_split, load_gold, select_split, shipped_gold_files
     from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig, parse_model_spec
     from therasim.errors import ConfigError
     from therasim.evaluation.judging.calibration import calibrate
@@ -43,9 +46,11 @@ def run_calibration(args: argparse.Namespace, console: Console) -> CalibrationRe
     parse_model_spec(args.appraiser)
     judges = parse_judges(args.judges or [])
     files = [Path(f) for f in args.gold] if args.gold else shipped_gold_files()
-    turns = select_split(load_gold(files), args.split)
+    split = args.split or default_split(bool(args.gold))
+    turns = select_split(load_gold(files), split)
     if not turns:
-        raise ConfigError(f"no gold turns in split {args.split!r}", file=", ".join(map(str, files)))
+        raise ConfigError(f"no gold turns in split {split!r}", file=", ".join(map(str, files)))
+    _warn_if_trained_on(turns, args.appraiser)
     roles = {"appraiser": RoleConfig(model=args.appraiser, concurrency=args.concurrency)}
     roles.update(
         {j.role: RoleConfig(model=cast(str, j.model), concurrency=args.concurrency) for j in judges}
@@ -68,7 +73,7 @@ def run_calibration(args: argparse.Namespace, console: Console) -> CalibrationRe
                 turns,
                 appraiser=args.appraiser,
                 judges=judges,
-                split=args.split,
+                split=split,
                 gold_files=[str(f) for f in files],
                 concurrency=args.concurrency,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
@@ -79,6 +84,23 @@ def run_calibration(args: argparse.Namespace, console: Console) -> CalibrationRe
 
 
 # --------------------------------------------------------------------------- rendering
+
+
+def _warn_if_trained_on(turns: Sequence[GoldTurn], appraiser: str) -> None:
+    """Say so on stderr when the statistical coder is scored on lines it was trained on (the
+    shipped dev split): those figures are not a test of it."""
+    if appraiser != "scripted:statistical":
+        return
+    from therasim.agents.statcoder import training_turns
+
+    seen = {" ".join(t.therapist.split()) for t in training_turns()}
+    overlap = sum(" ".join(t.therapist.split()) in seen for t in turns)
+    if overlap:
+        print(
+            f"warning: {overlap} of the {len(turns)} gold turns are in the statistical coder's "
+            "training data (the shipped dev split): their figures are not a test of it",
+            file=sys.stderr,
+        )
 
 
 def _v(value: float | None) -> str:
@@ -274,7 +296,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--gold", nargs="*", metavar="FILE", help="gold JSONL files (default: the shipped set)"
     )
-    p.add_argument("--split", choices=["dev", "test", "all"], default="test")
+    p.add_argument(
+        "--split",
+        choices=["dev", "test", "all"],
+        help="which lines to score (default: test of the shipped set; every line of --gold "
+        "files, where a line without a split counts as dev)",
+    )
     p.add_argument("--format", choices=["table", "json", "html"], default="table")
     p.add_argument("--out", help="file for json/html output (json default: stdout)")
     p.add_argument("--min-f1", type=float, default=None, help="least code micro-F1")
