@@ -15,9 +15,8 @@ the models have not seen rather than for near neighbours of their training lines
 It trains on the **dev split of the shipped gold set only** (:func:`training_turns`), at first
 use, and caches the fitted coder under ``$THERASIM_HOME/statcoder/`` keyed on the training data,
 the code version and the scikit-learn version (a rebuild takes a few seconds). Inference is one
-sparse matrix product per turn (about 1–2 ms; ``benchmarks/bench_coder.py``). Evidence spans are
-the lexicon's match where the lexicon agrees, else the reply's sentence that scores highest for
-the code.
+sparse product per turn (about 0.3 ms with the cues and the lexicon; ``benchmarks/bench_coder.py``).
+Evidence spans are the lexicon's match where the lexicon agrees, else the first cue match.
 """
 
 from __future__ import annotations
