@@ -117,6 +117,13 @@ def training_turns() -> list[GoldTurn]:
     return dev_turns()
 
 
+def trained_on(turns: Sequence[GoldTurn]) -> int:
+    """How many of ``turns`` the coder was trained on (the same reply, whitespace aside): their
+    calibration figures are not a test of it."""
+    seen = {" ".join(t.therapist.split()) for t in training_turns()}
+    return sum(" ".join(t.therapist.split()) in seen for t in turns)
+
+
 _WORD = re.compile(r"[^\W\d_]{4,}")
 
 

@@ -3,6 +3,7 @@ verdict, the shipped gold set's coverage, and the statistical coder's training d
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -247,6 +248,21 @@ def test_cli_calibrate_warns_when_the_coder_is_scored_on_its_training_lines(
     captured = capsys.readouterr()
     assert json.loads(captured.out)["n"] == 5
     assert "warning: 3 of the 5 gold turns are in the statistical coder's training" in captured.err
+    # the same reply with other whitespace is the same line; a study's calibration says so too
+    from therasim.agents.statcoder import trained_on
+
+    spaced = dev[0].model_copy(update={"therapist": "  " + dev[0].therapist.replace(" ", "\n")})
+    assert trained_on([spaced, *test]) == 1
+    study = json.loads(_study(tmp_path, gold, judges=False).read_text())
+    study["appraiser"] = {"model": "scripted:statistical"}
+    (tmp_path / "s.yaml").write_text(json.dumps(study))
+    from rich.console import Console
+
+    from therasim.pipeline import run_study
+
+    out = io.StringIO()
+    run_study(tmp_path / "s.yaml", console=Console(file=out, width=200), report=False)
+    assert "warning: 3 of the 5 calibration turns are in the statistical coder's" in out.getvalue()
 
 
 # --------------------------------------------------------------------------- the format

@@ -91,10 +91,9 @@ def _warn_if_trained_on(turns: Sequence[GoldTurn], appraiser: str) -> None:
     shipped dev split): those figures are not a test of it."""
     if appraiser != "scripted:statistical":
         return
-    from therasim.agents.statcoder import training_turns
+    from therasim.agents.statcoder import trained_on
 
-    seen = {" ".join(t.therapist.split()) for t in training_turns()}
-    overlap = sum(" ".join(t.therapist.split()) in seen for t in turns)
+    overlap = trained_on(turns)
     if overlap:
         print(
             f"warning: {overlap} of the {len(turns)} gold turns are in the statistical coder's "
