@@ -22,8 +22,9 @@ text columns (``session_id``, ``subject``, ``modality``, ``judge``, ``item_id``,
 the same values, one small integer code a row instead of an 8-byte pointer (~25 MB instead of
 ~52 MB at 450,000 rows), and grouping by them needs no hashing of strings. ``met`` stays an
 ``object`` column of ``True``/``False``/``NaN`` (the column contract's "bool or NaN"). The calls
-frame, as long as the verdicts when judging goes item by item, is built the same way from column
-batches (``Store.call_batches``), its text kept as ``object`` pointers to one copy of each string.
+frame, as long as the verdicts when judging goes item by item, is built the same way
+(:mod:`~therasim.evaluation.analysis.costs`); the column builders are in
+:mod:`~therasim.evaluation.analysis.columnar`.
 
 The lexical findings are detected on the sessions as they stream past (each session rebuilt
 from its stored row and utterances, without its calls, which the detectors do not read), not
@@ -36,18 +37,18 @@ import itertools
 import json
 import math
 from array import array
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
 
+from therasim.evaluation.analysis.columnar import Codes, Columns, Dictionary
 from therasim.evaluation.analysis.columns import (
     CALL_COLUMNS,
     CALL_TOTAL_COLUMNS,
     FINDING_COLUMNS,
-    ORDERED,
     SESSION_COLUMNS,
     SESSION_COST_COLUMNS,
     SESSION_EXTRA_COLUMNS,
@@ -57,9 +58,14 @@ from therasim.evaluation.analysis.columns import (
     VERDICT_EXTRA_COLUMNS,
     with_ordered_categories,
 )
+from therasim.evaluation.analysis.costs import (
+    add_session_costs,
+    calls_frame,
+    stored_call_totals,
+    sum_calls,
+)
 from therasim.personas.dynamics import PatientState
 from therasim.simulations.records import (
-    JUDGE_ROLE_PREFIX,
     QuestionnaireRecord,
     SessionResult,
     SessionRow,
@@ -117,84 +123,6 @@ class Frames:
         return value
 
 
-class _Codes:
-    """Codes of the ordered-categorical values (``ORDERED``), shared by a store's frames: the
-    vocabulary's order first, a value outside it the next code."""
-
-    def __init__(self) -> None:
-        self.categories = {column: list(order) for column, order in ORDERED.items()}
-        self._index = {c: {v: i for i, v in enumerate(o)} for c, o in self.categories.items()}
-
-    def code(self, column: str, value: str) -> int:
-        index = self._index[column]
-        found = index.get(value)
-        if found is None:
-            found = index[value] = len(self.categories[column])
-            self.categories[column].append(value)
-        return found
-
-    def dtype(self, column: str) -> pd.CategoricalDtype:
-        return pd.CategoricalDtype(self.categories[column], ordered=True)
-
-
-class _Columns:
-    """Rows collected as tuples and turned into columns once; equal hashable values (ids, names,
-    code tuples) stored once, ordered-categorical columns (given ``codes``) as their codes."""
-
-    def __init__(
-        self,
-        columns: Sequence[str],
-        numeric: Mapping[str, str] | None = None,
-        codes: _Codes | None = None,
-    ) -> None:
-        self.columns = list(columns)
-        self.codes = codes
-        self.typecodes = dict(numeric or {})
-        if codes is not None:
-            self.typecodes.update({c: "h" for c in self.columns if c in codes.categories})
-        self._rows: list[tuple[Any, ...]] = []
-        self._seen: dict[Hashable, Any] = {}
-
-    @property
-    def rows(self) -> int:
-        return len(self._rows)
-
-    def share(self, value: T) -> T:
-        """The one stored copy of ``value`` (a str or tuple repeated across rows)."""
-        return cast(T, self._seen.setdefault(value, value))
-
-    def add(self, *values: Any) -> None:
-        """One row, a value per column (a tuple appended: no work per column until ``frame``)."""
-        self._rows.append(values)
-
-    def frame(self) -> pd.DataFrame:
-        """The frame (every column ``object`` when there are no rows, as ``pd.DataFrame([],
-        columns=...)`` gives); the builder is emptied."""
-        rows, self._rows, self._seen = self._rows, [], {}
-        if not rows:
-            return pd.DataFrame(columns=self.columns)
-        # Text stays ``object``: a pointer per cell to the one shared string, where pandas' default
-        # string dtype would copy every row's bytes and make each later Python-level pass over
-        # the column convert it back.
-        data = list(zip(*rows, strict=True))
-        del rows
-        columns: dict[str, Any] = {}
-        for i, name in enumerate(self.columns):
-            values, data[i] = data[i], ()  # each column dropped once converted
-            typecode = self.typecodes.get(name)
-            if typecode == "h" and self.codes is not None:
-                codes = np.array(values, dtype=np.int16)
-                columns[name] = pd.Categorical.from_codes(codes, dtype=self.codes.dtype(name))
-            elif typecode is not None:
-                columns[name] = pd.Series(np.array(values, dtype=np.dtype(typecode)))
-            elif isinstance(values[0], str):
-                columns[name] = pd.Series(list(values), dtype=object)
-            else:
-                columns[name] = pd.Series(list(values))
-            del values
-        return pd.DataFrame(columns, columns=self.columns, copy=False)
-
-
 def _questionnaire(qs: list[QuestionnaireRecord], instrument: str, when: str) -> float:
     for q in qs:
         if q.instrument == instrument and q.when == when:
@@ -222,12 +150,12 @@ def load_frames(store: Store, *, with_findings: bool = True, with_calls: bool = 
     """Build all frames from a store, streaming (see the module docstring). ``with_calls=False``
     leaves the calls frame empty (its columns only): the reports read the call totals, and a
     study judged item by item stores about ten calls a therapist turn."""
-    cats = _Codes()
-    utterances = _Columns(UTTERANCE_COLUMNS, {"index": "q", "turn": "q"}, cats)
-    turns = _Columns([*TURN_COLUMNS, "text"], codes=cats)
+    cats = Codes()
+    utterances = Columns(UTTERANCE_COLUMNS, {"index": "q", "turn": "q"}, cats)
+    turns = Columns([*TURN_COLUMNS, "text"], codes=cats)
     share = utterances.share
     session_rows: list[dict[str, Any]] = []
-    findings = _Columns(FINDING_COLUMNS) if with_findings else None
+    findings = Columns(FINDING_COLUMNS) if with_findings else None
     detect = _detector() if with_findings else None
     # subject, modality and severity of each session: all the verdicts need of it
     cells: dict[str, tuple[str, str, str]] = {}
@@ -265,10 +193,10 @@ def load_frames(store: Store, *, with_findings: bool = True, with_calls: bool = 
     stored = [c for c in SESSION_EXTRA_COLUMNS if c not in SESSION_COST_COLUMNS]
     columns = [*SESSION_COLUMNS, *stored] if session_rows else SESSION_COLUMNS
     sessions = pd.DataFrame(session_rows, columns=list(columns))
-    calls = _calls(store) if with_calls else pd.DataFrame(columns=list(CALL_COLUMNS))
-    totals = _call_totals(store)
+    calls = calls_frame(store) if with_calls else pd.DataFrame(columns=list(CALL_COLUMNS))
+    totals = stored_call_totals(store)
     if session_rows:
-        _add_session_costs(sessions, totals)
+        add_session_costs(sessions, totals)
     del session_rows  # the verdicts are streamed with only each session's cell at hand
     verdicts = _verdicts(store, cells, cats)
     frames = Frames(
@@ -356,42 +284,16 @@ _VERDICT_TEXT = (
 )
 
 
-class _Dictionary(dict[str, int]):
-    """Value -> code, a new value taking the next code: ``codes(values)`` codes a column at C
-    speed (a dict lookup per value)."""
-
-    def __missing__(self, key: str) -> int:
-        code = self[key] = len(self)
-        return code
-
-    def codes(self, values: Sequence[str]) -> np.ndarray:
-        return np.fromiter(map(self.__getitem__, values), dtype=np.int32, count=len(values))
-
-    def categorical(self, codes: np.ndarray) -> pd.Categorical:
-        """``codes`` as a Categorical whose categories are this dictionary's values, sorted (so
-        grouping and sorting by the column give the order its strings would), unused ones left
-        out."""
-        values = list(self)
-        used = np.zeros(len(values), dtype=bool)
-        used[codes] = True
-        order = sorted((i for i in range(len(values)) if used[i]), key=values.__getitem__)
-        recode = np.full(len(values), -1, dtype=np.int32)
-        recode[order] = np.arange(len(order), dtype=np.int32)
-        return pd.Categorical.from_codes(
-            recode[codes], dtype=pd.CategoricalDtype([values[i] for i in order])
-        )
-
-
 def _verdicts(
-    store: Store, sessions: Mapping[str, tuple[str, str, str]], codes: _Codes
+    store: Store, sessions: Mapping[str, tuple[str, str, str]], codes: Codes
 ) -> pd.DataFrame:
     """The verdicts frame, streamed from the store a batch of columns at a time (in
     ``Store.verdicts`` order); ``sessions`` maps each stored session to its subject, modality
     and severity; verdicts of a session the store no longer holds are left out. Each batch is
-    turned into numpy columns at once, text as codes (``_Dictionary``), so no list of a Python
+    turned into numpy columns at once, text as codes (``Dictionary``), so no list of a Python
     object per row is ever held but ``met``'s."""
     columns = [*VERDICT_COLUMNS, *VERDICT_EXTRA_COLUMNS]
-    text = {c: _Dictionary() for c in _VERDICT_TEXT}
+    text = {c: Dictionary() for c in _VERDICT_TEXT}
     # One growing buffer a column (``array``: resized in place, so the heap is not left with a
     # hole per batch), each batch appended as a block of machine values.
     typecodes = {c: "i" for c in [*_VERDICT_TEXT, "severity"]}
@@ -468,127 +370,12 @@ def _only(batch: VerdictBatch, sessions: Mapping[str, object]) -> VerdictBatch:
     )
 
 
-#: The calls frame's machine-typed columns (``array`` typecodes); the rest are text.
-_CALL_NUMERIC = {
-    "idx": "q",
-    "cached": "b",
-    "latency_s": "d",
-    "input_tokens": "q",
-    "cached_input_tokens": "q",
-    "output_tokens": "q",
-    "cost_usd": "d",
-    "attempts": "q",
-}
-
-
-def _calls(store: Store) -> pd.DataFrame:
-    """Every stored call, streamed a batch of columns at a time (an empty frame when the store
-    holds none). As for the verdicts, each batch becomes machine values at once (text as codes
-    into one copy of each string), so no Python object per row and column is held: a study
-    judged item by item stores about as many calls as verdicts. The frame is value for value
-    the one a row-by-row build gives: text as ``object``, ``cost_usd`` float with NaN for an
-    unknown price, or ``object`` ``None`` throughout when no call has a price."""
-    text = {c: _Dictionary() for c in CALL_COLUMNS if c not in _CALL_NUMERIC}
-    data: dict[str, array[Any]] = {c: array("i") for c in text}
-    data |= {c: array(t) for c, t in _CALL_NUMERIC.items()}
-    dtypes = {c: np.dtype(a.typecode) for c, a in data.items()}
-    dtypes["cached"] = np.dtype(bool)
-    priced = False
-    for batch in store.call_batches():
-        for column, dictionary in text.items():
-            data[column].frombytes(dictionary.codes(getattr(batch, column)).tobytes())
-        costs = batch.cost_usd
-        priced = priced or any(c is not None for c in costs)
-        for column in _CALL_NUMERIC:
-            values = costs if column == "cost_usd" else getattr(batch, column)
-            dtype = np.float64 if column == "cost_usd" else dtypes[column]
-            data[column].frombytes(np.asarray(values, dtype=dtype).tobytes())  # None -> NaN
-    if not data["idx"]:
-        return pd.DataFrame()
-    out: dict[str, Any] = {}
-    for name in CALL_COLUMNS:  # each buffer is dropped once converted: one column at a time
-        values = np.frombuffer(data.pop(name), dtype=dtypes[name])
-        if name in text:
-            strings = np.array(list(text[name]), dtype=object)
-            out[name] = pd.Series(strings[values], dtype=object)
-        elif name == "cost_usd" and not priced:
-            out[name] = pd.Series(np.full(len(values), None, dtype=object))
-        else:
-            out[name] = values
-        del values
-    return pd.DataFrame(out, columns=list(CALL_COLUMNS), copy=False)
-
-
-def _call_totals(store: Store) -> pd.DataFrame:
-    """The store's call totals (``CALL_TOTAL_COLUMNS``), summed in SQL."""
-    rows = [row.__dict__ for row in store.call_totals()]
-    return pd.DataFrame(rows, columns=list(CALL_TOTAL_COLUMNS))
-
-
 def call_totals(frames: Frames) -> pd.DataFrame:
     """``CALL_TOTAL_COLUMNS``: the store's call totals, or, for frames built by hand with only
     a calls frame, that frame summed per session, role and model."""
     if not frames.call_totals.empty or frames.calls.empty or "role" not in frames.calls.columns:
         return frames.call_totals.reindex(columns=list(CALL_TOTAL_COLUMNS))
-    calls = frames.calls
-
-    def column(name: str, default: object) -> pd.Series:  # a hand-built frame may lack it
-        return calls[name] if name in calls.columns else pd.Series(default, index=calls.index)
-
-    cost = pd.to_numeric(column("cost_usd", 0.0), errors="coerce")
-    parts = pd.DataFrame(
-        {
-            "session_id": calls["session_id"].astype(str),
-            "role": calls["role"].astype(str),
-            "model": column("model", "").astype(str),
-            "calls": 1,
-            "cache_hits": column("cached", False).astype(bool).astype(int),
-            **{c: column(c, 0) for c in ("input_tokens", "cached_input_tokens", "output_tokens")},
-            "cost_usd": cost.fillna(0.0),
-            "unpriced": cost.isna().astype(int),
-        }
-    )
-    keys = ["session_id", "role", "model"]
-    return parts.groupby(keys, sort=True)[list(CALL_TOTAL_COLUMNS[3:])].sum().reset_index()
-
-
-def _add_session_costs(sessions: pd.DataFrame, totals: pd.DataFrame) -> None:
-    """Add ``SESSION_COST_COLUMNS`` to ``sessions``, in place, from the call totals: the
-    session's own cached-prompt tokens, its judges' calls, tokens and cost, and the totals over
-    both."""
-    ids = sessions["session_id"]
-    sums = ["calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost", "unpriced"]
-    own = judged = pd.DataFrame(0, index=pd.Index(ids), columns=sums)
-    if not totals.empty:
-        parts = totals.assign(
-            judge=totals["role"].astype(str).str.startswith(JUDGE_ROLE_PREFIX),
-            cost=totals["cost_usd"].astype(float),
-        )
-        grouped = parts.groupby(["judge", "session_id"])[sums].sum()
-        own, judged = (
-            grouped.xs(flag, level="judge").reindex(ids, fill_value=0)
-            if flag in grouped.index.get_level_values("judge")
-            else pd.DataFrame(0, index=pd.Index(ids), columns=sums)
-            for flag in (False, True)
-        )
-    judge_cost = judged["cost"].astype(float).where(judged["unpriced"] == 0)
-    own_cost = pd.to_numeric(sessions["cost_usd"], errors="coerce").to_numpy()
-    values = {
-        "cached_input_tokens": own["cached_input_tokens"],
-        "judge_calls": judged["calls"],
-        "judge_input_tokens": judged["input_tokens"],
-        "judge_cached_input_tokens": judged["cached_input_tokens"],
-        "judge_output_tokens": judged["output_tokens"],
-        "judge_cost_usd": judge_cost,
-        "total_tokens": sessions["input_tokens"].to_numpy()
-        + sessions["output_tokens"].to_numpy()
-        + judged["input_tokens"].to_numpy()
-        + judged["output_tokens"].to_numpy(),
-        "total_cost_usd": own_cost + judge_cost.to_numpy(),
-    }
-    for column in SESSION_COST_COLUMNS:
-        value = values[column]
-        sessions[column] = value.to_numpy() if isinstance(value, pd.Series) else value
+    return sum_calls(frames.calls)
 
 
 def _detector() -> Callable[[SessionResult], list[dict[str, object]]] | None:
