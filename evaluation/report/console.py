@@ -11,6 +11,7 @@ included, and per session on average.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -420,6 +421,14 @@ def export_frames(
                             else str(v)
                         )
                     )
-            frame.to_parquet(path, index=False)
+            # fastparquet, imported only here: pandas loads pyarrow, when it is installed, at its
+            # own import (~36 MB in every process that reads a store), for one export format
+            with warnings.catch_warnings():  # its import reads a pandas option pandas 3 deprecates
+                warnings.filterwarnings(
+                    "ignore", message=".*infer_string", category=DeprecationWarning
+                )
+                import fastparquet
+
+            fastparquet.write(str(path), frame, write_index=False)
         written.append(path)
     return written

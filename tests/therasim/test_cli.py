@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -151,11 +153,33 @@ def test_simulate_show_judge_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "frames" / "sessions.csv").exists() and (
         tmp_path / "frames" / "verdicts.csv"
     ).exists()
+    assert main(["report", str(store), "--format", "parquet", "--out", str(tmp_path / "pq")]) == 0
+    import fastparquet  # after the export, which imports it with its pandas warning silenced
+
+    for name in ("sessions", "turns", "verdicts", "readiness"):
+        csv = pd.read_csv(tmp_path / "frames" / f"{name}.csv") if name != "readiness" else None
+        back = fastparquet.ParquetFile(str(tmp_path / "pq" / f"{name}.parquet")).to_pandas()
+        if csv is not None:  # the same rows and columns as the csv export, value for value
+            assert list(back.columns) == list(csv.columns) and len(back) == len(csv) > 0
+            for column in csv.columns:
+                _assert_same_values(back[column], csv[column])
+    assert set(back.columns) == {"subject", "axis", "status", "evidence"}
     assert main(["report", str(store), "--format", "json", "--out", str(tmp_path / "j")]) == 0
     readiness = json.loads((tmp_path / "j" / "frames.json").read_text())["readiness"]
     assert [r["axis"] for r in readiness][-1] == "overall"
     assert {r["status"] for r in readiness} <= {"PASS", "FAIL", "NOT_ASSESSED"}
     assert set(readiness[0]) == {"subject", "axis", "status", "evidence"}
+
+
+def _assert_same_values(got: pd.Series, want: pd.Series) -> None:
+    """Equal up to how each format types a column: numbers as numbers (NaN equal to a missing
+    value), the rest as text (``None`` and NaN both missing)."""
+    if pd.api.types.is_numeric_dtype(want) and not pd.api.types.is_bool_dtype(want):
+        numbers = pd.to_numeric(got.astype(object).where(got.notna()), errors="raise")
+        assert np.allclose(numbers.astype(float), want.astype(float), equal_nan=True), want.name
+        return
+    text = [None if pd.isna(v) else str(v) for v in got]
+    assert text == [None if pd.isna(v) else str(v) for v in want], want.name
 
 
 def test_run_dry_run_calls_no_model(
