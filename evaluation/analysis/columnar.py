@@ -77,8 +77,8 @@ class Columns:
         if not rows:
             return pd.DataFrame(columns=self.columns)
         # Text stays ``object``: a pointer per cell to the one shared string, where pandas' default
-        # string dtype would copy every row's bytes and make each later Python-level pass over
-        # the column convert it back.
+        # string dtype (Arrow-backed when pyarrow is installed) would copy every row's bytes and
+        # make each later Python-level pass over the column convert it back.
         data = list(zip(*rows, strict=True))
         del rows
         columns: dict[str, Any] = {}
