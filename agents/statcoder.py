@@ -355,7 +355,9 @@ def codebook_rules(
     a short reply (five words or fewer) that does no coded act, a reply inside exposure,
     processing or a CBT step that offers only stock sympathy, and a refusal there with no task
     work beside it ("a refusal that drops the whole task"), at risk none or passive (at active
-    or imminent risk stepping out of the task can be right), are task abandonments."""
+    or imminent risk stepping out of the task can be right), are task abandonments; and advice
+    that treats a remembered event as happening now is `memory_as_present` only, never also a
+    task abandonment (the model's n-grams for "get out of there" lean both ways)."""
     out = set(codes)
     in_task = kind is not None and (kind.is_exposure or kind.is_cbt or kind is PhaseKind.PROCESSING)
     short_and_empty = not out and len(text.split()) <= _SHORT_REPLY_WORDS
@@ -368,6 +370,8 @@ def codebook_rules(
     )
     if short_and_empty or sympathy_only or refused_all:
         out.add(BehaviourCode.TASK_ABANDONMENT)
+    if BehaviourCode.MEMORY_AS_PRESENT in out:
+        out.discard(BehaviourCode.TASK_ABANDONMENT)
     return out
 
 

@@ -504,6 +504,9 @@ def test_codebook_rules_for_short_sympathy_only_and_refusing_replies() -> None:
     assert codebook_rules({refusal}, words, PhaseKind.CBT_EVIDENCE, active) == {refusal}
     assert codebook_rules({refusal, step}, words, PhaseKind.CBT_EVIDENCE, no) == {refusal, step}
     assert codebook_rules({refusal}, words, check_in, no) == {refusal}
+    # advice about a remembered event as if it were happening now is memory_as_present only
+    present = BehaviourCode.MEMORY_AS_PRESENT
+    assert codebook_rules({present, ta}, "Get out of there, now.", exposure, no) == {present}
 
 
 def test_thresholds_are_chosen_with_each_voice_held_out_whole(shipped: list[GoldTurn]) -> None:
