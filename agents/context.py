@@ -53,10 +53,3 @@ class TurnContext(BaseModel):
         default=False, description="Whether the severity's self-harm content is due now."
     )
     seed: int = 0
-
-
-def transcript_as_messages(transcript: list[Utterance], *, me: Speaker) -> list[dict[str, str]]:
-    """The transcript as chat messages from ``me``'s point of view (my lines are 'assistant')."""
-    return [
-        {"role": "assistant" if u.speaker == me else "user", "content": u.text} for u in transcript
-    ]

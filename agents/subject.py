@@ -43,7 +43,7 @@ from therasim.agents.therapists import (
     null_text,
     safety_reflex_text,
 )
-from therasim.agents.types import CompletionRequest, CompletionResponse, Message
+from therasim.agents.types import CompletionRequest, CompletionResponse, Message, chat_message
 from therasim.errors import ConfigError
 from therasim.personas.schema import Persona
 
@@ -156,7 +156,7 @@ def subject_messages(
     if not transcript or transcript[0].speaker == "therapist":
         messages.append(Message(role="user", content=SESSION_OPENER))
     messages.extend(
-        Message(role="assistant" if u.speaker == "therapist" else "user", content=u.text)
+        chat_message("assistant" if u.speaker == "therapist" else "user", u.text)
         for u in transcript
     )
     return messages

@@ -6,6 +6,7 @@ pulling in the backends.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any, Literal
@@ -22,6 +23,13 @@ class Message(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+
+@functools.lru_cache(maxsize=8192)
+def chat_message(role: Literal["system", "user", "assistant"], content: str) -> Message:
+    """The (frozen, so shareable) message: a session resends its whole transcript every turn,
+    and building those messages afresh each time was a measurable share of a turn's CPU."""
+    return Message(role=role, content=content)
 
 
 class CompletionRequest(BaseModel):

@@ -15,10 +15,10 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from therasim.agents.context import TurnContext, Utterance, transcript_as_messages
+from therasim.agents.context import TurnContext, Utterance
 from therasim.agents.patient.asks import asks_for_suds
 from therasim.agents.resources import read_prompt
-from therasim.agents.types import Message
+from therasim.agents.types import Message, chat_message
 from therasim.personas.dynamics import PatientState
 from therasim.vocab import BehaviourCode, RiskLevel
 
@@ -346,7 +346,7 @@ def build_patient_messages(ctx: TurnContext, transcript: list[Utterance]) -> lis
     """
     messages = [Message(role="system", content=build_system_prompt(ctx, transcript))]
     messages.extend(
-        Message.model_validate(m) for m in transcript_as_messages(transcript, me="patient")
+        chat_message("assistant" if u.speaker == "patient" else "user", u.text) for u in transcript
     )
     if not transcript:
         messages.append(Message(role="user", content=OPENING_DIRECTION))
