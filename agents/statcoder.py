@@ -289,12 +289,12 @@ class StatisticalCoder:
         """The weights as features × codes, contiguous (the product reads them in that order)."""
         return np.ascontiguousarray(self.weights.T)
 
-    def appraise(self, text: str, ctx: TurnContext | None, patient: str = "") -> Appraisal:
-        """Code one therapist turn (pure, deterministic). Evidence: the lexicon's match, else
-        the first cue match, for each code that has one."""
-        phase = ctx.phase if ctx is not None else None
-        if not text.strip():
-            return Appraisal(phase=phase, codes=[BehaviourCode.TASK_ABANDONMENT])
+    def model_codes(
+        self, text: str, ctx: TurnContext | None, patient: str = ""
+    ) -> tuple[set[BehaviourCode], dict[str, str]]:
+        """The codes the model and the trusted lexicon give a non-empty reply before
+        :func:`codebook_rules`, and each code's evidence span (kept apart so rule variants can
+        be scored on saved out-of-fold codes: ``scripts/coder_cv.py --dump``)."""
         lexical = lexical_appraisal(text, ctx)
         cue_spans = _cue_spans(text)
         row = _feature_row(
@@ -309,6 +309,18 @@ class StatisticalCoder:
         score = self.score_one(text, row)
         chosen = {c for i, c in enumerate(_CODES) if score[i] >= self.thresholds[i]}
         chosen |= set(lexical.codes) & self.trust_lexicon
+        spans = {c.value: s for c, s in ((e.code, e.span) for e in lexical.evidence)}
+        for code, span in cue_spans.items():
+            spans.setdefault(code, span)
+        return chosen, spans
+
+    def appraise(self, text: str, ctx: TurnContext | None, patient: str = "") -> Appraisal:
+        """Code one therapist turn (pure, deterministic). Evidence: the lexicon's match, else
+        the first cue match, for each code that has one."""
+        phase = ctx.phase if ctx is not None else None
+        if not text.strip():
+            return Appraisal(phase=phase, codes=[BehaviourCode.TASK_ABANDONMENT])
+        chosen, spans = self.model_codes(text, ctx, patient)
         chosen = codebook_rules(
             chosen,
             text,
@@ -316,9 +328,6 @@ class StatisticalCoder:
             ctx.state.risk if ctx is not None else None,
         )
         codes = [c for c in _CODES if c in chosen]
-        spans = {c.value: s for c, s in ((e.code, e.span) for e in lexical.evidence)}
-        for code, span in cue_spans.items():
-            spans.setdefault(code, span)
         return Appraisal(
             phase=phase,
             codes=codes,

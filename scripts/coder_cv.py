@@ -7,18 +7,25 @@ trains the whole coder (inner cross-validation for thresholds, grouped by voice,
 other folds.
 
     .venv/bin/python scripts/coder_cv.py [--folds 5 | --by-voice [--only REGEX]] [--misses CODE]
+        [--dump FILE | --from-dump FILE]
+
+``--dump`` saves each held-out turn's codes before the codebook rules (JSON); ``--from-dump``
+scores such a file through the current ``codebook_rules`` without training, so a rule change is
+compared on the same out-of-fold codes in seconds instead of a full cross-validation.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from therasim.agents.gold import dev_turns
-from therasim.agents.statcoder import train_coder
+from therasim.agents.gold import GoldTurn, dev_turns
+from therasim.agents.statcoder import codebook_rules, train_coder
 from therasim.evaluation.judging.calibration import (
     CODES,
     FAILURES,
@@ -27,6 +34,7 @@ from therasim.evaluation.judging.calibration import (
     gold_context,
 )
 from therasim.evaluation.judging.calibration_scores import score_set
+from therasim.vocab import BehaviourCode
 
 
 def main() -> int:
@@ -49,10 +57,37 @@ def main() -> int:
         metavar="CODE",
         help="print the held-out turns where CODE was missed or given wrongly, with their text",
     )
+    parser.add_argument(
+        "--dump",
+        metavar="FILE",
+        type=Path,
+        help="save each held-out turn's codes before the codebook rules to FILE (JSON)",
+    )
+    parser.add_argument(
+        "--from-dump",
+        metavar="FILE",
+        type=Path,
+        help="score the codes saved by --dump through the current codebook rules (no training)",
+    )
     args = parser.parse_args()
     from sklearn.model_selection import KFold
 
     all_dev = dev_turns()
+    if args.from_dump:
+        saved: dict[str, list[str]] = json.loads(args.from_dump.read_text(encoding="utf-8"))
+        by_id = {t.id: t for t in all_dev}
+        unknown = sorted(set(saved) - set(by_id))
+        if unknown:
+            parser.error(
+                f"{args.from_dump}: {len(unknown)} ids not in the dev split, e.g. {unknown[0]}"
+            )
+        turns = [by_id[i] for i in saved]
+        predicted = [
+            frozenset(c.value for c in _with_rules(set(map(BehaviourCode, saved[t.id])), t))
+            for t in turns
+        ]
+        _report(turns, predicted, args.misses)
+        return 0
     if args.by_voice:
         # one fold per voices file: the first three by id prefix, the dev-only voices_dev<N>_*
         # files by their 'd<N><voice>-' prefix
@@ -72,14 +107,39 @@ def main() -> int:
         folds = list(KFold(args.folds, shuffle=True, random_state=7).split(all_dev))
     scored = sorted({i for _, test_idx in folds for i in test_idx})
     turns = all_dev
-    predicted: list[frozenset[str]] = [frozenset()] * len(turns)
+    predicted = [frozenset[str]()] * len(turns)
+    before_rules: dict[str, list[str]] = {}
     for train_idx, test_idx in folds:
         coder = train_coder([turns[i] for i in train_idx])
         for i in test_idx:
-            appraisal = coder.appraise(turns[i].therapist, gold_context(turns[i]), turns[i].patient)
-            predicted[i] = frozenset(c.value for c in appraisal.codes)
+            turn = turns[i]
+            if turn.therapist.strip():
+                chosen, _ = coder.model_codes(turn.therapist, gold_context(turn), turn.patient)
+            else:
+                chosen = {BehaviourCode.TASK_ABANDONMENT}
+            before_rules[turn.id] = sorted(c.value for c in chosen)
+            predicted[i] = frozenset(c.value for c in _with_rules(chosen, turn))
     turns = [all_dev[i] for i in scored]
     predicted = [predicted[i] for i in scored]
+    if args.dump:
+        args.dump.write_text(
+            json.dumps({t.id: before_rules[t.id] for t in turns}), encoding="utf-8"
+        )
+    _report(turns, predicted, args.misses)
+    return 0
+
+
+def _with_rules(chosen: set[BehaviourCode], turn: GoldTurn) -> set[BehaviourCode]:
+    """The coder's final codes for a held-out turn: its model codes through the codebook rules
+    (as ``StatisticalCoder.appraise`` applies them; an empty reply is task abandonment alone)."""
+    if not turn.therapist.strip():
+        return {BehaviourCode.TASK_ABANDONMENT}
+    return codebook_rules(chosen, turn.therapist, turn.phase_kind, turn.risk)
+
+
+def _report(turns: list[GoldTurn], predicted: list[frozenset[str]], misses: str | None) -> None:
+    """Print per-code, per-failure and appropriate figures for held-out turns, and the misses
+    of one code when asked."""
     gold = [frozenset(c.value for c in t.codes) for t in turns]
     codes = score_set(CODES, gold, predicted, intervals=False)
     rules = [failures_from_codes(p, t, t.therapist) for p, t in zip(predicted, turns, strict=True)]
@@ -105,16 +165,15 @@ def main() -> int:
     for name, s in failures.per_label.items():
         print(f"  {name:26s} n={s.support:3d} R={s.recall or 0:.2f} P={s.precision or 0:.2f}")
     print(f"appropriate accuracy {appropriate:.3f}")
-    if args.misses:
+    if misses:
         for t, p in zip(turns, predicted, strict=True):
-            wanted, given = args.misses in {c.value for c in t.codes}, args.misses in p
+            wanted, given = misses in {c.value for c in t.codes}, misses in p
             if wanted != given:
                 kind = "MISSED" if wanted else "WRONG "
                 text = " ".join(t.therapist.split())[:300]
                 print(
                     f"{kind} {t.id} [{t.phase_kind.value}/{t.risk.value}] {sorted(p)}\n    {text}"
                 )
-    return 0
 
 
 if __name__ == "__main__":
