@@ -113,10 +113,9 @@ def main() -> int:
         coder = train_coder([turns[i] for i in train_idx])
         for i in test_idx:
             turn = turns[i]
+            chosen: set[BehaviourCode] = set()
             if turn.therapist.strip():
                 chosen, _ = coder.model_codes(turn.therapist, gold_context(turn), turn.patient)
-            else:
-                chosen = {BehaviourCode.TASK_ABANDONMENT}
             before_rules[turn.id] = sorted(c.value for c in chosen)
             predicted[i] = frozenset(c.value for c in _with_rules(chosen, turn))
     turns = [all_dev[i] for i in scored]
@@ -130,10 +129,9 @@ def main() -> int:
 
 
 def _with_rules(chosen: set[BehaviourCode], turn: GoldTurn) -> set[BehaviourCode]:
-    """The coder's final codes for a held-out turn: its model codes through the codebook rules
-    (as ``StatisticalCoder.appraise`` applies them; an empty reply is task abandonment alone)."""
-    if not turn.therapist.strip():
-        return {BehaviourCode.TASK_ABANDONMENT}
+    """The coder's final codes for a held-out turn: its model codes through the codebook rules,
+    as ``StatisticalCoder.appraise`` applies them (an empty reply, with no codes, comes out as
+    task abandonment alone by the short-reply rule)."""
     return codebook_rules(chosen, turn.therapist, turn.phase_kind, turn.risk)
 
 
