@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from therasim.agents.gold import GoldTurn, dev_turns
 from therasim.agents.statcoder import codebook_rules, train_coder
@@ -74,7 +75,10 @@ def main() -> int:
 
     all_dev = dev_turns()
     if args.from_dump:
-        saved: dict[str, list[str]] = json.loads(args.from_dump.read_text(encoding="utf-8"))
+        try:
+            saved = _DUMP.validate_json(args.from_dump.read_bytes())
+        except (OSError, ValidationError) as exc:
+            parser.error(f"{args.from_dump}: {_problem(exc)}")
         by_id = {t.id: t for t in all_dev}
         unknown = sorted(set(saved) - set(by_id))
         if unknown:
@@ -82,16 +86,13 @@ def main() -> int:
                 f"{args.from_dump}: {len(unknown)} ids not in the dev split, e.g. {unknown[0]}"
             )
         turns = [by_id[i] for i in saved]
-        predicted = [
-            frozenset(c.value for c in _with_rules(set(map(BehaviourCode, saved[t.id])), t))
-            for t in turns
-        ]
+        predicted = [frozenset(c.value for c in _with_rules(set(saved[t.id]), t)) for t in turns]
         _report(turns, predicted, args.misses)
         return 0
     if args.by_voice:
         # one fold per voices file: the first three by id prefix, the dev-only voices_dev<N>_*
         # files by their 'd<N><voice>-' prefix
-        prefixes = ("vpe-", "vmx-", "vcbt-")
+        prefixes: tuple[str, ...] = ("vpe-", "vmx-", "vcbt-")
         prefixes += tuple(
             sorted({t.id.split("-")[0] + "-" for t in all_dev if re.match(r"d\d", t.id)})
         )
@@ -126,6 +127,19 @@ def main() -> int:
         )
     _report(turns, predicted, args.misses)
     return 0
+
+
+#: what ``--dump`` writes: turn id -> codes before the codebook rules
+_DUMP = TypeAdapter(dict[str, list[BehaviourCode]])
+
+
+def _problem(exc: Exception) -> str:
+    """A dump that cannot be read, in one line naming the first bad entry."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the file"
+    return f"{exc.error_count()} problem(s); {where}: {first['msg']}"
 
 
 def _with_rules(chosen: set[BehaviourCode], turn: GoldTurn) -> set[BehaviourCode]:

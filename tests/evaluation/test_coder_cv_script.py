@@ -35,3 +35,12 @@ def test_a_dump_with_an_id_outside_the_dev_split_names_the_file(tmp_path: Path) 
     result = run("--from-dump", str(dump))
     assert result.returncode == 2
     assert f"{dump}: 1 ids not in the dev split, e.g. no-such-turn" in result.stderr
+
+
+def test_a_dump_with_an_unknown_code_names_the_turn_and_entry(tmp_path: Path) -> None:
+    dump = tmp_path / "dump.json"
+    dump.write_text(json.dumps({"risk-038": ["suds_probe", "not_a_code"]}), encoding="utf-8")
+    result = run("--from-dump", str(dump))
+    assert result.returncode == 2
+    assert f"{dump}: 1 problem(s); risk-038.1: Input should be" in result.stderr
+    assert "Traceback" not in result.stderr
