@@ -43,7 +43,7 @@ from therasim.evaluation.judging.context import prefix_items, session_units
 from therasim.evaluation.judging.detectors import therapist_turns
 from therasim.evaluation.judging.judges import JudgeSpec, PanelOptions
 from therasim.evaluation.judging.panel import judge_session
-from therasim.evaluation.judging.prompts import batch_messages
+from therasim.evaluation.judging.prompts import batch_messages, batch_template, prompt_hash
 from therasim.evaluation.judging.rubric import load_rubrics
 from therasim.pipeline import run_study, study_store
 from therasim.simulations.records import SessionResult
@@ -261,7 +261,7 @@ def local(sessions: Sequence[SessionResult], n_turns: int, n_sessions: int) -> N
         gateway = Gateway(
             GatewayConfig(
                 roles={judge.role: RoleConfig(model="local")},
-                cache_path=os.path.join(home, "cache.sqlite"),
+                cache_path=os.path.join(home, f"cache-{mode}.sqlite"),  # no answer shared
                 local_timeout_s=600,
             )
         )
@@ -288,8 +288,20 @@ def local(sessions: Sequence[SessionResult], n_turns: int, n_sessions: int) -> N
         )
     turns = sum(len(list(therapist_turns(s))) for s in picked)
     print(f"({len(picked)} sessions, {turns} therapist turns)")
+    batched = {
+        prompt_hash(batch_template(scope), judge.prompt_variant) for scope in ("turn", "session")
+    }
+    from_batch = [r for r in rows["turn"] if r["prompt_hash"] in batched]
+    print(
+        f"turn mode: {len(from_batch)} verdicts from the batched answers, "
+        f"{len(rows['turn']) - len(from_batch)} from the item fallback (asked alone, as item mode asks)"
+    )
     _print_agreement(
         "local judge (SmolLM2-135M), item vs turn mode:", _agreement(rows["item"], rows["turn"])
+    )
+    _print_agreement(
+        "the same, batched answers only (without the fallback's rows):",
+        _agreement(rows["item"], from_batch),
     )
     for mode in ("item", "turn"):
         met = [r["met"] for r in rows[mode] if r["met"] is not None]

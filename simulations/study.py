@@ -85,18 +85,18 @@ class JudgeEntry(_Data):
 class JudgingSpec(_Data):
     """How the panel judges a study's sessions (``evaluation/judging/panel.py``).
 
-    ``mode: item`` asks one call per judge × rubric item × unit; ``mode: turn`` one call per
-    judge × therapist turn (every applicable turn item at once, keyed by item id) and one per
-    judge × session, with a prompt whose instructions and rubric prefix are identical across a
-    session's calls. ``sample_turns: K`` judges turn items on at least K turns per session:
+    ``mode: turn`` (the default) asks one call per judge × therapist turn (every applicable turn
+    item at once, keyed by item id; an item the answer lacks after a repair round is asked on
+    its own) and one per judge × session, with a prompt whose instructions and rubric prefix are
+    identical across a session's calls; ``mode: item`` one call per judge × rubric item × unit. ``sample_turns: K`` judges turn items on at least K turns per session:
     every turn whose state or codes flag risk or a failure, the rest stratified by phase and
     drawn with ``seed`` (without a seed they are spread evenly).
     """
 
     mode: Literal["item", "turn"] = Field(
-        default="item",
-        description="'item': one judge call per rubric item and unit; 'turn': one call per "
-        "therapist turn (all its items) and one per session.",
+        default="turn",
+        description="'turn': one judge call per therapist turn (all its items) and one per "
+        "session; 'item': one call per rubric item and unit.",
     )
     sample_turns: int | None = Field(
         default=None,

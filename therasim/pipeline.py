@@ -60,10 +60,11 @@ def study_store(out_dir: Path) -> Path:
 
 # A judge's call, in tokens: the rubric item, instructions and a bounded transcript window
 # (measured on studies/quickstart.yaml: about 794 input tokens a turn item), and a short verdict.
-# A batched call (``judging: {mode: turn}``) carries the session's rubric once and answers every
-# item: about 1,925 input tokens a call on the same study (benchmarks/bench_judging.py).
+# A batched call (``judging: {mode: turn}``, the default) carries the rubric's one-line briefs
+# once and answers every item: about 925 input tokens a call on the same study with the
+# version-3 templates (benchmarks/README.md §6).
 JUDGE_PROMPT_TOKENS = 800
-JUDGE_BATCH_PROMPT_TOKENS = 1_925
+JUDGE_BATCH_PROMPT_TOKENS = 925
 JUDGE_REPLY_TOKENS = 60
 
 
@@ -74,7 +75,10 @@ def add_judging(est: Estimate, study: Study, specs: list[SessionSpec], done: set
     protocol's shortest full path, and per session item. ``turn``: one call per judge per turn
     with at least one such item, and one per session. With ``sample_turns: K`` at most K turns a
     session count (flagged turns can add more; they are not known before the run). Conditional
-    items (``applies_when``) are counted as applying: an upper bound for crisis-only items.
+    items (``applies_when``) are counted as applying: an upper bound for crisis-only items. Turn
+    mode's repair rounds and item fallback (calls for items a batched answer lacks) are not
+    known before the run either, and are not counted: a judge that often fails its batches
+    costs more than the estimate (the budget still counts every call made).
     """
     if not study.judges:
         return

@@ -9,8 +9,13 @@ single verdicts. What comes back is sorted per item:
 - a valid entry becomes the item's row, as an item-by-item call would have written it;
 - a **missing or invalid** entry gets one repair round of its own: the answer is shown back with
   a request for exactly the items still lacking (and a schema of only those); an item still
-  lacking afterwards becomes an error row (``met=None``, reason starting ``"error: "``) —
-  never dropped;
+  lacking afterwards is asked on its own, as item mode asks it
+  (:func:`~therasim.evaluation.judging.item_judging.ask_item`, whose row then carries the item
+  template's prompt hash), and only if that fails too does it become an error row
+  (``met=None``, reason starting ``"error: "``) — never dropped. So a judge that cannot hold a
+  many-key JSON object together (the bundled 135M model) costs more calls, not verdicts; a
+  batched call that yields no valid entry at all (``StructuredOutputError``) falls back the same
+  way, while a transport error (the server is down) is recorded on every row without more calls;
 - an **unknown key** (an item not asked) is ignored and reported on this module's logger.
 
 **The answer's schema, by how the backend takes it.** A backend that takes a response format
@@ -24,13 +29,14 @@ message) and named the items asked (last line of the user message); for it the s
 ``met``), about 40 tokens where the full schema as text took ~300 for 13 items
 (``benchmarks/README.md`` §6). Both validate answers the same way.
 
-A call's tokens (the repair round's included) are shared among its rows, so per-row sums still
-add up to what the judge cost; the answers themselves (the call and its repair round) are
+A call's tokens (the repair round's included) are shared among its rows, and a fallback row adds
+its own call's, so per-row sums still add up to what the judge cost; the answers themselves (the call and its repair round) are
 returned too, and stored as the judge's call rows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Sequence
@@ -39,10 +45,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from therasim.agents.types import CompletionRequest, CompletionResponse, Message
-from therasim.errors import TherasimError
+from therasim.errors import ModelError, StructuredOutputError, TherasimError
 from therasim.evaluation.judging.context import Unit
 from therasim.evaluation.judging.item_judging import (
     JudgeGateway,
+    ask_item,
     base_row,
     error_reason,
     fill_row,
@@ -163,6 +170,14 @@ def _share(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+def _detail(exc: BaseException, limit: int = 160) -> str:
+    """An exception in a few words (the row names the judge and model already), for a reason
+    that must also say what happened next."""
+    text = exc.detail if isinstance(exc, ModelError) else str(exc)
+    detail = f"{type(exc).__name__}: {' '.join(text.split())}"
+    return detail if len(detail) <= limit else detail[: limit - 1] + "…"
+
+
 def _report_unknown(judge: JudgeSpec, unit: Unit, session_id: str, unknown: list[str]) -> None:
     if unknown:
         where = "the session" if unit.turn < 0 else f"turn {unit.turn}"
@@ -196,43 +211,58 @@ async def ask_batch(
     ids = tuple(rows)
     request = batch_request(judge, unit, rubric, options)
     responses: list[CompletionResponse] = []
+    failure = "no valid verdict for this item in the batched answer, nor after a repair round"
+    answer = BatchAnswer()
     try:
         _, response = await gateway.structured(
             request, answer_model(gateway, judge, unit.scope, ids)
         )
+    except StructuredOutputError as exc:  # no valid entry at all: every item falls back
+        failure = "no valid verdict in the batched answer (" + _detail(exc) + ")"
     except Exception as exc:  # a failed call never stops the panel (cancellation still does)
         for row in rows.values():
             row["reason"] = error_reason(exc)
         return list(rows.values()), []
-    responses.append(response)
-    answer = read_batch(response.text, ids)
-    _report_unknown(judge, unit, session_id, answer.unknown)
-    lacking = answer.missing(ids)
-    failure = "no valid verdict for this item in the batched answer, nor after a repair round"
-    if lacking:
-        repair = _repair_request(request, response.text, lacking, answer)
-        try:
-            _, repaired = await gateway.structured(
-                repair, answer_model(gateway, judge, unit.scope, tuple(lacking))
-            )
-        except Exception as exc:
-            failure += f" ({error_reason(exc).removeprefix('error: ')})"
-        else:
-            responses.append(repaired)
-            again = read_batch(repaired.text, tuple(lacking))
-            _report_unknown(judge, unit, session_id, again.unknown)
-            answer.verdicts.update(again.verdicts)
-    items = {item.id: item for _, item in unit.items}
+    else:
+        responses.append(response)
+        answer = read_batch(response.text, ids)
+        _report_unknown(judge, unit, session_id, answer.unknown)
+        lacking = answer.missing(ids)
+        if lacking:
+            repair = _repair_request(request, response.text, lacking, answer)
+            try:
+                _, repaired = await gateway.structured(
+                    repair, answer_model(gateway, judge, unit.scope, tuple(lacking))
+                )
+            except Exception as exc:
+                failure += f" ({_detail(exc)})"
+            else:
+                responses.append(repaired)
+                again = read_batch(repaired.text, tuple(lacking))
+                _report_unknown(judge, unit, session_id, again.unknown)
+                answer.verdicts.update(again.verdicts)
+    pairs = {item.id: (r, item) for r, item in unit.items}
     for item_id, row in rows.items():
         verdict = answer.verdicts.get(item_id)
-        if verdict is None:
-            why = answer.invalid.get(item_id, "missing")
-            row["reason"] = f"error: {failure}; first answer: {why}"[:500]
-        else:
-            fill_row(row, items[item_id], verdict)
-        row["model"] = response.model
+        if verdict is not None:
+            fill_row(row, pairs[item_id][1], verdict)
+            row["model"] = responses[0].model
     tokens_in = _share(sum(r.usage.input_tokens for r in responses), len(rows))
     tokens_out = _share(sum(r.usage.output_tokens for r in responses), len(rows))
     for row, n_in, n_out in zip(rows.values(), tokens_in, tokens_out, strict=True):
         row.update(input_tokens=n_in, output_tokens=n_out)
+    lacking = answer.missing(ids)
+    alone = await asyncio.gather(
+        *(ask_item(gateway, session_id, judge, unit, *pairs[i], options) for i in lacking)
+    )
+    for item_id, (row, own) in zip(lacking, alone, strict=True):
+        shared = rows[item_id]
+        if row["met"] is None and row["reason"].startswith("error:"):
+            why = answer.invalid.get(item_id, "missing")
+            alone_why = row["reason"].removeprefix("error: ")[:200]
+            row["reason"] = f"error: {failure}; first answer: {why}; asked alone: {alone_why}"[:500]
+        row["input_tokens"] += shared["input_tokens"]
+        row["output_tokens"] += shared["output_tokens"]
+        rows[item_id] = row
+        responses.extend(own)
     return list(rows.values()), responses

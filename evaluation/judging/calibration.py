@@ -255,7 +255,7 @@ async def _judge_all(
     codes: Sequence[frozenset[str]],
     concurrency: int,
     tick: Callable[[], None],
-    mode: JudgingMode = "item",
+    mode: JudgingMode = "turn",
 ) -> tuple[list[frozenset[str]], int, int, list[bool]]:
     """Per turn, the failures the judge found; plus items asked, errors, and every answer.
 
@@ -394,7 +394,7 @@ async def calibrate(
     concurrency: int = 8,
     worst: int = 10,
     progress: Callable[[int, int], None] | None = None,
-    judging_mode: JudgingMode = "item",
+    judging_mode: JudgingMode = "turn",
 ) -> CalibrationReport:
     """Code every gold turn with the gateway's ``appraiser`` role, run each judge on the
     applicable failure items (item by item, or batched per turn: ``judging_mode``), and score

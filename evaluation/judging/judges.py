@@ -84,9 +84,10 @@ class PanelOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: JudgingMode = Field(
-        default="item",
-        description="'item': one call per judge × item × unit. 'turn': one call per judge × "
-        "therapist turn (every applicable turn item) and one per judge × session.",
+        default="turn",
+        description="'turn': one call per judge × therapist turn (every applicable turn item; "
+        "items its answer lacks are then asked one at a time) and one per judge × session. "
+        "'item': one call per judge × item × unit.",
     )
     sample_turns: int | None = Field(
         default=None,

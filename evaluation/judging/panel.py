@@ -23,12 +23,13 @@ How a session is judged
 5. **Calls** (``PanelOptions.mode``), all gathered at once; the gateway's per-role concurrency
    and rate limits pace them:
 
-   - ``item`` (default): one ``gateway.structured(CompletionRequest(role="judge:<name>", …),
-     Verdict)`` per judge × item × unit (:mod:`therasim.evaluation.judging.item_judging`);
-   - ``turn``: one call per judge × therapist turn returning every applicable turn item keyed
-     by item id, and one per judge × session for the session items; the instructions and the
-     rubric come first and are byte-identical across a session's calls (prompt caches hit);
-     missing items get one repair round (:mod:`therasim.evaluation.judging.batched`).
+   - ``turn`` (default): one call per judge × therapist turn returning every applicable turn
+     item keyed by item id, and one per judge × session for the session items; the
+     instructions and the rubric come first and are byte-identical across a session's calls
+     (prompt caches hit); missing items get one repair round, then are asked one at a time as
+     in item mode (:mod:`therasim.evaluation.judging.batched`);
+   - ``item``: one ``gateway.structured(CompletionRequest(role="judge:<name>", …), Verdict)``
+     per judge × item × unit (:mod:`therasim.evaluation.judging.item_judging`).
 
    A failed call or item becomes a row with ``met=None`` and a reason starting ``"error: "``;
    it never stops the panel. Scripted judges give the same verdicts in both modes.
@@ -37,9 +38,11 @@ Rows (``Store.save_verdicts``): ``session_id, judge`` (the judge's name), ``item
 (therapist turn number, ``-1`` for session items), ``met`` (1/0/None), ``score`` (1–5 for
 ``score_1_5`` items, else None), ``reason, prompt_hash`` (first 12 hex digits of the sha256 of
 the template file — plus the prompt variant's instruction when it has one; see
-:func:`prompt_hash`; the batched templates hash differently, so switching mode re-judges),
+:func:`prompt_hash`; the batched templates hash differently, so switching to item mode
+re-judges, while turn mode takes item-mode rows as judged: a turn-mode row that came from the
+item fallback carries the item template's hash too),
 ``rubric_version`` (``<rubric>@<version>/<item version>``), ``model``, ``input_tokens,
-output_tokens`` (in ``turn`` mode a call's tokens shared among its rows), ``weight`` (the turn's
+output_tokens`` (in ``turn`` mode a call's tokens shared among its rows, plus a fallback row's own call), ``weight`` (the turn's
 design weight under ``sample_turns``: 1 for a flagged turn, ``N_p / n_p`` for one drawn from
 phase ``p``'s unflagged turns; 1 when every turn is judged and for session items — what
 :func:`therasim.evaluation.analysis.metrics.item_means` weighs by).
@@ -181,13 +184,16 @@ async def judge_session_calls(
 
 
 def _templates(mode: JudgingMode) -> tuple[TemplateName, ...]:
+    """The templates whose verdicts count as judged in ``mode``: turn mode's fallback asks items
+    alone with the item templates, so their rows count there too (and an item-mode store is
+    not re-judged when the mode becomes turn); item mode counts its own only."""
     if mode == "turn":
-        return (batch_template("turn"), batch_template("session"))
+        return (batch_template("turn"), batch_template("session"), "turn", "session")
     return ("turn", "session")
 
 
 def _judged(
-    store: Store, judges: Sequence[JudgeSpec], mode: JudgingMode = "item"
+    store: Store, judges: Sequence[JudgeSpec], mode: JudgingMode = "turn"
 ) -> set[tuple[str, str]]:
     """(session_id, judge name) pairs already judged with the judge's current templates, no errors."""
     hashes = {j.name: {prompt_hash(t, j.prompt_variant) for t in _templates(mode)} for j in judges}

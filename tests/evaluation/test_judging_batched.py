@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,30 +14,42 @@ from pydantic import ValidationError
 from test_panel import adherent_session, make_session, reflex_session, scripted_gateway
 
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
+from therasim.agents.llm.backends import FunctionBackend
 from therasim.agents.llm.structured import schema_json
 from therasim.agents.llm.usage import approx_tokens
 from therasim.agents.types import CompletionRequest
+from therasim.errors import PermanentModelError
 from therasim.evaluation.judging.batched import answer_model
 from therasim.evaluation.judging.detectors import therapist_turns
 from therasim.evaluation.judging.panel import (
     JudgeSpec,
     PanelOptions,
     judge_session,
+    judge_store,
     scripted_judges,
 )
 from therasim.evaluation.judging.rubric import load_rubrics
 from therasim.evaluation.judging.sampling import flagged, sample_turns
 from therasim.simulations.records import SessionResult
+from therasim.simulations.store import Store
 from therasim.simulations.study import JudgingSpec, Study
 from therasim.vocab import RiskLevel
 
 RUBRICS = load_rubrics()
 TURN = PanelOptions(mode="turn")
+ITEM = PanelOptions(mode="item")
 CAPTURED: list[CompletionRequest] = []
 
 
 def _asked(request: CompletionRequest) -> list[str]:
+    """The items a call asks: a batch's list, or the one item of an item-mode call (fallback)."""
+    if "items" not in request.metadata:
+        return [str(request.metadata["item_id"])]
     return [str(i["item_id"]) for i in request.metadata["items"]]
+
+
+def _alone(request: CompletionRequest) -> bool:
+    return "items" not in request.metadata
 
 
 def _verdict(item_id: str) -> dict[str, Any]:
@@ -59,6 +72,13 @@ def _never_first_item(request: CompletionRequest) -> str:
     return json.dumps(answer)
 
 
+def _prose_to_batches(request: CompletionRequest) -> str:
+    """Cannot answer a batch in JSON at all (prose, repair round too), but answers one item."""
+    if _alone(request):
+        return json.dumps(_verdict(_asked(request)[0]))
+    return "Everything in this reply looks fine to me."
+
+
 def _adds_unknown_item(request: CompletionRequest) -> str:
     answer = {i: _verdict(i) for i in _asked(request)}
     answer["made_up_item"] = _verdict("made_up_item")
@@ -76,6 +96,7 @@ def _judges() -> Iterator[None]:
         {
             "drops-first": _drops_first_item,
             "never-first": _never_first_item,
+            "prose-to-batches": _prose_to_batches,
             "adds-unknown": _adds_unknown_item,
             "capture-batch": _capture,
         }
@@ -129,10 +150,70 @@ async def test_an_item_still_missing_after_the_repair_is_an_error_row() -> None:
     assert set(never) == lexical  # no item dropped: every applicable item has a row
     bad = never[("acknowledgment", 2)]
     assert bad["met"] is None and bad["reason"].startswith("error: ")
-    assert "met" in bad["reason"]  # says what was wrong with the first answer
+    assert "first answer: reason: Field required" in bad["reason"]  # what was wrong with it
+    assert "asked alone: StructuredOutputError" in bad["reason"]  # and that its own call failed
     errors = {k for k, r in never.items() if r["reason"].startswith("error")}
     assert {("acknowledgment", 1), ("acknowledgment", 2)} <= errors and len(errors) == 3
     assert never[("no_false_reassurance", 2)]["met"] == 1
+
+
+async def test_items_a_batch_lacks_after_the_repair_are_asked_alone() -> None:
+    gateway = scripted_gateway()
+    judges = [
+        JudgeSpec(name="prose", model="scripted:prose-to-batches"),
+        JudgeSpec(name="lexical", model="scripted:lexical-judge"),
+    ]
+    session = adherent_session(2)
+    rows = await judge_session(gateway, session, RUBRICS, judges, options=TURN)
+    prose = [r for r in rows if r["judge"] == "prose"]
+    lexical = [r for r in rows if r["judge"] == "lexical"]
+    assert [(r["item_id"], r["turn"]) for r in prose] == [
+        (r["item_id"], r["turn"]) for r in lexical
+    ]
+    # each lacking item was asked exactly as item mode asks it: the same rows, prompt hash (the
+    # item template's, not the batched one's) and tokens included
+    alone = await judge_session(scripted_gateway(), session, RUBRICS, judges[:1], options=ITEM)
+    assert prose == alone
+    assert all(r["met"] == 1 for r in prose)
+    assert not {r["prompt_hash"] for r in prose} & {r["prompt_hash"] for r in lexical}
+    # per unit (two turns, the session): the batch and the gateway's repair round, both failed
+    # outright (their tokens stay in the gateway's accounting); then one call per item
+    assert gateway.accounting.for_role("judge:prose").calls == 2 * 3 + len(prose)
+
+
+async def test_a_session_judged_through_the_fallback_counts_as_judged_unless_it_failed(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "study.sqlite")
+    store.save_session(adherent_session(2, seed=1))
+    gateway = scripted_gateway()
+    mixed = [JudgeSpec(name="prose", model="scripted:prose-to-batches")]
+    assert await judge_store(store, gateway, RUBRICS, mixed, options=TURN, personas={}) == 1
+    assert await judge_store(store, gateway, RUBRICS, mixed, options=TURN, personas={}) == 0
+    # a fallback row with an error is retried, as a batched one is
+    never = [JudgeSpec(name="never", model="scripted:never-first")]
+    assert await judge_store(store, gateway, RUBRICS, never, options=TURN, personas={}) == 1
+    assert await judge_store(store, gateway, RUBRICS, never, options=TURN, personas={}) == 1
+    # turn mode takes item-mode rows as judged (its fallback asks the same way); not the reverse
+    lexical = [JudgeSpec(name="lexical", model="scripted:lexical-judge")]
+    assert await judge_store(store, gateway, RUBRICS, lexical, options=ITEM, personas={}) == 1
+    assert await judge_store(store, gateway, RUBRICS, lexical, options=TURN, personas={}) == 0
+    harsh = [JudgeSpec(name="harsh", model="scripted:harsh-judge")]
+    assert await judge_store(store, gateway, RUBRICS, harsh, options=TURN, personas={}) == 1
+    assert await judge_store(store, gateway, RUBRICS, harsh, options=ITEM, personas={}) == 1
+
+
+async def test_a_failed_batch_call_is_not_retried_item_by_item() -> None:
+    def down(request: CompletionRequest) -> str:
+        raise PermanentModelError("connection refused", role=request.role, model="openai:x")
+
+    gateway = Gateway(
+        GatewayConfig(cache_enabled=False), backends={"openai": FunctionBackend(down)}
+    )
+    judge = JudgeSpec(name="down", model="openai:x")
+    rows = await judge_session(gateway, adherent_session(2), RUBRICS, [judge], options=TURN)
+    assert rows and all(r["met"] is None and "connection refused" in r["reason"] for r in rows)
+    assert gateway.accounting.for_role("judge:down").calls == 3  # two turns and the session
 
 
 async def test_an_unknown_item_is_ignored_and_reported(caplog: pytest.LogCaptureFixture) -> None:
@@ -250,7 +331,7 @@ async def test_turn_mode_makes_one_call_per_turn_per_judge() -> None:
         mine = [r for r in rows if r["judge"] == judge.name]
         assert sum(r["input_tokens"] for r in mine) == usage.input_tokens  # shared, not lost
     item_gateway = scripted_gateway()
-    item_rows = await judge_session(item_gateway, session, RUBRICS, judges)
+    item_rows = await judge_session(item_gateway, session, RUBRICS, judges, options=ITEM)
     assert len(item_rows) == len(rows)
     assert item_gateway.accounting.for_role("judge:lexical").calls == len(item_rows) // 3
 
@@ -267,7 +348,7 @@ async def test_turn_mode_makes_one_call_per_turn_per_judge() -> None:
 )
 async def test_scripted_judges_give_the_same_verdicts_in_both_modes(session: SessionResult) -> None:
     judges = scripted_judges()
-    by_item = await judge_session(scripted_gateway(), session, RUBRICS, judges)
+    by_item = await judge_session(scripted_gateway(), session, RUBRICS, judges, options=ITEM)
     by_turn = await judge_session(scripted_gateway(), session, RUBRICS, judges, options=TURN)
 
     def key(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -338,7 +419,7 @@ def test_the_study_judging_block_maps_to_panel_options() -> None:
     assert (options.mode, options.sample_turns, options.sample_seed, options.window) == (
         "turn", 4, 9, 2
     )  # fmt: skip
-    assert PanelOptions.from_study(None).mode == "item" == JudgingSpec().mode
+    assert PanelOptions.from_study(None).mode == "turn" == JudgingSpec().mode
     with pytest.raises(ValueError, match=r"[Ee]xtra|not permitted"):
         JudgingSpec.model_validate({"mode": "turn", "samples": 3})
     with pytest.raises(ValueError):

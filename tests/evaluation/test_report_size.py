@@ -19,7 +19,7 @@ from therasim.agents.llm import Gateway
 from therasim.evaluation.analysis import metrics
 from therasim.evaluation.analysis.columns import CALL_COLUMNS
 from therasim.evaluation.analysis.frames import Frames, call_totals, load_frames
-from therasim.evaluation.judging.panel import JudgeSpec, judge_store
+from therasim.evaluation.judging.panel import JudgeSpec, PanelOptions, judge_store
 from therasim.evaluation.judging.rubric import load_rubrics
 from therasim.evaluation.report import console as report
 from therasim.evaluation.report.html import render_html_report
@@ -32,7 +32,8 @@ PLOTLY_HEAD = get_plotlyjs()[:300]
 
 
 def _simulate(path: Path) -> int:
-    """24 offline sessions (2 arms × 6 personas × 2 severities, 4 turns), judged lexically."""
+    """24 offline sessions (2 arms × 6 personas × 2 severities, 4 turns), judged lexically item
+    by item."""
     study = Study.model_validate(
         {
             "id": "size",
@@ -65,6 +66,7 @@ def _simulate(path: Path) -> int:
                     gateway,
                     load_rubrics(),
                     [JudgeSpec(name="lexical", model="scripted:lexical-judge")],
+                    options=PanelOptions(mode="item"),  # a call per verdict: the most call rows
                 )
                 return stats.completed
         finally:

@@ -150,7 +150,9 @@ def test_the_dry_run_counts_judging_and_compares_with_the_budget(
     from therasim.simulations.study import load_study
 
     path = _study_file(tmp_path, {"max_tokens": 1000})
-    est = study_estimate(load_study(path))
+    study = load_study(path)
+    item = study.model_copy(update={"judging": study.judging.model_copy(update={"mode": "item"})})
+    est = study_estimate(item)
     judge = est.per_role["judge:lexical"]
     assert judge["calls"] > 0 and judge["tokens"] == judge["calls"] * 860
     assert est.tokens == sum(e["tokens"] for e in est.per_role.values())
@@ -176,10 +178,11 @@ def test_the_dry_run_counts_one_batched_call_per_turn_in_turn_mode(tmp_path: Pat
     from therasim.pipeline import JUDGE_BATCH_PROMPT_TOKENS, JUDGE_REPLY_TOKENS, study_estimate
     from therasim.simulations.study import load_study
 
-    study = load_study(_study_file(tmp_path, {"max_tokens": 10_000_000}))
-    by_item = study_estimate(study).per_role["judge:lexical"]
-    turn = study.model_copy(update={"judging": study.judging.model_copy(update={"mode": "turn"})})
+    turn = load_study(_study_file(tmp_path, {"max_tokens": 10_000_000}))
+    assert turn.judging.mode == "turn"  # the default
     by_turn = study_estimate(turn).per_role["judge:lexical"]
+    item = turn.model_copy(update={"judging": turn.judging.model_copy(update={"mode": "item"})})
+    by_item = study_estimate(item).per_role["judge:lexical"]
     sessions = 2  # two PE personas at one severity, one repeat
     # at most one call per therapist turn (max_turns 6) plus one per session
     assert sessions <= by_turn["calls"] <= sessions * (6 + 1) < by_item["calls"]

@@ -289,8 +289,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--judging-mode",
         choices=["item", "turn"],
-        default="item",
-        help="ask the judges one item per call, or every item of a turn in one call (default: item)",
+        default="turn",
+        help="ask the judges every item of a turn in one call, as a study does by default, or one item per call (default: turn)",
     )
     p.add_argument(
         "--gold", nargs="*", metavar="FILE", help="gold JSONL files (default: the shipped set)"

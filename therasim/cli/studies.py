@@ -311,8 +311,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--mode",
         choices=("item", "turn"),
-        default="item",
-        help="one judge call per rubric item (default) or one per therapist turn, all items at once",
+        default="turn",
+        help="one judge call per therapist turn, all items at once (default), or one per rubric item",
     )
     p.add_argument(
         "--sample-turns",
