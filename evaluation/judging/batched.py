@@ -30,8 +30,9 @@ message) and named the items asked (last line of the user message); for it the s
 (``benchmarks/README.md`` §6). Both validate answers the same way.
 
 A call's tokens (the repair round's included) are shared among its rows, and a fallback row adds
-its own call's, so per-row sums still add up to what the judge cost; the answers themselves (the call and its repair round) are
-returned too, and stored as the judge's call rows.
+its own call's, so per-row sums still add up to what the judge cost (a call that failed outright
+has no answer: the gateway's accounting counts it). The answers themselves (the call, its repair
+round, the fallback's calls) are returned too, and stored as the judge's call rows.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Item-by-item judging (``mode: item``): one structured call per judge × item × unit.
+"""Item-by-item judging (``mode: item``): one structured call per judge × item × unit; turn mode
+asks the items its batched answer lacks this way too (:mod:`~therasim.evaluation.judging.batched`).
 
 Also the pieces both modes share: the gateway protocol the panel needs, the verdict row and the
 judge's model name. A failed call becomes a row with ``met=None`` and a reason starting

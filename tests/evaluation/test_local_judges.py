@@ -50,7 +50,8 @@ async def test_three_local_judges_score_a_stored_session(
             ),
         ]
         # the PE rubric on the sampled turns (one, plus any flagging risk or a failure: the
-        # safety-reflex arm flags them all, three at most) keeps CI to a few dozen calls
+        # safety-reflex arm flags them all, three at most), in the default turn mode, keeps CI
+        # to a few dozen calls
         rows = await judge_session(
             gateway,
             result,
@@ -98,7 +99,7 @@ async def test_a_local_judge_in_turn_mode_rates_every_item_of_a_turn_in_one_call
         persona = resolve_persona(spec, library)
         rubrics = load_rubrics(["pe", "failures", "session"])
         item_rows = await judge_session(
-            gateway, result, rubrics, [judge], options=PanelOptions(), persona=persona
+            gateway, result, rubrics, [judge], options=PanelOptions(mode="item"), persona=persona
         )
         before = gateway.accounting.for_role(judge.role).calls
         rows = await judge_session(
