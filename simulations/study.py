@@ -88,9 +88,10 @@ class JudgingSpec(_Data):
     ``mode: turn`` (the default) asks one call per judge × therapist turn (every applicable turn
     item at once, keyed by item id; an item the answer lacks after a repair round is asked on
     its own) and one per judge × session, with a prompt whose instructions and rubric prefix are
-    identical across a session's calls; ``mode: item`` one call per judge × rubric item × unit. ``sample_turns: K`` judges turn items on at least K turns per session:
-    every turn whose state or codes flag risk or a failure, the rest stratified by phase and
-    drawn with ``seed`` (without a seed they are spread evenly).
+    identical across a session's calls; ``mode: item`` one call per judge × rubric item × unit.
+    ``sample_turns: K`` judges turn items on at least K turns per session: every turn whose
+    state or codes flag risk or a failure, the rest stratified by phase and drawn with ``seed``
+    (without a seed they are spread evenly).
     """
 
     mode: Literal["item", "turn"] = Field(

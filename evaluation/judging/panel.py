@@ -42,10 +42,10 @@ the template file — plus the prompt variant's instruction when it has one; see
 re-judges, while turn mode takes item-mode rows as judged: a turn-mode row that came from the
 item fallback carries the item template's hash too),
 ``rubric_version`` (``<rubric>@<version>/<item version>``), ``model``, ``input_tokens,
-output_tokens`` (in ``turn`` mode a call's tokens shared among its rows, plus a fallback row's own call), ``weight`` (the turn's
-design weight under ``sample_turns``: 1 for a flagged turn, ``N_p / n_p`` for one drawn from
-phase ``p``'s unflagged turns; 1 when every turn is judged and for session items — what
-:func:`therasim.evaluation.analysis.metrics.item_means` weighs by).
+output_tokens`` (in ``turn`` mode a call's tokens shared among its rows, plus a fallback row's
+own call), ``weight`` (the turn's design weight under ``sample_turns``: 1 for a flagged turn,
+``N_p / n_p`` for one drawn from phase ``p``'s unflagged turns; 1 when every turn is judged and
+for session items — what :func:`therasim.evaluation.analysis.metrics.item_means` weighs by).
 
 Calls: every answer a judge's verdicts came from is stored with them, in the same transaction,
 as a row of the store's ``calls`` (role ``judge:<name>``, model, tokens, cached-prompt tokens,

@@ -41,15 +41,16 @@ ITEM = PanelOptions(mode="item")
 CAPTURED: list[CompletionRequest] = []
 
 
+def _alone(request: CompletionRequest) -> bool:
+    """Whether the call asks one item as item mode does (turn mode's fallback), not a batch."""
+    return "items" not in request.metadata
+
+
 def _asked(request: CompletionRequest) -> list[str]:
-    """The items a call asks: a batch's list, or the one item of an item-mode call (fallback)."""
-    if "items" not in request.metadata:
+    """The items a call asks: a batch's list, or the one item of an item-mode call."""
+    if _alone(request):
         return [str(request.metadata["item_id"])]
     return [str(i["item_id"]) for i in request.metadata["items"]]
-
-
-def _alone(request: CompletionRequest) -> bool:
-    return "items" not in request.metadata
 
 
 def _verdict(item_id: str) -> dict[str, Any]:

@@ -290,7 +290,8 @@ def add_parsers(sub: Any) -> None:
         "--judging-mode",
         choices=["item", "turn"],
         default="turn",
-        help="ask the judges every item of a turn in one call, as a study does by default, or one item per call (default: turn)",
+        help="turn: every item of a turn in one call, as a study asks by default; item: one "
+        "item per call (default: turn)",
     )
     p.add_argument(
         "--gold", nargs="*", metavar="FILE", help="gold JSONL files (default: the shipped set)"
