@@ -120,8 +120,28 @@ def training_turns() -> list[GoldTurn]:
 def trained_on(turns: Sequence[GoldTurn]) -> int:
     """How many of ``turns`` the coder was trained on (the same reply, whitespace aside): their
     calibration figures are not a test of it."""
+    return len(_trained_replies(turns))
+
+
+def _trained_replies(turns: Sequence[GoldTurn]) -> list[str]:
     seen = {" ".join(t.therapist.split()) for t in training_turns()}
-    return sum(" ".join(t.therapist.split()) in seen for t in turns)
+    return [r for r in (" ".join(t.therapist.split()) for t in turns) if r in seen]
+
+
+def trained_on_warning(turns: Sequence[GoldTurn], what: str) -> str | None:
+    """The warning when some of ``turns`` are replies the coder was trained on, else None;
+    replies of two words or fewer ("Okay.", empty) recur in any set: it counts them apart."""
+    replies = _trained_replies(turns)
+    if not replies:
+        return None
+    short = sum(len(r.split()) <= 2 for r in replies)
+    aside = (
+        f" ({short} of them replies of two words or fewer, which recur in any set)" if short else ""
+    )
+    return (
+        f"{len(replies)} of the {len(turns)} {what} are in the statistical coder's training data "
+        f"(the shipped dev split){aside}: their figures are not a test of it"
+    )
 
 
 _WORD = re.compile(r"[^\W\d_]{4,}")

@@ -357,14 +357,10 @@ async def calibrate_study(
     if not turns:
         raise ConfigError(f"no gold turns in split {split!r}", field="calibration.split")
     if study.appraiser.model == "scripted:statistical":
-        from therasim.agents.statcoder import trained_on
+        from therasim.agents.statcoder import trained_on_warning
 
-        if overlap := trained_on(turns):
-            console.print(
-                f"[yellow]warning:[/] {overlap} of the {len(turns)} calibration turns are in the "
-                "statistical coder's training data (the shipped dev split): their figures are "
-                "not a test of it"
-            )
+        if warning := trained_on_warning(turns, "calibration turns"):
+            console.print(f"[yellow]warning:[/] {warning}")
     with _progress_bar(console) as bar:
         task = bar.add_task("calibration", total=None, info="", visible=show_progress)
         report = await calibrate(

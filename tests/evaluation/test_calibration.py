@@ -253,6 +253,17 @@ def test_cli_calibrate_warns_when_the_coder_is_scored_on_its_training_lines(
 
     spaced = dev[0].model_copy(update={"therapist": "  " + dev[0].therapist.replace(" ", "\n")})
     assert trained_on([spaced, *test]) == 1
+    # a reply of a word or two recurs in any set: counted, and said apart
+    from therasim.agents.statcoder import trained_on_warning, training_turns
+
+    okay = next(t for t in training_turns() if 0 < len(t.therapist.split()) <= 2)
+    again = test[0].model_copy(update={"therapist": okay.therapist})
+    assert trained_on_warning([spaced, again, *test[1:]], "gold turns") == (
+        "2 of the 3 gold turns are in the statistical coder's training data (the shipped dev "
+        "split) (1 of them replies of two words or fewer, which recur in any set): their figures "
+        "are not a test of it"
+    )
+    assert trained_on_warning(test, "gold turns") is None
     study = json.loads(_study(tmp_path, gold, judges=False).read_text())
     study["appraiser"] = {"model": "scripted:statistical"}
     (tmp_path / "s.yaml").write_text(json.dumps(study))

@@ -91,15 +91,10 @@ def _warn_if_trained_on(turns: Sequence[GoldTurn], appraiser: str) -> None:
     shipped dev split): those figures are not a test of it."""
     if appraiser != "scripted:statistical":
         return
-    from therasim.agents.statcoder import trained_on
+    from therasim.agents.statcoder import trained_on_warning
 
-    overlap = trained_on(turns)
-    if overlap:
-        print(
-            f"warning: {overlap} of the {len(turns)} gold turns are in the statistical coder's "
-            "training data (the shipped dev split): their figures are not a test of it",
-            file=sys.stderr,
-        )
+    if warning := trained_on_warning(turns, "gold turns"):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _v(value: float | None) -> str:
