@@ -10,8 +10,9 @@ issue sets targets for:
 - time per turn of the statistical coder < 5 ms (median over the test split, model loaded).
 
 ``--local N`` adds the bundled SmolLM2-135M as appraiser and as judge on N test turns spread
-evenly over the files (every k-th by id), reported as it is: one call per turn and per applicable failure item, several seconds
-each on 2 cores (N = 40 takes about 15 minutes).
+evenly over the files (every k-th by id), reported as it is: one appraiser call and one judge
+call per turn (plus repair rounds and the item fallback), several seconds each on 2 cores
+(N = 40 took 9 minutes).
 
 Exit status 1 when the statistical coder misses a target.
 
