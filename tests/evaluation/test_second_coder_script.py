@@ -107,8 +107,13 @@ def test_test_split_turns_are_refused(tmp_path: Path) -> None:
     assert result.returncode == 2 and "dev turns only" in result.stderr
 
 
-def test_the_shipped_second_coder_labels_load_and_are_dev_turns() -> None:
+def test_the_shipped_second_coder_labels_give_the_figures_the_docs_quote() -> None:
+    """README and benchmarks/README.md §4 quote these; a change to the gold or the labels that
+    moves them must move the docs too."""
     result = run()
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("360 dev turns, second coder: second_coder_dev.jsonl")
-    assert "task_abandonment" in result.stdout and "appropriate: agree" in result.stdout
+    out = result.stdout
+    assert out.startswith("360 dev turns, second coder: second_coder_dev.jsonl")
+    assert "  task_abandonment               72   71    99%   0.97 [ 0.94,  1.00]" in out
+    assert "  generic_empathy                25   29    97%   0.80 [ 0.68,  0.92]" in out
+    assert "appropriate: agree 100%, κ 2nd vs gold  0.99 [ 0.98,  1.01]" in out
