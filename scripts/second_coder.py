@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from statsmodels.stats.inter_rater import cohens_kappa
 
-from therasim.agents.gold import GoldTurn, load_shipped_gold
+from therasim.agents.gold import Failure, GoldTurn, load_shipped_gold
 from therasim.agents.statcoder import codebook_rules
 from therasim.evaluation.judging.calibration import (
     CODES,
@@ -48,7 +48,7 @@ class SecondLabels(BaseModel):
 
     id: str
     codes: list[BehaviourCode]
-    failures: list[str]
+    failures: list[Failure]
     appropriate: bool
 
 
@@ -57,8 +57,12 @@ _DUMP = TypeAdapter(dict[str, list[BehaviourCode]])
 
 def load_labels(path: Path) -> list[SecondLabels]:
     """The labels in ``path``; a bad line raises ``SystemExit`` naming the file, line and field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"{path}: {exc}") from None
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -67,9 +71,6 @@ def load_labels(path: Path) -> list[SecondLabels]:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "line"
             raise SystemExit(f"{path}:{number}: {field}: {first['msg']}") from None
-        unknown = sorted(set(labels.failures) - set(FAILURES))
-        if unknown:
-            raise SystemExit(f"{path}:{number}: failures: unknown failure {unknown[0]!r}")
         out.append(labels)
     return out
 
@@ -136,8 +137,12 @@ def main() -> int:
     for path in args.dump:
         try:
             saved.update(_DUMP.validate_json(path.read_bytes()))
-        except (OSError, ValidationError) as exc:
+        except OSError as exc:
             parser.error(f"{path}: {exc}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "the file"
+            parser.error(f"{path}: {where}: {first['msg']}")
     coder_codes: list[frozenset[str]] | None = None
     coder_failures: list[frozenset[str]] | None = None
     if args.dump:
@@ -167,7 +172,7 @@ def main() -> int:
         "failures (the coder's: its codes through the scripted judges' rules)",
         FAILURES,
         gold_failures,
-        [frozenset(x.failures) for x in labels],
+        [frozenset(f.value for f in x.failures) for x in labels],
         coder_failures,
     )
     appropriate = [t.appropriate for t in turns]

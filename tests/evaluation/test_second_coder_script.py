@@ -117,3 +117,15 @@ def test_the_shipped_second_coder_labels_give_the_figures_the_docs_quote() -> No
     assert "  task_abandonment               72   71    99%   0.97 [ 0.94,  1.00]" in out
     assert "  generic_empathy                25   29    97%   0.80 [ 0.68,  0.92]" in out
     assert "appropriate: agree 100%, κ 2nd vs gold  0.99 [ 0.98,  1.01]" in out
+
+
+def test_a_missing_file_or_an_unknown_failure_is_one_line(tmp_path: Path) -> None:
+    result = run(str(tmp_path / "none.jsonl"))
+    assert result.returncode == 1 and "none.jsonl:" in result.stderr
+    assert "Traceback" not in result.stderr
+    labels = tmp_path / "second.jsonl"
+    line = {"id": "risk-038", "codes": [], "failures": ["made_up"], "appropriate": True}
+    labels.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    result = run(str(labels))
+    assert result.returncode == 1
+    assert f"{labels}:1: failures.0: Input should be" in result.stderr
