@@ -385,8 +385,22 @@ def lexical_appraisal(
     ``ctx`` supplies the phase for the lexicon's phase-scoped rules and for ``Appraisal.phase``;
     without it, phase-only rules stay silent unless ``phase_kind`` names the phase's kind.
     """
-    lex = lexicon or load_lexicon()
     kind = ctx.phase_kind if ctx is not None else phase_kind
+    evidence = lexical_evidence(text, kind, lexicon)
+    return Appraisal(
+        phase=ctx.phase if ctx is not None else None,
+        codes=list(evidence),
+        evidence=[Evidence(code=c, span=span) for c, span in evidence.items() if span],
+    )
+
+
+def lexical_evidence(
+    text: str, kind: PhaseKind | None, lexicon: Lexicon | None = None
+) -> dict[BehaviourCode, str]:
+    """:func:`lexical_appraisal`'s codes (in the vocabulary's order) and their evidence spans
+    ("" for an empty reply's code), without building the pydantic records: the statistical
+    coder reads the lexicon on every turn."""
+    lex = lexicon or load_lexicon()
     haystack = _normalise_quotes(text)
     evidence: dict[BehaviourCode, str] = {}
     for matcher in lex.candidates(kind, haystack):
@@ -401,15 +415,14 @@ def lexical_appraisal(
         and (not lex.short_reply_only_in or _kind_in(kind, lex.short_reply_only_in))
         and len(text.split()) <= lex.short_reply_max_words
     ):
-        stripped = text.strip()
         # An empty reply has no span to quote; the code stands without evidence.
-        evidence[code] = stripped
-    codes = [c for c in BehaviourCode if c in evidence]
-    return Appraisal(
-        phase=ctx.phase if ctx is not None else None,
-        codes=codes,
-        evidence=[Evidence(code=c, span=evidence[c]) for c in codes if evidence[c]],
-    )
+        evidence[code] = text.strip()
+    if len(evidence) < 2:
+        return evidence
+    return {c: evidence[c] for c in _CODE_ORDER if c in evidence}
+
+
+_CODE_ORDER = tuple(BehaviourCode)
 
 
 def patient_cue(text: str, cue: str = "self_harm", *, lexicon: Lexicon | None = None) -> str | None:
@@ -446,24 +459,32 @@ def therapist_text_of(request: CompletionRequest) -> str:
     gateway may append a schema instruction after that message, so the last user message that
     holds a block wins); a plain request (``therasim ask``) is the last user message itself.
     """
-    users = [m.content for m in request.messages if m.role == "user"]
-    for content in reversed(users):
-        data = _data_block(content)
-        if data is not None and isinstance(data.get("therapist_turn"), str):
-            return str(data["therapist_turn"])
-    return users[-1] if users else ""
+    return appraisal_texts(request)[0]
 
 
 def patient_text_of(request: CompletionRequest) -> str:
     """The patient line an appraisal request carries as context ("" when there is none)."""
-    for message in reversed(request.messages):
-        if message.role != "user":
+    return appraisal_texts(request)[1]
+
+
+def appraisal_texts(request: CompletionRequest) -> tuple[str, str]:
+    """:func:`therapist_text_of` and :func:`patient_text_of` in one reading of the request."""
+    users = [m.content for m in request.messages if m.role == "user"]
+    therapist: str | None = None
+    patient: str | None = None
+    for content in reversed(users):
+        data = _data_block(content)
+        if data is None:
             continue
-        data = _data_block(message.content)
-        if data is not None:
+        if patient is None:
             value = data.get("previous_patient_turn")
-            return value if isinstance(value, str) else ""
-    return ""
+            patient = value if isinstance(value, str) else ""
+        if isinstance(data.get("therapist_turn"), str):
+            therapist = str(data["therapist_turn"])
+            break
+    if therapist is None:
+        therapist = users[-1] if users else ""
+    return therapist, patient or ""
 
 
 def scripted_lexical(request: CompletionRequest) -> str:

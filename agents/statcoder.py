@@ -38,9 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from therasim.agents.appraiser import (
     Appraisal,
     Evidence,
-    lexical_appraisal,
-    patient_text_of,
-    therapist_text_of,
+    appraisal_texts,
+    lexical_evidence,
 )
 from therasim.agents.context import TurnContext
 from therasim.agents.cuematch import CueIndex
@@ -315,21 +314,22 @@ class StatisticalCoder:
         """The codes the model and the trusted lexicon give a non-empty reply before
         :func:`codebook_rules`, and each code's evidence span (kept apart so rule variants can
         be scored on saved out-of-fold codes: ``scripts/coder_cv.py --dump``)."""
-        lexical = lexical_appraisal(text, ctx)
+        kind = ctx.phase_kind if ctx is not None else None
+        lexical = lexical_evidence(text, kind)
         cue_spans = _cue_spans(text)
         row = _feature_row(
             text,
             patient,
             ctx.modality if ctx is not None else "",
-            ctx.phase_kind if ctx is not None else None,
+            kind,
             ctx.state.risk if ctx is not None else None,
-            lexical.codes,
+            list(lexical),
             list(cue_spans),
         )
         score = self.score_one(text, row)
         chosen = {c for i, c in enumerate(_CODES) if score[i] >= self.thresholds[i]}
-        chosen |= set(lexical.codes) & self.trust_lexicon
-        spans = {c.value: s for c, s in ((e.code, e.span) for e in lexical.evidence)}
+        chosen |= lexical.keys() & self.trust_lexicon
+        spans = {c.value: s for c, s in lexical.items() if s}
         for code, span in cue_spans.items():
             spans.setdefault(code, span)
         return chosen, spans
@@ -437,7 +437,7 @@ def _training_rows(turns: Sequence[GoldTurn]) -> tuple[list[str], np.ndarray, np
     index = {c: i for i, c in enumerate(_CODES)}
     for row, turn in enumerate(turns):
         texts.append(turn.therapist)
-        lexical = lexical_appraisal(turn.therapist, phase_kind=turn.phase_kind)
+        lexical = lexical_evidence(turn.therapist, turn.phase_kind)
         dense.append(
             _feature_row(
                 turn.therapist,
@@ -445,7 +445,7 @@ def _training_rows(turns: Sequence[GoldTurn]) -> tuple[list[str], np.ndarray, np
                 turn.modality,
                 turn.phase_kind,
                 turn.risk,
-                lexical.codes,
+                list(lexical),
                 list(_cue_spans(turn.therapist)),
             )
         )
@@ -595,5 +595,5 @@ def load_coder() -> StatisticalCoder:
 def scripted_statistical(request: CompletionRequest) -> str:
     """``scripted:statistical``: the statistical coder's appraisal of the request's turn, as JSON."""
     coder = load_coder()
-    text, patient = therapist_text_of(request), patient_text_of(request)
+    text, patient = appraisal_texts(request)
     return coder.appraise(text, request.context, patient).model_dump_json()

@@ -530,6 +530,7 @@ _WORD_NUMBER = re.compile(
     r"|(?P<teen>zero|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen))\b",
     re.IGNORECASE,
 )
+_DIGIT = re.compile(r"\d")
 _NUM = r"\d{1,3}(?:\.\d+)?"
 _RANGE_SEP = r"\s*(?:-|–|—|to|or)\s*"
 # A number said right after the word SUDS (within a short stretch of the same sentence), maybe a range.
@@ -583,6 +584,8 @@ def self_report_suds(text: str) -> int | None:
     Bare numbers followed by a word ("about 5 minutes") or a percent sign are not ratings.
     """
     normalised = _words_to_digits(text)
+    if _DIGIT.search(normalised) is None:  # every rating pattern needs one; most lines have none
+        return None
     for match in _AFTER_KEYWORD.finditer(normalised):
         latest = re.search(r"\bfrom\s*$", match.group("gap"), re.IGNORECASE) is not None
         value = _value(match, latest=latest)

@@ -124,7 +124,8 @@ def _ctx(deps: SessionDeps, state: SessionState) -> TurnContext:
     surfaced = level.surfaces_at_turn is not None and turn >= level.surfaces_at_turn
     pending = state.get("pending_therapist")
     last_codes = tuple(BehaviourCode(c) for c in pending.codes) if pending else ()
-    return TurnContext(
+    # built three times a turn from values the session already validated: no second validation
+    return TurnContext.model_construct(
         session_id=deps.session_id,
         modality=deps.persona.modality,
         persona=deps.persona,

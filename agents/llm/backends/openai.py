@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel
 
 from therasim.agents.llm.backends.base import BaseBackend, RawCompletion, map_client_error
@@ -203,7 +204,8 @@ class OpenAIBackend(BaseBackend):
         elif schema is not None and mode == "json_object":
             payload["response_format"] = {"type": "json_object", "schema": schema_dict(schema)}
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else None
-        blob, role, pool = json.dumps(payload), request.role, self.pool(model)
+        # pydantic-core's encoder: a quarter of json.dumps' time on a long transcript
+        blob, role, pool = pydantic_core.to_json(payload), request.role, self.pool(model)
         if pool is None:
             body = await self._post(endpoint.url, endpoint.proxy, blob, headers, role, model.raw)
         else:  # replicas: the pool picks the URL and fails over (replicas.py)
@@ -213,7 +215,7 @@ class OpenAIBackend(BaseBackend):
 
             body = await pool.call(send)
         try:
-            data = json.loads(body)
+            data = pydantic_core.from_json(body)
             text = data["choices"][0]["message"].get("content") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ServerError(
@@ -228,7 +230,7 @@ class OpenAIBackend(BaseBackend):
         self,
         url: str,
         proxy: str | None,
-        data: str,
+        data: bytes,
         headers: dict[str, str] | None,
         role: str,
         model: str,
