@@ -132,6 +132,8 @@ class Appraisal(TolerantOutput):
 
     def grounded(self, text: str) -> Appraisal:
         """A copy keeping only evidence whose span occurs in ``text`` (spans made exact)."""
+        if all(ev.span and ev.span in text for ev in self.evidence):
+            return self  # the common case, every span exact already: no copy (the model is frozen)
         kept: list[Evidence] = []
         for ev in self.evidence:
             span = locate_span(ev.span, text)

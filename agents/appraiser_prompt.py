@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from therasim.agents.context import TurnContext
 from therasim.agents.resources import read_prompt
-from therasim.agents.types import Message
+from therasim.agents.types import Message, chat_message
 from therasim.errors import ConfigError
 from therasim.vocab import BehaviourCode
 
@@ -127,6 +127,6 @@ def appraisal_messages(
         f"{DATA_OPEN}\n{json.dumps(data, ensure_ascii=False)}\n{DATA_CLOSE}"
     )
     return [
-        Message(role="system", content=appraiser_system_prompt(ctx)),
+        chat_message("system", appraiser_system_prompt(ctx)),
         Message(role="user", content=user),
     ]

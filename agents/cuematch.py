@@ -11,6 +11,7 @@ misses.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from re import _constants as c  # type: ignore[attr-defined]  # the stdlib's parse tree
@@ -208,3 +209,23 @@ class Prefilter:
             return list(range(self._size))
         found = self._set.Match(text) or ()
         return sorted({self._group_of[j] for j in found} | self._always)
+
+
+class GatedPattern:
+    """A Python pattern behind an RE2 gate: :meth:`search` runs Python ``re`` only when the
+    pattern's loosened form (:func:`loosen`) matches, so the result is ``pattern.search``'s.
+    For long alternations checked on every turn: RE2 rules out most texts in one linear pass
+    (about 2 µs against 30-40 µs for ``re`` on a sentence or two)."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+
+    @functools.cached_property
+    def _gate(self) -> Prefilter:
+        return Prefilter([[self.pattern]])
+
+    def search(self, text: str) -> re.Match[str] | None:
+        """``pattern.search(text)``."""
+        if not self._gate.candidates(text):
+            return None
+        return self.pattern.search(text)

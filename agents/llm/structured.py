@@ -68,12 +68,15 @@ def order_modes(modes: tuple[StructuredMode, ...], known: str | None) -> list[St
 
 def with_schema_prompt(request: CompletionRequest, schema: type[BaseModel]) -> CompletionRequest:
     """``request`` with a last user message asking for JSON that validates against ``schema``."""
-    instruction = (
-        "Answer with one JSON object only, no prose, that validates against this JSON Schema:\n"
-        + schema_json(schema)
-    )
-    return request.model_copy(
-        update={"messages": (*request.messages, Message(role="user", content=instruction))}
+    return request.model_copy(update={"messages": (*request.messages, _instruction(schema))})
+
+
+@functools.lru_cache(maxsize=64)
+def _instruction(schema: type[BaseModel]) -> Message:
+    return Message(
+        role="user",
+        content="Answer with one JSON object only, no prose, that validates against this JSON "
+        "Schema:\n" + schema_json(schema),
     )
 
 

@@ -12,6 +12,8 @@ import functools
 import re
 from collections.abc import Callable
 
+from therasim.agents.cuematch import GatedPattern
+
 MAX_CHARS = 1200
 MAX_SENTENCES = 12
 
@@ -142,8 +144,9 @@ _ROLE_REVERSAL = [
     r"\bwhat evidence do you have\b",
     r"\bwhat i(?:'m)? hear(?:ing)? you say",
 ]
-_CHARACTER_BREAK_RE = re.compile("|".join(_CHARACTER_BREAK), re.IGNORECASE)
-_ROLE_REVERSAL_RE = re.compile("|".join(_ROLE_REVERSAL), re.IGNORECASE)
+# checked on every patient turn: behind an RE2 gate, which rules out most lines in one pass
+_CHARACTER_BREAK_RE = GatedPattern(re.compile("|".join(_CHARACTER_BREAK), re.IGNORECASE))
+_ROLE_REVERSAL_RE = GatedPattern(re.compile("|".join(_ROLE_REVERSAL), re.IGNORECASE))
 
 
 def _straight(text: str) -> str:

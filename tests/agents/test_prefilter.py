@@ -133,6 +133,35 @@ def test_the_cue_index_equals_searching_every_cue(texts: list[str]) -> None:
         assert list(found) == list(expected)
 
 
+GUARD_LINES = [
+    "As an AI language model, I can't pretend to be a patient.",
+    "I'm just an assistant, but how does that make you feel?",
+    "Let’s try a slow breathing exercise together.",
+    "I would recommend that you speak to a professional.",
+    "What evidence do you have for that?",
+    "Honestly I'm not sure. It was the smell of the smoke, I think.",
+]
+
+
+@pytest.mark.parametrize("name", ["character_break", "role_reversal"])
+def test_the_gated_guards_equal_searching_with_re(texts: list[str], name: str) -> None:
+    from therasim.agents.patient import guards
+
+    gated = {
+        "character_break": guards._CHARACTER_BREAK_RE,
+        "role_reversal": guards._ROLE_REVERSAL_RE,
+    }
+    pattern = gated[name]
+    hits = 0
+    for text in [*texts, *GUARD_LINES]:
+        plain = guards._straight(text)
+        expected = pattern.pattern.search(plain)
+        found = pattern.search(plain)
+        assert (found and found.group(0)) == (expected and expected.group(0)), text
+        hits += expected is not None
+    assert hits >= 3  # the comparison saw matching lines, not only misses
+
+
 # --------------------------------------------------------------------------- prompt caches
 
 
