@@ -215,7 +215,8 @@ class GatedPattern:
     """A Python pattern behind an RE2 gate: :meth:`search` runs Python ``re`` only when the
     pattern's loosened form (:func:`loosen`) matches, so the result is ``pattern.search``'s.
     For long alternations checked on every turn: RE2 rules out most texts in one linear pass
-    (about 2 µs against 30-40 µs for ``re`` on a sentence or two)."""
+    (in a tight loop about 2 µs against 30-40 µs for ``re`` on a sentence or two; inside a study,
+    with cold caches, far less of a gain: ``benchmarks/README.md`` §1)."""
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
