@@ -307,9 +307,12 @@ class Gateway:
                         await limiter.acquire()
                     async with self._local_slot(model, backend):
                         usage.backend_calls += 1
-                        # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the call in
-                        # a task of its own, a cost paid on every call
-                        async with asyncio.timeout(timeout):
+                        if backend.interruptible(model):
+                            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the
+                            # call in a task of its own, a cost paid on every call
+                            async with asyncio.timeout(timeout):
+                                raw = await backend.complete(request, model, mode, schema)
+                        else:
                             raw = await backend.complete(request, model, mode, schema)
                 break
             except TimeoutError as exc:

@@ -282,6 +282,38 @@ async def test_timeout_is_retried(tmp_path: Path, real_requests: None) -> None:
             await g.complete(req("other"))
 
 
+async def test_a_synchronous_scripted_agent_runs_without_the_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scripted agent seen to answer synchronously cannot be interrupted, so the gateway arms
+    no timer for it after its first call; an asynchronous one keeps the timeout."""
+    from therasim.agents.llm import gateway as gateway_module
+
+    armed: list[float] = []
+    real_timeout = asyncio.timeout
+
+    def counting_timeout(delay: float | None) -> asyncio.Timeout:
+        armed.append(delay or 0.0)
+        return real_timeout(delay)
+
+    monkeypatch.setattr(gateway_module.asyncio, "timeout", counting_timeout)
+
+    async def slow(request: CompletionRequest) -> str:
+        await asyncio.sleep(5)
+        return "late"
+
+    with scripted_agents({"sync-echo": lambda r: "ok", "slow-async": slow}):
+        g = gateway(tmp_path, "scripted:sync-echo", timeout_s=0.2)
+        for n in range(3):
+            assert (await g.complete(req(f"turn {n}"))).text == "ok"
+        assert armed == [0.2]  # the first call, before the agent was seen to be synchronous
+        g = gateway(tmp_path, "scripted:slow-async", timeout_s=0.2, max_attempts=1)
+        for _ in range(2):
+            with pytest.raises(ModelTimeout, match="scripted:slow-async"):
+                await g.complete(req())
+        assert armed == [0.2, 0.2, 0.2]
+
+
 async def test_http_answers_map_onto_the_error_tree(tmp_path: Path, real_requests: None) -> None:
     with FakeOpenAIServer(plan=["500", "ok"]) as server:
         g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}", cache_enabled=False)

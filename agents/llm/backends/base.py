@@ -53,6 +53,11 @@ class Backend(Protocol):
         """Get ``model`` ready before the first timed call (a no-op for most backends)."""
         ...
 
+    def interruptible(self, model: ModelSpec) -> bool:
+        """Whether a call to ``model`` can be stopped by the gateway's timeout (False: the call
+        never yields to the event loop, so the gateway does not arm a timer for it)."""
+        ...
+
     async def complete(
         self,
         request: CompletionRequest,
@@ -84,6 +89,10 @@ class BaseBackend:
     async def start(self, model: ModelSpec, role: str) -> None:
         """No set-up by default."""
         return None
+
+    def interruptible(self, model: ModelSpec) -> bool:
+        """Calls yield while they wait, by default."""
+        return True
 
     async def complete(
         self,
