@@ -13,7 +13,6 @@ Built-ins are registered explicitly when the registry is first read; extensions 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 
 from therasim.agents.types import CompletionRequest
@@ -68,11 +67,3 @@ def scripted_names() -> list[str]:
 def get_scripted(name: str) -> ScriptedFn:
     """Look a scripted agent up by name, with a "did you mean" error."""
     return SCRIPTED.get(name)
-
-
-async def run_scripted(name: str, request: CompletionRequest) -> str:
-    """Call a scripted agent, sync or async."""
-    result = get_scripted(name)(request)
-    if inspect.isawaitable(result):
-        result = await result
-    return str(result)

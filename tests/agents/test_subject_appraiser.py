@@ -22,7 +22,7 @@ from therasim.agents.appraiser import (
 from therasim.agents.appraiser_prompt import appraisal_messages
 from therasim.agents.context import TurnContext, Utterance
 from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
-from therasim.agents.scripted import run_scripted
+from therasim.agents.scripted import get_scripted
 from therasim.agents.subject import (
     SESSION_OPENER,
     prompt_hash,
@@ -293,7 +293,7 @@ async def test_scripted_therapists_are_deterministic(therapist: str) -> None:
 async def test_scripted_therapist_without_context_is_a_config_error() -> None:
     request = CompletionRequest.of("subject", [{"role": "user", "content": "hello"}])
     with pytest.raises(ConfigError, match="TurnContext"):
-        await run_scripted("adherent", request)
+        get_scripted("adherent")(request)
 
 
 # --------------------------------------------------------------------------- subject messages
