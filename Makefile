@@ -11,6 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	./scripts/install-llama-cpp $(BIN)/python
 	# setuptools warns that a folder named like the package (therasim/) may shadow it: it is the package
 	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -e '.[local,studio,dev,ray]'
 	touch $(STAMP)

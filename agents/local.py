@@ -28,6 +28,7 @@ import atexit
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -159,6 +160,30 @@ def _llama_cpp_installed() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+def _exit_code(process: subprocess.Popen[bytes], wait_s: float = 2.0) -> int | None:
+    """The server's exit code once it has exited (a dropped connection is often its death
+    throes), or None while it still runs."""
+    try:
+        return process.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _crash_hint(returncode: int | None) -> str:
+    """What to do about a server that died of an illegal instruction: llama.cpp built for the
+    build machine's CPU (its default) can use instructions this machine advertises but does not
+    run, such as AMX on some VMs."""
+    if returncode != -signal.SIGILL:
+        return ""
+    return (
+        "; it died of an illegal instruction: llama-cpp-python was built for CPU features this"
+        " machine does not run. Rebuild it for any AVX2 CPU: `scripts/install-llama-cpp"
+        " .venv/bin/python` after deleting ~/.cache/therasim/wheels, or"
+        " `CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir --force-reinstall"
+        " llama-cpp-python`"
+    )
+
+
 def _server_command(path: Path, port: int) -> list[str]:
     """The command line of the llama.cpp server for ``path`` on ``port``."""
     return [
@@ -208,7 +233,8 @@ def ensure_local_server(
             if not server.alive():
                 tail = log.read_text(errors="replace")[-1500:]
                 raise LocalModelUnavailable(
-                    f"llama.cpp server exited with code {process.returncode}; log {log}:\n{tail}",
+                    f"llama.cpp server exited with code {process.returncode}"
+                    f"{_crash_hint(process.returncode)}; log {log}:\n{tail}",
                     role="?",
                     model="local",
                 )
@@ -219,10 +245,12 @@ def ensure_local_server(
                         server.base_url, timeout_s=max(1.0, deadline - time.monotonic())
                     )
                 except (urllib.error.URLError, OSError) as exc:
+                    died = _exit_code(process)
                     server.stop()
                     tail = log.read_text(errors="replace")[-1500:]
                     raise LocalModelUnavailable(
-                        f"llama.cpp server did not complete its warm-up ({exc}); log {log}:\n{tail}",
+                        f"llama.cpp server did not complete its warm-up ({exc})"
+                        f"{_crash_hint(died)}; log {log}:\n{tail}",
                         role="?",
                         model="local",
                     ) from exc

@@ -23,10 +23,10 @@ from therasim.errors import LocalModelUnavailable
 # port it is given, and appends every chat request's body to a JSON-lines file.
 STAND_IN = textwrap.dedent(
     """
-    import json, sys
+    import json, os, signal, sys
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    port, record, fail = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "fail"
+    port, record, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -47,7 +47,9 @@ STAND_IN = textwrap.dedent(
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with open(record, "a") as sink:
                 sink.write(json.dumps(body) + "\\n")
-            if fail:
+            if mode == "sigill":  # as a llama.cpp built for another CPU dies
+                os.kill(os.getpid(), signal.SIGILL)
+            if mode == "fail":
                 self._send(500, {"error": {"message": "model failed to load"}})
                 return
             self._send(200, {
@@ -107,6 +109,20 @@ def test_failed_warm_up_is_a_clear_error_and_stops_the_server(
         local, "_server_command", lambda path, port: [*command(path, port)[:-1], "fail"]
     )
     with pytest.raises(LocalModelUnavailable, match="did not complete its warm-up"):
+        local.ensure_local_server(str(gguf), startup_timeout_s=30)
+    assert local._SERVERS == {}
+
+
+def test_a_server_killed_by_an_illegal_instruction_says_how_to_rebuild(
+    stand_in: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    command = local._server_command
+    monkeypatch.setattr(
+        local, "_server_command", lambda path, port: [*command(path, port)[:-1], "sigill"]
+    )
+    with pytest.raises(LocalModelUnavailable, match=r"illegal instruction.*GGML_NATIVE=OFF"):
         local.ensure_local_server(str(gguf), startup_timeout_s=30)
     assert local._SERVERS == {}
 
