@@ -32,6 +32,10 @@ def chat_message(role: Literal["system", "user", "assistant"], content: str) -> 
     return Message(role=role, content=content)
 
 
+#: A prime stride, so a repeat's seed does not land on a neighbouring turn's (seed * 1000 + turn).
+_REPEAT_SEED_STRIDE = 1_000_003
+
+
 class CompletionRequest(BaseModel):
     """One call through the gateway.
 
@@ -64,6 +68,15 @@ class CompletionRequest(BaseModel):
         """Build a request from plain ``{"role", "content"}`` dicts or messages."""
         msgs = tuple(m if isinstance(m, Message) else Message.model_validate(m) for m in messages)
         return cls(role=role, messages=msgs, **kwargs)
+
+    @property
+    def sampling_seed(self) -> int | None:
+        """The seed a backend sends: ``seed``, moved by ``repeat``. A seeded backend (llama.cpp,
+        vLLM) gives the same sample for the same seed, so a repeat that sent ``seed`` unchanged
+        was the rejected answer again, not a fresh sample."""
+        if self.seed is None or not self.repeat:
+            return self.seed
+        return self.seed + _REPEAT_SEED_STRIDE * self.repeat
 
     def cache_key(self, model_spec: str, extra: dict[str, Any] | None = None) -> str:
         """Stable hash of everything that determines a backend's answer."""

@@ -53,7 +53,8 @@ async def patient_turn(
     """The patient's next utterance, from the ``patient`` role, checked by the guards.
 
     Each attempt is one request with ``seed = ctx.seed * 1000 + ctx.turn`` and
-    ``repeat = attempt`` (0, 1, ...), so a retry is a new sample rather than the cached reply.
+    ``repeat = attempt`` (0, 1, ...), so a retry is a new sample rather than the cached reply
+    (a new cache key, and a new seed for a seeded backend: ``CompletionRequest.sampling_seed``).
     Raises :class:`GuardFailure` (naming the last guard hit) when every attempt is rejected; model
     errors from the gateway propagate unchanged.
     """

@@ -406,6 +406,20 @@ async def test_request_body_and_headers(
     assert plain_body["messages"] == [{"role": "user", "content": "yo"}]
 
 
+async def test_a_repeat_sends_a_new_seed(tmp_path: Path, real_requests: None) -> None:
+    # A seeded server (llama.cpp, vLLM) returns the same sample for the same seed: a patient's
+    # retry after a rejected answer must send another one, or it gets the rejected answer again.
+    with FakeOpenAIServer() as server:
+        g = gateway(tmp_path, f"openai:fake?base_url={server.base_url}")
+        for repeat in (0, 1, 2):
+            await g.complete(req("again", seed=7, repeat=repeat))
+        await g.complete(req("unseeded", repeat=1))
+        seeds = [body.get("seed") for body in server.requests]
+    assert seeds[0] == 7, "a first attempt sends its seed as it is"
+    assert len(set(seeds[:3])) == 3
+    assert seeds[3] is None, "no seed is made up for an unseeded request"
+
+
 async def test_broken_json_repaired_in_one_round(tmp_path: Path) -> None:
     g, backend = scripted_openai(tmp_path, [BROKEN, VALID])
     verdict, resp = await g.structured(req("judge this", role="judge:a"), Verdict)

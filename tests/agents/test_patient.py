@@ -327,6 +327,8 @@ async def test_a_role_reversal_is_retried_with_a_new_repeat_and_the_good_reply_a
     seen = SEEN["retry-once"]
     assert [r.repeat for r in seen] == [0, 1]
     assert {r.seed for r in seen} == {3 * 1000 + 4}
+    # what a seeded backend is sent differs, so the retry is a fresh sample there too
+    assert len({r.sampling_seed for r in seen}) == 2
 
 
 @pytest.mark.parametrize("max_attempts", [1, 3])

@@ -189,7 +189,7 @@ class OpenAIBackend(BaseBackend):
             request.max_tokens
         )
         if request.seed is not None:
-            payload["seed"] = request.seed
+            payload["seed"] = request.sampling_seed
         if request.stop:
             payload["stop"] = list(request.stop)
         if schema is not None and mode == "json_schema":
