@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +16,8 @@ import pytest
 import yaml
 from fake_openai import FakeOpenAIServer
 
-from therasim.agents.llm import Gateway
+from therasim.agents.llm import Gateway, therasim_home
+from therasim.agents.statcoder import load_coder
 from therasim.personas import load_library
 from therasim.simulations.runner import run_specs
 from therasim.simulations.store import Store
@@ -93,22 +96,57 @@ def _snapshot(store_path: Path) -> dict[str, list[tuple[str, str]]]:
     return turns
 
 
+def _homes_with_the_fitted_coder(tmp_path: Path, *names: str) -> list[Path]:
+    """Fresh ``THERASIM_HOME`` folders (no shared response cache) that share the suite's fitted
+    coder: each CLI process would otherwise fit it anew, and a kill would land in the fit."""
+    load_coder()
+    fitted = therasim_home() / "statcoder"
+    homes = [tmp_path / name for name in names]
+    for home in homes:
+        shutil.copytree(fitted, home / "statcoder")
+    return homes
+
+
+def _stored_sessions(store_path: Path) -> int:
+    if not store_path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=1) as db:
+            return int(db.execute("SELECT count(*) FROM sessions").fetchone()[0])
+    except sqlite3.Error:  # not created yet, or mid-write
+        return 0
+
+
+def _kill_mid_run(
+    proc: subprocess.Popen[bytes], store_path: Path, rng: random.Random, deadline_s: float = 120
+) -> bool:
+    """SIGKILL ``proc`` at a random point after it has stored one more session; False when it
+    ended first."""
+    before, started = _stored_sessions(store_path), time.monotonic()
+    while proc.poll() is None and _stored_sessions(store_path) <= before:
+        assert time.monotonic() - started < deadline_s, "the run stored no session"
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 0.4))  # somewhere in the next sessions' turns
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return True
+
+
 def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     rng = random.Random(3)
+    clean_home, home = _homes_with_the_fitted_coder(tmp_path, "home-clean", "home")
     with FakeOpenAIServer(latency_s=0.05) as server:
-        env = {**os.environ, "THERASIM_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "THERASIM_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         paths = {}
         for name in ("clean", "killed"):
             doc = study_doc(server.base_url, tmp_path / name, concurrency=2, max_turns=8)
             paths[name] = tmp_path / f"{name}.yaml"
             paths[name].write_text(yaml.safe_dump(doc))
         # the uninterrupted reference run
-        assert (
-            _run_cli(paths["clean"], {**env, "THERASIM_HOME": str(tmp_path / "home-clean")}).wait(
-                timeout=600
-            )
-            == 0
-        )
+        clean = _run_cli(paths["clean"], {**env, "THERASIM_HOME": str(clean_home)})
+        assert clean.wait(timeout=600) == 0
         reference = _snapshot(tmp_path / "clean" / "sessions.sqlite")
         expected = {
             s.session_id
@@ -117,22 +155,16 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None
             )
         }
         assert set(reference) == expected
-        # the same study, killed with SIGKILL at random points, then resumed until done
+        # the same study, killed with SIGKILL mid-run, then resumed until done
+        store_path = tmp_path / "killed" / "sessions.sqlite"
         kills = 0
         for _ in range(3):
-            proc = _run_cli(paths["killed"], env)
-            time.sleep(rng.uniform(1.2, 2.5))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.wait(timeout=60)
-            if (tmp_path / "killed" / "sessions.sqlite").exists():
-                _snapshot(
-                    tmp_path / "killed" / "sessions.sqlite"
-                )  # whole sessions only, no duplicates
+            kills += _kill_mid_run(_run_cli(paths["killed"], env), store_path, rng)
+            _snapshot(store_path)  # whole sessions only, no duplicates
         assert kills >= 2, "the run finished before the kills; make the study longer"
+        assert 0 < _stored_sessions(store_path) < len(expected), "the kills left nothing to resume"
         assert _run_cli(paths["killed"], env).wait(timeout=600) == 0
-        resumed = _snapshot(tmp_path / "killed" / "sessions.sqlite")
+        resumed = _snapshot(store_path)
     assert set(resumed) == set(reference)
     assert resumed == reference  # same transcripts, session by session
     print(
