@@ -307,12 +307,15 @@ class Gateway:
                         await limiter.acquire()
                     async with self._local_slot(model, backend):
                         usage.backend_calls += 1
-                        if backend.interruptible(model):
-                            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the
-                            # call in a task of its own, a cost paid on every call
-                            async with asyncio.timeout(timeout):
-                                raw = await backend.complete(request, model, mode, schema)
-                        else:
+                        # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the call
+                        # in a task of its own, a cost paid on every call; and no timer at all
+                        # for a call that cannot be interrupted
+                        timer: contextlib.AbstractAsyncContextManager[Any] = (
+                            asyncio.timeout(timeout)
+                            if backend.interruptible(model)
+                            else contextlib.nullcontext()
+                        )
+                        async with timer:
                             raw = await backend.complete(request, model, mode, schema)
                 break
             except TimeoutError as exc:
