@@ -270,7 +270,7 @@ def add_parsers(sub: Any) -> None:
         help="score an appraiser and judges against labelled gold turns",
         description=(
             "Code every gold turn with the appraiser (and ask each judge the failure items), then "
-            "report per-code and per-failure precision, recall and F1 with 95 %% intervals, "
+            "report per-code and per-failure precision, recall and F1 with 95 % intervals, "
             "Cohen's kappa, appropriateness accuracy and the worst misses. Exits 3 when a "
             "--min-f1 or --min-recall threshold is missed."
         ),
