@@ -410,3 +410,46 @@ def test_a_write_past_the_file_size_limit_is_one_line_in_a_real_process(tmp_path
     assert done.returncode == 1, done.stderr
     line = _one_error_line(done.stderr)
     assert line.startswith("error: ") and "File too large [EFBIG]" in line, line
+
+
+def test_a_reader_that_stops_early_ends_the_run_quietly(tmp_path: Path) -> None:
+    """``therasim calibrate --format json | head``: once the reader has gone, the run ends with
+    141 (as a tool killed by SIGPIPE does) and no error line."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    gold = tmp_path / "gold.jsonl"
+    line = {
+        "id": "g-0",
+        "modality": "cbt",
+        "phase_kind": "cbt_challenge",
+        "severity": "routine",
+        "risk": "none",
+        "patient": "Everyone at work thinks I'm useless.",
+        "therapist": "What is the evidence against that thought?",
+        "codes": ["challenge_cognition"],
+        "failures": [],
+        "appropriate": True,
+    }
+    gold.write_text(
+        "".join(json.dumps({**line, "id": f"g-{i}"}) + "\n" for i in range(20)), encoding="utf-8"
+    )
+    # a 4 kB pipe, so that the report (about 50 kB) cannot fit in it before the reader goes
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    calibrate = ["calibrate", "--gold", str(gold), "--appraiser", "scripted:lexical"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "therasim", *calibrate, "--format", "json", "--no-cache"],
+        cwd=tmp_path,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        assert b"{" in reader.read(16)
+    assert run.stderr is not None
+    err = run.stderr.read().decode()
+    assert run.wait(timeout=120) == 141, err
+    assert "error" not in err.lower(), err

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+import sys
 from collections.abc import Sequence
 
 from therasim import __version__
@@ -97,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Errors end in one line, never a traceback: exit 1 for a configuration or file-system problem
     (a read-only folder, a full disk, a path through a regular file, an unusable store: the line
-    names the path and the system's reason), 2 for a model error, 130 when interrupted.
+    names the path and the system's reason), 2 for a model error, 130 when interrupted, and
+    141, silently, when the reader of the output has gone (``therasim calibrate … | head``), as
+    a Unix tool killed by SIGPIPE ends.
     """
     import sqlite3
 
@@ -118,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TherasimError as exc:
         _print_error("error", exc)
         return 1
+    except BrokenPipeError:
+        # what is still buffered for stdout would fail again when Python flushes it at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         _print_error("error", TherasimError(_os_error_line(exc, args)))
         return 1
