@@ -195,9 +195,14 @@ def _voice(text: str) -> list[float]:
     n = max(len(tokens), 1)
     first = sum(t in _FIRST for t in tokens) / n
     second = sum(t in _SECOND for t in tokens) / n
-    stripped = text.rstrip()
-    open_end = 1.0 if stripped and stripped[-1] not in _ENDS and not stripped[-1].isdigit() else 0.0
+    open_end = 1.0 if _ends_open(text) else 0.0
     return [first, second, 1.0 if first > second else 0.0, min(text.count("?"), 3) / 3, open_end]
+
+
+def _ends_open(text: str) -> bool:
+    """Whether a reply stops without closing punctuation, as a truncated one does."""
+    stripped = text.rstrip()
+    return bool(stripped) and stripped[-1] not in _ENDS and not stripped[-1].isdigit()
 
 
 def _feature_row(
@@ -384,9 +389,12 @@ def codebook_rules(
     a short reply (five words or fewer) that does no coded act, a reply inside exposure,
     processing or a CBT step that offers only stock sympathy, and a refusal there with no task
     work beside it ("a refusal that drops the whole task"), at risk none or passive (at active
-    or imminent risk stepping out of the task can be right), are task abandonments; and advice
+    or imminent risk stepping out of the task can be right), are task abandonments; advice
     that treats a remembered event as happening now is `memory_as_present` only, never also a
-    task abandonment (the model's n-grams for "get out of there" lean both ways)."""
+    task abandonment (the model's n-grams for "get out of there" lean both ways); and a short
+    reply that does task work and ends ("Different how?", "et contre ?") is that work, not a
+    task abandonment (the model's length features lean towards abandonment on any short reply;
+    one cut off mid-sentence, "Now let's re-rate the", is truncated and stays one)."""
     out = set(codes)
     in_task = kind is not None and (kind.is_exposure or kind.is_cbt or kind is PhaseKind.PROCESSING)
     short_and_empty = not out and len(text.split()) <= _SHORT_REPLY_WORDS
@@ -399,7 +407,10 @@ def codebook_rules(
     )
     if short_and_empty or sympathy_only or refused_all:
         out.add(BehaviourCode.TASK_ABANDONMENT)
-    if BehaviourCode.MEMORY_AS_PRESENT in out:
+    short_task_move = (
+        len(text.split()) <= _SHORT_REPLY_WORDS and bool(out & _TASK_WORK) and not _ends_open(text)
+    )
+    if BehaviourCode.MEMORY_AS_PRESENT in out or short_task_move:
         out.discard(BehaviourCode.TASK_ABANDONMENT)
     return out
 

@@ -518,6 +518,14 @@ def test_codebook_rules_for_short_sympathy_only_and_refusing_replies() -> None:
     # advice about a remembered event as if it were happening now is memory_as_present only
     present = BehaviourCode.MEMORY_AS_PRESENT
     assert codebook_rules({present, ta}, "Get out of there, now.", exposure, no) == {present}
+    # a short reply that does task work is that work; a longer one keeps the model's code
+    probe = BehaviourCode.PROCESSING_QUESTION
+    assert codebook_rules({probe, ta}, "Different how?", PhaseKind.PROCESSING) == {probe}
+    assert codebook_rules({gist, ta}, "Oh no, go on.", exposure) == {gist, ta}
+    longer = "Different how, and what do you make of that now?"
+    assert codebook_rules({probe, ta}, longer, PhaseKind.PROCESSING) == {probe, ta}
+    cut_off, rerate = "Now let's re-rate the", BehaviourCode.REFRAME
+    assert codebook_rules({rerate, ta}, cut_off, PhaseKind.CBT_RERATE) == {rerate, ta}
 
 
 def test_thresholds_are_chosen_with_each_voice_held_out_whole(shipped: list[GoldTurn]) -> None:
