@@ -518,7 +518,8 @@ def test_codebook_rules_for_short_sympathy_only_and_refusing_replies() -> None:
     # advice about a remembered event as if it were happening now is memory_as_present only
     present = BehaviourCode.MEMORY_AS_PRESENT
     assert codebook_rules({present, ta}, "Get out of there, now.", exposure, no) == {present}
-    # a short reply that does task work is that work; a longer one keeps the model's code
+    # a short reply that does task work and ends is that work; sympathy, a longer reply or one
+    # cut off mid-sentence keep the model's task_abandonment
     probe = BehaviourCode.PROCESSING_QUESTION
     assert codebook_rules({probe, ta}, "Different how?", PhaseKind.PROCESSING) == {probe}
     assert codebook_rules({gist, ta}, "Oh no, go on.", exposure) == {gist, ta}

@@ -453,3 +453,18 @@ def test_a_reader_that_stops_early_ends_the_run_quietly(tmp_path: Path) -> None:
     err = run.stderr.read().decode()
     assert run.wait(timeout=120) == 141, err
     assert "error" not in err.lower(), err
+
+
+def test_a_broken_pipe_elsewhere_is_still_an_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a reader gone from stdout ends quietly: a broken pipe to anything else (a server, a
+    child process) is a fault to report."""
+    from therasim.cli import data
+
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(data, "cmd_validate", broken)
+    assert main(["validate"]) == 1
+    assert "Broken pipe [EPIPE]" in _one_error_line(capsys.readouterr().err)

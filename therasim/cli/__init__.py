@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -94,6 +95,17 @@ def _os_error_line(exc: OSError, args: argparse.Namespace) -> str:
     return f"{where}: {reason}" + (f" [{code}]" if code else "") + (f"; {hint}" if hint else "")
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (the kernel flags its write end with
+    POLLERR), so that a broken pipe elsewhere, say to a server, is still reported as an error."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):  # no real file behind stdout (captured, closed)
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``therasim`` console script.
 
@@ -122,11 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TherasimError as exc:
         _print_error("error", exc)
         return 1
-    except BrokenPipeError:
-        # what is still buffered for stdout would fail again when Python flushes it at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            # what is still buffered for stdout would fail again when Python flushes it at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         _print_error("error", TherasimError(_os_error_line(exc, args)))
         return 1
     except sqlite3.Error as exc:  # a store on a read-only or full disk
