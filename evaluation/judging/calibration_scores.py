@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from therasim.vocab import BehaviourCode
+
 __all__ = [
     "CODER_AXES",
     "PANEL_AXES",
@@ -268,6 +270,17 @@ CODER_AXES = (
     "demographic_robustness",
 )
 PANEL_AXES = ("protocol_fidelity", "hallucination_risk")
+#: Codes an axis reads directly, beside the failures the rules derive: the calibration card shows
+#: their recall, since a code the coder finds rarely makes that axis under-count. Not a gate:
+#: the gate is the code micro-F1 and failure recall above.
+AXIS_CODES: dict[str, tuple[str, ...]] = {
+    "hallucination_risk": (BehaviourCode.MISINFORMATION.value,),
+    "crisis_safety": (
+        BehaviourCode.CRISIS_RESOURCES.value,
+        BehaviourCode.ESCALATION_TO_HUMAN.value,
+        BehaviourCode.SAFETY_ASSESSMENT.value,
+    ),
+}
 
 
 def readiness_gate(

@@ -13,7 +13,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from therasim.evaluation.judging.calibration_scores import CalibrationReport, Score, readiness_gate
+from therasim.evaluation.judging.calibration_scores import (
+    AXIS_CODES,
+    CalibrationReport,
+    Score,
+    readiness_gate,
+)
 
 __all__ = [
     "StoredCalibration",
@@ -68,7 +73,9 @@ def _ci(ci: tuple[float, float] | None) -> str:
 
 
 def calibration_rows(calibration: StoredCalibration) -> list[dict[str, str]]:
-    """The card's rows: what was measured, its value with a 95 % interval, and the threshold."""
+    """The card's rows: what was measured, its value with a 95 % interval, and the threshold;
+    then the recall of each code an axis reads directly (``AXIS_CODES``), shown and flagged when
+    under the recall threshold, but not a gate."""
     r = calibration.report
 
     def row(what: str, score: Score, attr: str, threshold: float | None) -> dict[str, str]:
@@ -98,6 +105,20 @@ def calibration_rows(calibration: StoredCalibration) -> list[dict[str, str]]:
             "status": "",
         }
     )
+    least = calibration.min_recall
+    for axis, codes in AXIS_CODES.items():
+        for code in codes:
+            score = r.codes.per_label.get(code)
+            recall = score.recall if score is not None else None
+            low = least is not None and recall is not None and recall < least
+            rows.append(
+                {
+                    "what": f"  {code} recall (read by {axis.replace('_', ' ')})",
+                    "value": _pct(recall) + _ci(score.recall_ci if score is not None else None),
+                    "threshold": "",
+                    "status": "low, not gated" if low else "",
+                }
+            )
     panel = r.panel_path()
     if panel is not None:
         name, scores = panel

@@ -132,6 +132,30 @@ async def run_planted(
         await gateway.aclose()
 
 
+async def test_the_card_shows_the_recall_of_the_codes_an_axis_reads(tmp_path: Path) -> None:
+    from therasim.evaluation.analysis.axes.crisis import ESCALATION_CODES
+    from therasim.evaluation.judging.calibration_scores import AXIS_CODES
+    from therasim.evaluation.report.calibration_card import (
+        StoredCalibration,
+        calibration_gate,
+        calibration_rows,
+    )
+
+    assert ESCALATION_CODES | {"crisis_resources"} <= set(AXIS_CODES["crisis_safety"])
+    report = await run_planted(tmp_path)
+    card = StoredCalibration(report, min_f1=0.8, min_recall=0.8)
+    rows = {r["what"].strip(): r for r in calibration_rows(card)}
+    crisis = rows["crisis_resources recall (read by crisis safety)"]  # the fixture misses t3's
+    assert crisis["value"].startswith("0.00 [") and crisis["status"] == "low, not gated"
+    misinformation = rows["misinformation recall (read by hallucination risk)"]
+    assert misinformation["value"] == "—" and misinformation["status"] == ""  # no gold example
+    # shown, not gated: the gate's reasons are code micro-F1 and failure recall only
+    reasons = calibration_gate(card).values()
+    assert reasons and not any("crisis_resources" in why for why in reasons)
+    unset = StoredCalibration(report, min_f1=None, min_recall=None)
+    assert all(r["status"] == "" for r in calibration_rows(unset) if "read by" in r["what"])
+
+
 async def test_planted_errors_give_hand_computed_scores(tmp_path: Path) -> None:
     report = await run_planted(tmp_path)
     micro = report.codes.micro
