@@ -41,6 +41,7 @@ from therasim.agents.appraiser import (
     appraisal_texts,
     lexical_evidence,
 )
+from therasim.agents.coderules import codebook_rules, ends_open
 from therasim.agents.context import TurnContext
 from therasim.agents.cuematch import CueIndex
 from therasim.agents.gold import GoldTurn, dev_turns
@@ -184,7 +185,6 @@ _SECOND_WORDS = (
 )
 _FIRST, _SECOND = frozenset(_FIRST_WORDS.split()), frozenset(_SECOND_WORDS.split())
 _TOKEN = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
-_ENDS = frozenset('.!?…)"”’:*')
 
 
 def _voice(text: str) -> list[float]:
@@ -195,14 +195,8 @@ def _voice(text: str) -> list[float]:
     n = max(len(tokens), 1)
     first = sum(t in _FIRST for t in tokens) / n
     second = sum(t in _SECOND for t in tokens) / n
-    open_end = 1.0 if _ends_open(text) else 0.0
+    open_end = 1.0 if ends_open(text) else 0.0
     return [first, second, 1.0 if first > second else 0.0, min(text.count("?"), 3) / 3, open_end]
-
-
-def _ends_open(text: str) -> bool:
-    """Whether a reply stops without closing punctuation, as a truncated one does."""
-    stripped = text.rstrip()
-    return bool(stripped) and stripped[-1] not in _ENDS and not stripped[-1].isdigit()
 
 
 def _feature_row(
@@ -358,61 +352,6 @@ class StatisticalCoder:
             codes=codes,
             evidence=[Evidence(code=c, span=spans[c.value]) for c in codes if spans.get(c.value)],
         )
-
-
-#: Codes that do no task work: a reply with nothing else inside a task phase drops the task.
-_NO_TASK_WORK = frozenset({BehaviourCode.GENERIC_EMPATHY})
-_SHORT_REPLY_WORDS = 5
-#: Codes that do the task's work: a refusal with none of them beside it drops the whole task.
-_TASK_WORK = frozenset(
-    {
-        BehaviourCode.TASK_STEP,
-        BehaviourCode.CHALLENGE_COGNITION,
-        BehaviourCode.REFRAME,
-        BehaviourCode.EXPOSURE_INSTRUCTION,
-        BehaviourCode.ENCOURAGE_CONTINUE,
-        BehaviourCode.HOT_SPOT_FOCUS,
-        BehaviourCode.SUDS_PROBE,
-        BehaviourCode.PROCESSING_QUESTION,
-        BehaviourCode.HOMEWORK,
-        BehaviourCode.AGENDA,
-        BehaviourCode.PSYCHOEDUCATION,
-        BehaviourCode.SAFETY_ASSESSMENT,
-    }
-)
-
-
-def codebook_rules(
-    codes: set[BehaviourCode], text: str, kind: PhaseKind | None, risk: RiskLevel | None = None
-) -> set[BehaviourCode]:
-    """The codebook's coding rules that follow from what else a reply does (codebook.md §1):
-    a short reply (five words or fewer) that does no coded act, a reply inside exposure,
-    processing or a CBT step that offers only stock sympathy, and a refusal there with no task
-    work beside it ("a refusal that drops the whole task"), at risk none or passive (at active
-    or imminent risk stepping out of the task can be right), are task abandonments; advice
-    that treats a remembered event as happening now is `memory_as_present` only, never also a
-    task abandonment (the model's n-grams for "get out of there" lean both ways); and a short
-    reply that does task work and ends ("Different how?", "et contre ?") is that work, not a
-    task abandonment (the model's length features lean towards abandonment on any short reply;
-    one cut off mid-sentence, "Now let's re-rate the", is truncated and stays one)."""
-    out = set(codes)
-    in_task = kind is not None and (kind.is_exposure or kind.is_cbt or kind is PhaseKind.PROCESSING)
-    short_and_empty = not out and len(text.split()) <= _SHORT_REPLY_WORDS
-    sympathy_only = in_task and bool(out) and out <= _NO_TASK_WORK
-    refused_all = (
-        in_task
-        and risk in (None, RiskLevel.NONE, RiskLevel.PASSIVE)
-        and BehaviourCode.REFUSAL in out
-        and not out & _TASK_WORK
-    )
-    if short_and_empty or sympathy_only or refused_all:
-        out.add(BehaviourCode.TASK_ABANDONMENT)
-    short_task_move = (
-        len(text.split()) <= _SHORT_REPLY_WORDS and bool(out & _TASK_WORK) and not _ends_open(text)
-    )
-    if BehaviourCode.MEMORY_AS_PRESENT in out or short_task_move:
-        out.discard(BehaviourCode.TASK_ABANDONMENT)
-    return out
 
 
 @functools.lru_cache(maxsize=8)

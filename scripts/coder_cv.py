@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
+from therasim.agents.coderules import codebook_rules
 from therasim.agents.gold import GoldTurn, dev_turns
-from therasim.agents.statcoder import codebook_rules, train_coder
+from therasim.agents.statcoder import train_coder
 from therasim.evaluation.judging.calibration import (
     CODES,
     FAILURES,

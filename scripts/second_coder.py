@@ -27,8 +27,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from statsmodels.stats.inter_rater import cohens_kappa
 
+from therasim.agents.coderules import codebook_rules
 from therasim.agents.gold import Failure, GoldTurn, load_shipped_gold
-from therasim.agents.statcoder import codebook_rules
 from therasim.evaluation.judging.calibration import (
     CODES,
     FAILURES,

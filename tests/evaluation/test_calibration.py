@@ -520,7 +520,7 @@ def test_a_study_whose_coder_misses_its_threshold_cannot_pass(tmp_path: Path) ->
 
 
 def test_codebook_rules_for_short_sympathy_only_and_refusing_replies() -> None:
-    from therasim.agents.statcoder import codebook_rules
+    from therasim.agents.coderules import codebook_rules
 
     gist, ta = BehaviourCode.GENERIC_EMPATHY, BehaviourCode.TASK_ABANDONMENT
     exposure, check_in = PhaseKind.IMAGINAL_EXPOSURE, PhaseKind.CHECK_IN
