@@ -223,7 +223,7 @@ def _feature_row(
     return row
 
 
-#: Words whose character n-gram columns the coder keeps (about 100 bytes each).
+#: Words whose character n-gram columns the coder keeps (a small array each).
 _CHAR_CACHE_WORDS = 100_000
 
 
@@ -245,67 +245,65 @@ class StatisticalCoder:
 
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             x = _matrix(self.word, self.char, texts, np.array(dense, dtype=np.float64))
-        return cast(np.ndarray, np.asarray(x @ self.weights_t) + self.bias)
+        return cast(np.ndarray, np.asarray(x @ self.weights.T) + self.bias)
 
     def score_one(self, text: str, dense: list[float]) -> np.ndarray:
         """``scores`` for one reply, without sklearn's per-call validation and sparse matrices,
         which cost about five times the arithmetic on a short text (tests hold the two equal)."""
+        folded, dense_weights = self._folded
+        n_word, n_char = len(_tfidf_parts(self.word)[2]), len(_tfidf_parts(self.char)[2])
         out = self.bias.copy()
-        offset = 0
-        word_part: tuple[np.ndarray, np.ndarray] | None = None
-        for vectoriser in (self.word, self.char):
-            analyse, vocabulary, idf = _tfidf_parts(vectoriser)
-            counts: dict[int, int] = {}
-            if vectoriser is self.char:
-                for word in text.lower().split():  # the analyser's own tokens, in its order
-                    for column in self._char_columns(word):
-                        counts[column] = counts.get(column, 0) + 1
-            else:
-                for gram in analyse(text):
-                    j = vocabulary.get(gram)
-                    if j is not None:
-                        counts[j] = counts.get(j, 0) + 1
-            if counts:
-                columns = np.fromiter(counts, dtype=np.intp, count=len(counts))
-                tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-                values = (np.log(tf) + 1.0) * idf[columns]  # sublinear tf × idf, then l2
-                values /= np.sqrt(values @ values)
-                out += values @ self.weights_t[offset + columns]
-                if vectoriser is self.word:
-                    word_part = (columns, values)
-            offset += len(idf)
-        n_words = len(_tfidf_parts(self.word)[2])
         row = np.asarray(dense, dtype=np.float64)
-        if word_part is not None and _in_exposure(row[None, :])[0]:
-            columns, values = word_part
-            out += values @ self.weights_t[offset + columns]
-        offset += n_words
-        return cast(np.ndarray, out + row @ self.weights_t[offset:])
+        analyse, vocabulary, _ = _tfidf_parts(self.word)
+        counts: dict[int, int] = {}
+        for gram in analyse(text):
+            j = vocabulary.get(gram)
+            if j is not None:
+                counts[j] = counts.get(j, 0) + 1
+        if counts:
+            columns = np.fromiter(counts, dtype=np.intp, count=len(counts))
+            tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+            scaled = _add_tfidf(out, folded[columns], tf)
+            if _in_exposure(row[None, :])[0]:
+                out += scaled @ folded[n_word + n_char + columns, :-1]
+        # the analyser's own tokens: char_wb n-grams never cross a word boundary
+        words = [self._char_columns(word) for word in text.lower().split()]
+        if words:
+            chars, repeats = np.unique(np.concatenate(words), return_counts=True)
+            if chars.size:
+                _add_tfidf(out, folded[n_word + chars], repeats)
+        return cast(np.ndarray, out + row @ dense_weights)
 
-    def _char_columns(self, word: str) -> tuple[int, ...]:
-        """The character n-gram columns of one lower-cased word, in the analyser's order.
-
-        ``char_wb`` n-grams never cross a word boundary, so a reply's are its words' in turn;
-        words recur from reply to reply, so each word's are looked up once (a bounded cache).
-        """
+    def _char_columns(self, word: str) -> np.ndarray:
+        """The character n-gram columns of one lower-cased word (words recur from reply to
+        reply, so each word's are looked up once: a bounded cache)."""
         cache = self._char_cache
         columns = cache.get(word)
         if columns is None:
             analyse, vocabulary, _ = _tfidf_parts(self.char)
-            columns = tuple(j for j in map(vocabulary.get, analyse(word)) if j is not None)
+            found = [j for j in map(vocabulary.get, analyse(word)) if j is not None]
+            columns = np.array(found, dtype=np.intp)
             if len(cache) >= _CHAR_CACHE_WORDS:
                 cache.clear()
             cache[word] = columns
         return columns
 
     @functools.cached_property
-    def _char_cache(self) -> dict[str, tuple[int, ...]]:
+    def _char_cache(self) -> dict[str, np.ndarray]:
         return {}
 
     @functools.cached_property
-    def weights_t(self) -> np.ndarray:
-        """The weights as features × codes, contiguous (the product reads them in that order)."""
-        return np.ascontiguousarray(self.weights.T)
+    def _folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """The n-gram weights as features × (codes + 1), each row times its idf with the idf
+        itself last, so one row read per feature gives both (inside a study the coder is
+        memory-bound: each scattered read costs more than its arithmetic); and the dense
+        features' weights, features × codes."""
+        idf = np.concatenate([_tfidf_parts(v)[2] for v in (self.word, self.char, self.word)])
+        n = len(idf)
+        folded = np.empty((n, len(self.bias) + 1))
+        folded[:, :-1] = self.weights[:, :n].T * idf[:, None]
+        folded[:, -1] = idf
+        return folded, np.ascontiguousarray(self.weights[:, n:].T)
 
     def model_codes(
         self, text: str, ctx: TurnContext | None, patient: str = ""
@@ -364,6 +362,17 @@ def _tfidf_parts(vectoriser: Any) -> tuple[Any, dict[str, int], np.ndarray]:
 #: get a second copy that is live only there, so "keep your head down" can weigh differently
 #: inside the memory than in a wrap-up.
 _EXPOSURE_COLUMNS = [2 + i for i, k in enumerate(_KINDS) if k.is_exposure]
+
+
+def _add_tfidf(out: np.ndarray, rows: np.ndarray, tf: np.ndarray) -> np.ndarray:
+    """Add one vectoriser's part of the scores to ``out``: sublinear tf × idf, l2-normalised,
+    times the weights (``rows``: the folded rows of the reply's columns). Returns the reply's
+    (log tf + 1) / norm, which the same columns' other weight block takes as they are."""
+    sublinear = np.log(tf) + 1.0
+    values = sublinear * rows[:, -1]
+    scaled = sublinear / np.sqrt(values @ values)
+    out += scaled @ rows[:, :-1]
+    return cast(np.ndarray, scaled)
 
 
 def _in_exposure(dense: np.ndarray) -> np.ndarray:
