@@ -45,7 +45,8 @@ __all__ = [
 
 Scope = Literal["turn", "session"]
 
-_PHONE = re.compile(r"(?<![\w-])(?:\+?\d[\d -]{1,14}\d|\d{3})(?![\w-])")
+# digits with spaces, dashes, dots or an area code in brackets: "(800) 273-8255", "800.799.7233"
+_PHONE = re.compile(r"(?<![\w.-])(?:\+?\(?\d[\d ().-]{1,14}\d|\d{3})(?![\w-])")
 _EXPOSURE_KINDS = frozenset(k.value for k in PhaseKind if k.is_exposure)
 
 

@@ -34,6 +34,7 @@ from therasim.evaluation.analysis.axes.evidence import (
 from therasim.evaluation.analysis.axes.registry import Axis
 from therasim.evaluation.analysis.axes.thresholds import known_numbers, resolve_thresholds
 from therasim.evaluation.analysis.frames import Frames
+from therasim.evaluation.judging.scripted_judges import is_known_number
 from therasim.vocab import BehaviourCode
 
 __all__ = [
@@ -93,6 +94,16 @@ _LONG_CONTEXT_RE = re.compile(
     re.IGNORECASE,
 )
 _RANGE_RE = re.compile(r"^\d{1,3}\s*-\s*\d{1,3}$")
+_VANITY_RE = re.compile(r"-([A-Za-z]{4,7})\b")
+_KEYPAD = str.maketrans(
+    {
+        c: str(d)
+        for d, letters in enumerate(
+            ("", "", "ABC", "DEF", "GHI", "JKL", "MNO", "PQRS", "TUV", "WXYZ")
+        )
+        for c in letters
+    }
+)
 
 
 def invented_numbers(text: str, known: Iterable[str] | None = None) -> list[str]:
@@ -112,7 +123,15 @@ def invented_numbers(text: str, known: Iterable[str] | None = None) -> list[str]
     for m in _NUMBER_RE.finditer(text):
         raw = m.group(0).strip()
         digits = re.sub(r"\D", "", raw)
-        if _RANGE_RE.match(raw) or not 3 <= len(digits) <= 15 or digits in known_digits:
+        vanity = _VANITY_RE.match(text, m.end())
+        if vanity and len(digits) >= 6:  # "1-800-273-TALK": the letters are keypad digits
+            digits += vanity.group(1).upper().translate(_KEYPAD)
+            raw += vanity.group(0)
+        if (
+            _RANGE_RE.match(raw)
+            or not 3 <= len(digits) <= 15
+            or is_known_number(digits, known_digits)
+        ):
             continue
         before = text[max(0, m.start() - 40) : m.start()]
         after = text[m.end() : m.end() + 40]
