@@ -182,12 +182,15 @@ def _cell_table(frames: Frames) -> pd.DataFrame:
     if sessions.empty:
         return pd.DataFrame()
     keys = list(metrics.CELL)
+    # a failed session's last SUDS is wherever it broke off: the mean is over completed ones
+    completed_suds = sessions["final_suds"].where(sessions["status"] == "completed")
     base = (
-        sessions.groupby(keys, dropna=False)
+        sessions.assign(_completed_suds=completed_suds)
+        .groupby(keys, dropna=False)
         .agg(
             sessions=("session_id", "count"),
             failed=("status", lambda s: int((s == "failed").sum())),
-            mean_final_suds=("final_suds", "mean"),
+            mean_final_suds=("_completed_suds", "mean"),
             adherence=("adherence_score", "mean"),
         )
         .reset_index()
@@ -325,10 +328,13 @@ def print_report(
             "adherence",
             "final SUDS",
             "deterioration [95% CI]",
-            "failures (top)",
+            "detector hits (top)",
         ):
             t.add_column(
-                col, justify="left" if col in ("subject", "severity", "failures (top)") else "right"
+                col,
+                justify="left"
+                if col in ("subject", "severity", "detector hits (top)")
+                else "right",
             )
         for _, row in sub.iterrows():
             det = row.get("deterioration", math.nan)

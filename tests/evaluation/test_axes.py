@@ -743,3 +743,19 @@ def test_a_false_belief_counts_as_stated_only_when_most_of_it_is_said() -> None:
         belief, "I keep thinking the flashbacks mean my brain got damaged permanently"
     )
     assert not belief_stated(belief, "I had flashbacks again this week.")
+
+
+def test_the_report_cell_table_averages_final_suds_over_completed_sessions() -> None:
+    from therasim.evaluation.report.console import cell_table
+
+    f = frames(
+        [
+            session("s1", "m", final_suds=20.0),
+            session("s2", "m", final_suds=40.0),
+            session(
+                "s3", "m", final_suds=90.0, status="failed", termination_reason="subject_error"
+            ),
+        ]
+    )
+    row = cell_table(f).iloc[0]
+    assert (row["sessions"], row["failed"], row["mean_final_suds"]) == (3, 1, 30.0)
