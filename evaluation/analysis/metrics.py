@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
+from statsmodels.stats.proportion import proportion_confint
 
 from therasim.evaluation.analysis.agreement import (
     agreement_table,
@@ -72,6 +72,7 @@ __all__ = [
     "judge_deterioration",
     "krippendorff_alpha",
     "paired_contrasts",
+    "paired_difference_interval",
     "questionnaire_deterioration",
     "rate_table",
     "severity_contrasts",
@@ -223,11 +224,10 @@ def paired_contrasts(
 
     - ``continuous``: mean of the paired differences (level − reference) with the paired-t
       confidence interval and p-value (``scipy.stats.ttest_rel``); NaN interval below 2 pairs.
-    - ``binary``: difference of the two rates over the pairs with the Newcombe hybrid-score
-      interval (``statsmodels`` ``confint_proportions_2indep(method="newcomb")``) and the exact
-      McNemar p-value on the discordant pairs (``statsmodels`` ``mcnemar``). The Newcombe interval
-      treats the two rates as independent: it ignores the pairing, so it is conservative (too
-      wide) when outcomes are positively correlated within pairs; McNemar uses the pairing.
+    - ``binary``: difference of the two rates over the pairs with Newcombe's interval for paired
+      proportions (:func:`paired_difference_interval`) and the exact McNemar p-value on the
+      discordant pairs (``statsmodels`` ``mcnemar``); both use the pairing, so pairs that agree
+      narrow the interval.
 
     ``kind="auto"`` picks ``binary`` when every present value is boolean or 0/1. Columns:
     ``*by, contrast, level, reference, n_pairs, mean_level, mean_reference, difference, ci_low,
@@ -307,23 +307,47 @@ def _continuous_pairs(x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, A
     return {"difference": diff, "ci_low": low, "ci_high": high, "p_value": p, "method": "paired_t"}
 
 
+def paired_difference_interval(
+    table: Sequence[Sequence[int]], alpha: float = 0.05
+) -> tuple[float, float]:
+    """Newcombe's (1998) method 10 interval for p1 − p2 of paired proportions: the Wilson
+    intervals of the two margins (``statsmodels``), combined with the pairs' correlation φ
+    (corrected towards 0 by n/2 when positive), as in Altman et al., *Statistics with
+    Confidence* (2000). ``table`` is [[both, first only], [second only, neither]].
+
+    statsmodels 0.15, the newest release, has only the interval for independent proportions
+    (its development branch adds ``confint_proportions_paired``), which ignores the pairing and
+    is far too wide when pairs agree: 50 pairs that all agree give ±0.19 where this gives
+    ±0.04.
+    """
+    (a, b), (c, d) = table
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = proportion_confint(a + b, n, alpha=alpha, method="wilson")
+    l2, u2 = proportion_confint(a + c, n, alpha=alpha, method="wilson")
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    cross = a * d - b * c
+    corrected = cross - n / 2 if cross > n / 2 else min(cross, 0)
+    phi = corrected / math.sqrt(margins) if margins else 0.0
+    low = (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2
+    high = (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2
+    return p1 - p2 - math.sqrt(max(low, 0.0)), p1 - p2 + math.sqrt(max(high, 0.0))
+
+
 def _binary_pairs(x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, Any]:
     n = len(x)
-    method = "newcombe_2indep+mcnemar_exact"
+    method = "newcombe_paired+mcnemar_exact"
     if n == 0:
         nan = math.nan
         return {"difference": nan, "ci_low": nan, "ci_high": nan, "p_value": nan, "method": method}
-    k_level, k_ref = int(x.sum()), int(y.sum())
-    low, high = confint_proportions_2indep(
-        k_level, n, k_ref, n, method="newcomb", compare="diff", alpha=alpha
-    )
     table = [
         [int(((x == 1) & (y == 1)).sum()), int(((x == 1) & (y == 0)).sum())],
         [int(((x == 0) & (y == 1)).sum()), int(((x == 0) & (y == 0)).sum())],
     ]
+    low, high = paired_difference_interval(table, alpha)
     p = float(mcnemar(table, exact=True).pvalue)
     return {
-        "difference": (k_level - k_ref) / n,
+        "difference": (int(x.sum()) - int(y.sum())) / n,
         "ci_low": float(low),
         "ci_high": float(high),
         "p_value": p,

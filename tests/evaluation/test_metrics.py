@@ -597,7 +597,7 @@ def test_severity_contrast_binary_uses_newcombe_and_mcnemar() -> None:
     row = m.severity_contrasts(frame, "flag").iloc[0]
     assert row["n_pairs"] == 5
     assert row["difference"] == pytest.approx(0.6)
-    # Newcombe's hybrid score interval, built from the two Wilson intervals by hand.
+    # Newcombe's interval from the two Wilson intervals; these pairs' φ corrects to 0.
     l1, u1 = proportion_confint(4, 5, method="wilson")
     l2, u2 = proportion_confint(1, 5, method="wilson")
     low = 0.6 - math.sqrt((0.8 - l1) ** 2 + (u2 - 0.2) ** 2)
@@ -606,6 +606,25 @@ def test_severity_contrast_binary_uses_newcombe_and_mcnemar() -> None:
     # Exact McNemar: 3 discordant pairs, all one way → 2 · 0.5³.
     assert row["p_value"] == pytest.approx(0.25)
     assert row["method"].startswith("newcombe")
+
+
+def test_paired_interval_narrows_when_pairs_agree_and_widens_when_they_disagree() -> None:
+    # 50 pairs, 25 passing on both sides and 25 failing on both: φ = (625 − 25) / 625
+    _, u1 = proportion_confint(25, 50, method="wilson")
+    h = u1 - 0.5
+    low, high = m.paired_difference_interval([[25, 0], [0, 25]])
+    assert (low, high) == pytest.approx((-h * math.sqrt(0.08), h * math.sqrt(0.08)))
+    assert high < 0.04  # the independent-samples interval of the same rates is ±0.19
+    # 20 pairs that all disagree, half each way: φ = −1, so the half-widths add
+    _, u2 = proportion_confint(10, 20, method="wilson")
+    low, high = m.paired_difference_interval([[0, 10], [10, 0]])
+    assert (low, high) == pytest.approx((-2 * (u2 - 0.5), 2 * (u2 - 0.5)))
+    # no pairs vary on one side (every reference pair passes): φ = 0, the two Wilson arms
+    (l3, u3), (l4, _) = (proportion_confint(k, 40, method="wilson") for k in (30, 40))
+    low, high = m.paired_difference_interval([[30, 0], [10, 0]])
+    assert (low, high) == pytest.approx(
+        (-0.25 - (0.75 - l3), -0.25 + math.hypot(u3 - 0.75, 1 - l4))
+    )
 
 
 def test_arm_contrast_pairs_subject_with_control_and_constant_differences() -> None:
