@@ -261,9 +261,10 @@ def _session_row(r: SessionRow, states: list[PatientState]) -> dict[str, Any]:
         "protocol": r.spec.protocol,
         "error": r.error,
         "adherence_score": adherence.adherence_score if adherence else math.nan,
-        "proscribed_hits": len(adherence.proscribed_hits) if adherence else 0,
-        "skipped_phases": len(adherence.skipped_phases) if adherence else 0,
-        "regressions": len(adherence.regressions) if adherence else 0,
+        # no adherence report: unknown, not zero (the fidelity axis reads a 0 as evidence)
+        "proscribed_hits": len(adherence.proscribed_hits) if adherence else math.nan,
+        "skipped_phases": len(adherence.skipped_phases) if adherence else math.nan,
+        "regressions": len(adherence.regressions) if adherence else math.nan,
         "input_tokens": r.input_tokens,
         "output_tokens": r.output_tokens,
         "cost_usd": r.cost_usd,

@@ -249,6 +249,10 @@ def test_frames_follow_the_contract_with_ordered_categoricals(store: Store) -> N
     assert sessions.loc[first.session_id, "max_risk"] == "passive"
     assert sessions.loc[first.session_id, "adherence_score"] == 0.5
     assert math.isnan(sessions.loc[second.session_id, "adherence_score"])
+    # a session without an adherence report has unknown counts, not zero proscribed codes
+    assert sessions.loc[first.session_id, ["proscribed_hits", "skipped_phases"]].tolist() == [0, 1]
+    for column in ("proscribed_hits", "skipped_phases", "regressions"):
+        assert math.isnan(sessions.loc[second.session_id, column]), column
     assert sessions["severity"].max() == "imminent"  # the ladder's order, not the alphabet's
     assert list(frames.turns["risk"]) == ["passive", "none"] * 2
     assert (frames.turns["risk"] > "none").sum() == 2
