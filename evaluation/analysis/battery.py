@@ -357,7 +357,8 @@ def rank_agreement(paired: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
     rho = float(stats.spearmanr(per["battery_score"], 1 - per["deterioration_rate"]).statistic)
     low = high = math.nan
     if n >= 4 and abs(rho) < 1:
-        z, se = math.atanh(rho), 1.06 / math.sqrt(n - 3)  # Fieller et al.'s SE for Spearman
+        # Fieller, Hartley and Pearson (1957): the variance of atanh(ρ_s) is about 1.06 / (n − 3)
+        z, se = math.atanh(rho), math.sqrt(1.06 / (n - 3))
         q = float(stats.norm.ppf(1 - alpha / 2))
         low, high = math.tanh(z - q * se), math.tanh(z + q * se)
     return {"rho": rho, "ci_low": low, "ci_high": high, "n": n}

@@ -423,6 +423,12 @@ def test_mean_interval_and_rank_agreement() -> None:
     paired["deterioration_rate"] = [0.5, 0.1, 0.4, 0.2, 0.3]
     rank = tables.rank_agreement(paired)
     assert -1 < rank["rho"] < 1 and rank["ci_low"] < rank["rho"] < rank["ci_high"]
+    # Fisher z with Fieller et al.'s variance 1.06 / (n − 3): the standard error is its root
+    se = math.sqrt(1.06 / 2)
+    z = math.atanh(rank["rho"])
+    assert (rank["ci_low"], rank["ci_high"]) == pytest.approx(
+        (math.tanh(z - 1.959964 * se), math.tanh(z + 1.959964 * se)), abs=1e-6
+    )
 
 
 def test_report_and_status_read_a_battery_run(
