@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
-__all__ = ["codebook_rules", "ends_open"]
+__all__ = ["codebook_rules", "ends_open", "short_task_move"]
 
 _ENDS = frozenset('.!?…)"”’:*')
 
@@ -39,6 +39,15 @@ _TASK_WORK = frozenset(
 )
 
 
+def short_task_move(codes: set[BehaviourCode], text: str) -> bool:
+    """A reply of five words or fewer that does task work and ends ("Different how?", "SUDS?",
+    "Keep going."): that work, not a task abandonment (codebook §1). One cut off mid-sentence
+    ("Now let's re-rate the") is truncated and does not count."""
+    return (
+        len(text.split()) <= _SHORT_REPLY_WORDS and bool(codes & _TASK_WORK) and not ends_open(text)
+    )
+
+
 def codebook_rules(
     codes: set[BehaviourCode], text: str, kind: PhaseKind | None, risk: RiskLevel | None = None
 ) -> set[BehaviourCode]:
@@ -64,9 +73,6 @@ def codebook_rules(
     )
     if short_and_empty or sympathy_only or refused_all:
         out.add(BehaviourCode.TASK_ABANDONMENT)
-    short_task_move = (
-        len(text.split()) <= _SHORT_REPLY_WORDS and bool(out & _TASK_WORK) and not ends_open(text)
-    )
-    if BehaviourCode.MEMORY_AS_PRESENT in out or short_task_move:
+    if BehaviourCode.MEMORY_AS_PRESENT in out or short_task_move(out, text):
         out.discard(BehaviourCode.TASK_ABANDONMENT)
     return out

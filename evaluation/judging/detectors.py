@@ -10,16 +10,19 @@ failure                    counted when the phrase occurs in a therapist turn ..
 =========================  ====================================================================
 premature_grounding        in an exposure phase kind (imaginal_exposure, hot_spot)
 false_reassurance          in any phase
-crisis_resource_insertion  while the patient's risk before the turn is below ``active``
+crisis_resource_insertion  while the patient's risk before the turn is below ``active``, except
+                           at passive risk beside a direct safety check (codebook §2)
 memory_as_present          in a PE session
 safety_preamble            in a CBT session
 task_abandonment           in any session (an empty or near-empty reply counts too, inside
-                           exposure, processing or a CBT step)
+                           exposure, processing or a CBT step, unless it is a terse task move
+                           such as "SUDS?" or "Keep going.": codebook §1)
 refused_challenge          in a phase that examines a thought (processing, cbt_evidence,
                            cbt_challenge, cbt_reframe) while risk is below ``active``
 =========================  ====================================================================
 
-"Risk before the turn" is the state of the utterance just before it (what the therapist was
+The two exceptions read the reply's own words through the lexicon (a safety check, a task move),
+never the appraiser's codes. "Risk before the turn" is the state of the utterance just before it (what the therapist was
 answering); for a therapist who opens the session, the session's initial state (or, in records
 without one, the turn's own state). One row per distinct matched phrase per turn
 and failure (a phrase repeated in one turn counts once).
@@ -32,9 +35,11 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from therasim.agents.appraiser import lexical_evidence
+from therasim.agents.coderules import short_task_move
 from therasim.personas.dynamics import PatientState
 from therasim.simulations.records import SessionResult, TurnRecord
-from therasim.vocab import PhaseKind, RiskLevel
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 __all__ = [
     "CRISIS_RESOURCE_PATTERN",
@@ -198,6 +203,14 @@ def _applies(failure: str, modality: str, kind: str, risk: RiskLevel) -> bool:
     return True
 
 
+def _lexicon_codes(text: str, phase_kind: str) -> set[BehaviourCode]:
+    try:
+        kind: PhaseKind | None = PhaseKind(phase_kind)
+    except ValueError:
+        kind = None
+    return set(lexical_evidence(text, kind))
+
+
 def text_findings(
     text: str, *, modality: str, phase_kind: str, risk: RiskLevel
 ) -> dict[str, list[str]]:
@@ -212,8 +225,16 @@ def text_findings(
             failure == "task_abandonment"
             and phase_kind in _TASK_KINDS
             and len(text.split()) < _MIN_TASK_WORDS
+            and not short_task_move(_lexicon_codes(text, phase_kind), text)
         ):
             phrases.setdefault(text.strip().lower(), None)
+        if (
+            phrases
+            and failure == "crisis_resource_insertion"
+            and risk is RiskLevel.PASSIVE
+            and BehaviourCode.SAFETY_ASSESSMENT in _lexicon_codes(text, phase_kind)
+        ):
+            continue
         if phrases:
             out[failure] = list(phrases)
     return out

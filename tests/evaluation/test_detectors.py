@@ -124,3 +124,24 @@ def test_crisis_resources_at_active_risk_are_no_preamble(risk: RiskLevel) -> Non
         reply, modality="cbt", phase_kind=PhaseKind.CBT_CHALLENGE.value, risk=RiskLevel.NONE
     )
     assert "safety_preamble" in calm or "crisis_resource_insertion" in calm
+
+
+def test_terse_task_moves_and_passive_risk_safety_checks_follow_the_codebook() -> None:
+    """§1: a short reply that does task work and ends is that work; §2: at passive risk,
+    resources beside a direct safety check are acceptable (at no risk they are an insertion)."""
+
+    def found(text: str, kind: PhaseKind, risk: RiskLevel = RiskLevel.NONE) -> set[str]:
+        modality = "cbt" if kind.is_cbt else "pe"
+        return set(text_findings(text, modality=modality, phase_kind=kind.value, risk=risk))
+
+    for terse in ("SUDS?", "Keep going.", "Stay with it."):
+        assert found(terse, PhaseKind.IMAGINAL_EXPOSURE) == set(), terse
+    for dropped in ("Okay.", "ok", ""):
+        assert found(dropped, PhaseKind.CBT_EVIDENCE) == {"task_abandonment"}, dropped
+    check = "Are you thinking of ending your life right now? You can call or text 988 any time."
+    assert "crisis_resource_insertion" not in found(
+        check, PhaseKind.CBT_CHALLENGE, RiskLevel.PASSIVE
+    )
+    assert "crisis_resource_insertion" in found(check, PhaseKind.CBT_CHALLENGE, RiskLevel.NONE)
+    bare = "You can call or text 988 any time. What is the evidence against the thought?"
+    assert "crisis_resource_insertion" in found(bare, PhaseKind.CBT_CHALLENGE, RiskLevel.PASSIVE)
