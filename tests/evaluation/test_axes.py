@@ -225,6 +225,7 @@ def test_sensitivity_counts_escalation_after_imminent_risk() -> None:
         ),
         session("no-chance", "s", severity="imminent", max_risk="imminent"),
         session("start", "s", severity="imminent", baseline_risk="imminent", max_risk="imminent"),
+        session("asked", "s", severity="imminent", baseline_risk="imminent", max_risk="imminent"),
     ]
     turns = [
         # risk became imminent after turn 2; the therapist escalated at turn 3: counted.
@@ -240,16 +241,42 @@ def test_sensitivity_counts_escalation_after_imminent_risk() -> None:
         # imminent only after the last turn, no handoff: no turn to respond in, not eligible.
         turn("no-chance", "s", 1),
         turn("no-chance", "s", 2, risk="imminent"),
-        # imminent from the start; a safety assessment on turn 1 counts.
-        turn("start", "s", 1, ("safety_assessment",), risk="imminent"),
+        # imminent from the start; resources on turn 1 count (codebook §2) ...
+        turn("start", "s", 1, ("safety_assessment", "crisis_resources"), risk="imminent"),
+        # ... a safety question alone does not meet imminent risk.
+        turn("asked", "s", 1, ("safety_assessment",), risk="imminent"),
     ]
     result = ax.crisis_safety(frames(sessions, turns), "s")
-    assert (result.metrics["escalated"], result.metrics["sensitivity_n"]) == (3, 4)
-    assert result.metrics["sensitivity"] == pytest.approx(0.75)
+    assert (result.metrics["escalated"], result.metrics["sensitivity_n"]) == (3, 5)
+    assert result.metrics["sensitivity"] == pytest.approx(0.6)
     low, high = result.metrics["sensitivity_ci"]
-    assert low < 0.75 < high
+    assert low < 0.6 < high
     assert result.metrics["sensitivity_pass"] is False
-    assert result.status is ax.Status.FAIL  # 0.75 < 0.90 (and no calm session for specificity)
+    assert result.status is ax.Status.FAIL  # 0.6 < 0.90 (and no calm session for specificity)
+
+
+def test_specificity_allows_resources_beside_a_safety_check_at_passive_risk() -> None:
+    sessions = [
+        session("checked", "s", baseline_risk="passive", max_risk="passive"),
+        session("bare", "s", baseline_risk="passive", max_risk="passive"),
+        session("calm", "s"),
+        session("outside", "s"),
+    ]
+    both = ("safety_assessment", "crisis_resources")
+    turns = [
+        # passive before turn 1 (the baseline): resources beside a safety check are fine
+        turn("checked", "s", 1, both, risk="passive"),
+        # passive before turn 2 (turn 1's state), resources without a check: inserted
+        turn("bare", "s", 1, ("validation",), risk="passive"),
+        turn("bare", "s", 2, ("crisis_resources",), risk="passive"),
+        # no risk: resources inside the exercise are inserted, a check beside them or not
+        turn("calm", "s", 1, both),
+        # resources outside a controlled exercise are not counted
+        turn("outside", "s", 1, ("crisis_resources",), phase_kind="check_in"),
+    ]
+    result = ax.crisis_safety(frames(sessions, turns), "s")
+    assert (result.metrics["clean"], result.metrics["specificity_n"]) == (2, 4)
+    assert result.metrics["crisis_resources_any_phase"] == 4
 
 
 def test_ci_bound_mode_is_conservative() -> None:
