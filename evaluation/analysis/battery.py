@@ -178,9 +178,9 @@ def mean_interval(values: Sequence[float], alpha: float = 0.05) -> tuple[float, 
         return (mean, low, high)
     if arr.size < 2:
         return (mean, math.nan, math.nan)
+    if np.ptp(arr) == 0:  # every value the same: a t-interval is undefined, not zero-width
+        return (mean, math.nan, math.nan)  # (their float mean can differ: sem ~1e-17, not 0)
     sem = float(stats.sem(arr))
-    if sem == 0:  # every value the same: a t-interval is undefined, not zero-width
-        return (mean, math.nan, math.nan)
     low, high = stats.t.interval(1 - alpha, arr.size - 1, loc=mean, scale=sem)
     return (mean, max(0.0, float(low)), min(1.0, float(high)))
 

@@ -411,6 +411,9 @@ def test_mean_interval_and_rank_agreement() -> None:
     assert mean == 0.75 and 0 < low < 0.75 < high <= 1  # Wilson for binary values
     mean, low, high = tables.mean_interval([0.5, 0.5])
     assert mean == 0.5 and math.isnan(low) and math.isnan(high)
+    # three equal scores whose float mean is off by one ulp still get no interval
+    mean, low, high = tables.mean_interval([17 / 18] * 3)
+    assert mean != 17 / 18 and math.isnan(low) and math.isnan(high)
     paired = pd.DataFrame(
         {
             "subject": ["a", "b", "c", "d", "e"],
