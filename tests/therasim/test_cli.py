@@ -468,3 +468,30 @@ def test_a_broken_pipe_elsewhere_is_still_an_error_line(
     monkeypatch.setattr(data, "cmd_validate", broken)
     assert main(["validate"]) == 1
     assert "Broken pipe [EPIPE]" in _one_error_line(capsys.readouterr().err)
+
+
+def test_bad_options_and_specs_fail_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Out-of-range numbers are usage errors naming the option; a typo'd model spec in
+    ``simulate`` stores nothing; ``show`` never creates the store it is pointed at."""
+    store = tmp_path / "s.sqlite"
+    simulate = ["simulate", "--persona", "pe-combat-01", "--subject", "scripted:adherent"]
+    for argv, option in (
+        ([*simulate, "--max-turns", "-3"], "--max-turns"),
+        ([*simulate, "--max-turns", "500"], "--max-turns"),
+        (["calibrate", "--concurrency", "0"], "--concurrency"),
+        (["calibrate", "--min-f1", "1.5"], "--min-f1"),
+        (["judge", str(tmp_path), "--sample-turns", "0"], "--sample-turns"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2, argv
+        assert f"argument {option}: " in capsys.readouterr().err
+    typo = ["simulate", "--persona", "pe-combat-01", "--subject", "scriptd:adherent"]
+    assert main([*typo, "--store", str(store), "--no-questionnaires"]) == 1
+    assert "field --subject: unknown backend 'scriptd'" in capsys.readouterr().err
+    assert not store.exists()
+    assert main(["show", "abc", "--store", str(store)]) == 1
+    assert "no such store" in capsys.readouterr().err
+    assert not store.exists()

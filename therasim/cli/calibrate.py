@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 
-from therasim.cli.common import console, parse_judges, run_then_close, table
+from therasim.cli.common import bounded, console, parse_judges, run_then_close, table
 
 if TYPE_CHECKING:  # numpy and pydantic models: imported when the verb runs, not at CLI start
     from rich.table import Table
@@ -299,13 +299,15 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--format", choices=["table", "json", "html"], default="table")
     p.add_argument("--out", help="file for json/html output (json default: stdout)")
-    p.add_argument("--min-f1", type=float, default=None, help="least code micro-F1")
+    p.add_argument("--min-f1", type=bounded(float, 0, 1), default=None, help="least code micro-F1")
     p.add_argument(
         "--min-recall",
-        type=float,
+        type=bounded(float, 0, 1),
         default=None,
         help="least failure micro-recall (codes + rules path, and the judge panel)",
     )
-    p.add_argument("--concurrency", type=int, default=8, help="calls in flight per role")
+    p.add_argument(
+        "--concurrency", type=bounded(int, 1), default=8, help="calls in flight per role"
+    )
     p.add_argument("--no-cache", action="store_true", help="bypass the response cache")
     p.set_defaults(handler=cmd_calibrate)

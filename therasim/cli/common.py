@@ -44,6 +44,25 @@ def table(columns: tuple[str, ...], **options: Any) -> Table:
     return out
 
 
+def bounded(
+    kind: Callable[[str], Any], low: float, high: float | None = None
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind`` of the argument, from ``low`` to ``high`` inclusive, so a
+    value out of range is a usage error naming the option, not a traceback further in."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({span})")
+        return value
+
+    return parse
+
+
 def parse_sets(pairs: list[str]) -> dict[str, str]:
     """``--set ATTR=VALUE`` pairs (counterfactual demographic changes) as a dict."""
     out: dict[str, str] = {}

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from therasim import __version__
-from therasim.cli.common import console, err_console, run_then_close
+from therasim.cli.common import bounded, console, err_console, run_then_close
 from therasim.errors import TherasimError
 
 
@@ -124,8 +124,8 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("text", help="the user message")
     p.add_argument("--system", help="a system prompt")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=bounded(float, 0, 2), default=0.7)
+    p.add_argument("--max-tokens", type=bounded(int, 1), default=200)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-cache", action="store_true", help="bypass the response cache")
     p.set_defaults(handler=cmd_ask)

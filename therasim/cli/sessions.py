@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from therasim.cli.common import SEVERITIES, console, err_console, parse_sets, run_then_close
+from therasim.cli.common import (
+    SEVERITIES,
+    bounded,
+    console,
+    err_console,
+    parse_sets,
+    run_then_close,
+)
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -57,6 +64,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         raise UnknownNameError("persona", args.persona, list(library))
     persona = library[args.persona]
+    from therasim.agents.preflight import check_model_spec
+
+    for option, model in (
+        ("--subject", args.subject),
+        ("--patient", args.patient),
+        ("--appraiser", args.appraiser),
+    ):
+        check_model_spec(model, field=option)  # a typo fails before any call, nothing stored
     spec = SessionSpec(
         persona=persona.id,
         persona_version=persona.version,
@@ -93,8 +108,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Print a stored session with its states and codes."""
+    from pathlib import Path
+
+    from therasim.errors import ConfigError
     from therasim.simulations.store import Store
 
+    if not Path(args.store).is_file():  # a read-only verb: never create a store
+        raise ConfigError("no such store (give --store the .sqlite file)", file=str(args.store))
     with Store(args.store) as store:
         sid = store.find_session(args.session_id)
         result = store.load_session(sid) if sid else None
@@ -138,7 +158,7 @@ def add_parsers(sub: Any) -> None:
         help="model spec of the appraiser (default: the statistical coder, scripted:statistical)",
     )
     p.add_argument("--protocol", help="protocol id (default: the modality's default)")
-    p.add_argument("--max-turns", type=int, default=20)
+    p.add_argument("--max-turns", type=bounded(int, 1, 200), default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--set", action="append", metavar="ATTR=VALUE", help="counterfactual demographic change"

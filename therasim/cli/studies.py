@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, cast
 
-from therasim.cli.common import console, err_console, parse_judges, run_then_close
+from therasim.cli.common import bounded, console, err_console, parse_judges, run_then_close
 from therasim.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -150,11 +150,14 @@ def _store_path(arg: str) -> Path:
 def cmd_judge(args: argparse.Namespace) -> int:
     """Re-score stored sessions with a judge panel (no re-simulation; cached)."""
     from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
+    from therasim.agents.preflight import check_model_spec
     from therasim.evaluation.judging.panel import PanelOptions, judge_store
     from therasim.evaluation.judging.rubric import load_rubrics
     from therasim.simulations.store import Store
 
     judges = parse_judges(args.judges or ["lexical=scripted:lexical-judge"])
+    for j in judges:  # a typo fails now, before any verdict is written
+        check_model_spec(cast(str, j.model), field=f"--judges {j.name}")
     options = PanelOptions(mode=args.mode, sample_turns=args.sample_turns, sample_seed=args.seed)
     rubrics = load_rubrics(args.rubric or None)
     gateway = Gateway(
@@ -316,7 +319,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument(
         "--sample-turns",
-        type=int,
+        type=bounded(int, 1),
         metavar="K",
         help="judge at least K turns per session (risk and failure turns always)",
     )
