@@ -341,6 +341,14 @@ class Store:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT DISTINCT judge FROM verdicts")}
 
+    def verdict_models(self) -> dict[str, set[str]]:
+        """Judge name -> the models its stored verdicts came from."""
+        out: dict[str, set[str]] = {}
+        with self._lock:
+            for judge, model in self._db.execute("SELECT DISTINCT judge, model FROM verdicts"):
+                out.setdefault(judge, set()).add(model)
+        return out
+
     def delete_verdicts(self, judges: Iterable[str]) -> int:
         """Drop every verdict of the named judges, and their call rows (a panel being
         replaced), in one transaction; returns the verdicts dropped."""

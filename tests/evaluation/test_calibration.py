@@ -516,6 +516,47 @@ def test_a_study_whose_coder_misses_its_threshold_cannot_pass(tmp_path: Path) ->
         assert calibration_gate(stored_calibration(store)) == {}
 
 
+def test_judge_with_a_new_panel_recalibrates_it_and_refuses_silent_no_ops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``therasim judge`` re-scores with the models it is given: a judge name re-used for another
+    model needs --replace, a typo'd model fails before anything is written, and a calibrated
+    run's stored calibration follows the new panel (not the one calibrated before)."""
+    import io
+
+    from rich.console import Console
+
+    from therasim.cli import main
+    from therasim.evaluation.report.calibration_card import stored_calibration
+    from therasim.pipeline import run_study
+    from therasim.simulations.store import Store
+
+    gold = write_gold(tmp_path / "g.jsonl", FIXTURE)
+    run = run_study(_study(tmp_path, gold), console=Console(file=io.StringIO()), report=False)
+    with Store(run.store_path) as store:
+        before = store.verdict_models()
+        calibrated = stored_calibration(store)
+    assert before == {"lexical": {"scripted:lexical-judge"}} and calibrated is not None
+    assert [(j.name, j.model) for j in calibrated.report.judges] == [
+        ("lexical", "scripted:lexical-judge")
+    ]
+    folder = str(run.out_dir)
+    assert main(["judge", folder, "--judges", "x=scriptd:lexical-judge", "--add"]) == 1
+    assert main(["judge", folder, "--judges", "lexical=scripted:lenient-judge"]) == 1
+    assert "hold verdicts from another model" in capsys.readouterr().err
+    with Store(run.store_path) as store:
+        assert store.verdict_models() == before  # nothing written by either
+    assert main(["judge", folder, "--judges", "lexical=scripted:lenient-judge", "--replace"]) == 0
+    with Store(run.store_path) as store:
+        assert store.verdict_models() == {"lexical": {"scripted:lenient-judge"}}
+        recalibrated = stored_calibration(store)
+    assert recalibrated is not None
+    assert [(j.name, j.model) for j in recalibrated.report.judges] == [
+        ("lexical", "scripted:lenient-judge")
+    ]
+    assert recalibrated.report.codes == calibrated.report.codes  # the same gold and appraiser
+
+
 # --------------------------------------------------------------------------- the statistical coder
 
 
