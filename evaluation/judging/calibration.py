@@ -23,7 +23,7 @@ import asyncio
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from therasim.agents.appraiser import appraise
 from therasim.agents.context import TurnContext
@@ -256,8 +256,9 @@ async def _judge_all(
     concurrency: int,
     tick: Callable[[], None],
     mode: JudgingMode = "turn",
-) -> tuple[list[frozenset[str]], int, int, list[bool]]:
-    """Per turn, the failures the judge found; plus items asked, errors, and every answer.
+) -> tuple[list[_Found], int, int, list[bool]]:
+    """Per turn, the failures the judge found and the items it answered; plus items asked,
+    errors, and every answer.
 
     ``mode="turn"`` asks every applicable item of a turn in one batched call, whose system
     message lists the failure items of the turn's modality (identical across the gold set's
@@ -267,7 +268,7 @@ async def _judge_all(
     answers: list[bool] = []
     counts = {"asked": 0, "errors": 0}
 
-    async def item(turn: GoldTurn, turn_codes: frozenset[str], it: RubricItem) -> bool:
+    async def item(turn: GoldTurn, turn_codes: frozenset[str], it: RubricItem) -> bool | None:
         values, base = _judge_values(turn, turn_codes)
         metadata = {
             **base,
@@ -294,28 +295,28 @@ async def _judge_all(
                 verdict, _ = await gateway.structured(request, Verdict)
             except Exception:  # one failed item never stops calibration
                 counts["errors"] += 1
-                return False
+                return None
             finally:
                 tick()
         if verdict.met is None:
             counts["errors"] += 1
-            return False
+            return None
         answers.append(verdict.met)
         return verdict.met
 
     options = PanelOptions(mode="turn")
     rubric = failures_rubric()
 
-    async def batch(turn: GoldTurn, turn_codes: frozenset[str]) -> frozenset[str]:
+    async def batch(turn: GoldTurn, turn_codes: frozenset[str]) -> _Found:
         items = _applicable(turn)
         if not items:
-            return frozenset()
+            return _Found(frozenset(), frozenset())
         values, metadata = _judge_values(turn, turn_codes)
         unit = Unit("turn", 1, tuple((rubric, it) for it in items), values, metadata)
         prefix = [it for it in rubric.items if it.modality in ("any", turn.modality)]
         async with sem:
             rows, _ = await ask_batch(gateway, turn.id, judge, unit, prefix, options)
-        found = set()
+        found, answered = set(), set()
         for row in rows:
             counts["asked"] += 1
             tick()
@@ -323,27 +324,41 @@ async def _judge_all(
                 counts["errors"] += 1
             else:
                 answers.append(bool(row["met"]))
+                answered.add(str(row["item_id"]))
                 if row["met"]:
                     found.add(str(row["item_id"]))
-        return frozenset(found)
+        return _Found(frozenset(found), frozenset(answered))
 
-    async def turn_failures(turn: GoldTurn, turn_codes: frozenset[str]) -> frozenset[str]:
+    async def turn_failures(turn: GoldTurn, turn_codes: frozenset[str]) -> _Found:
         if mode == "turn":
             return await batch(turn, turn_codes)
         items = _applicable(turn)
         met = await asyncio.gather(*(item(turn, turn_codes, it) for it in items))
-        return frozenset(it.id for it, m in zip(items, met, strict=True) if m)
+        pairs = list(zip(items, met, strict=True))
+        return _Found(
+            frozenset(it.id for it, m in pairs if m),
+            frozenset(it.id for it, m in pairs if m is not None),
+        )
 
     found = await asyncio.gather(*(turn_failures(t, c) for t, c in zip(turns, codes, strict=True)))
     return list(found), counts["asked"], counts["errors"], answers
 
 
-def _majority(per_judge: Sequence[Sequence[frozenset[str]]]) -> list[frozenset[str]]:
-    """Per turn, the failures more than half of the judges found (the panel's verdict)."""
+class _Found(NamedTuple):
+    """One judge on one turn: the failures it found, and the items it answered (not errors)."""
+
+    failures: frozenset[str]
+    answered: frozenset[str]
+
+
+def _majority(per_judge: Sequence[Sequence[_Found]]) -> list[frozenset[str]]:
+    """Per turn, the failures more than half of the judges that answered found: the rule a
+    study's panel follows (``majority_failures``), so a judge's error is no vote either way."""
     out = []
     for found in zip(*per_judge, strict=True):
-        votes = Counter(f for judge_found in found for f in judge_found)
-        out.append(frozenset(f for f, n in votes.items() if n * 2 > len(found)))
+        votes = Counter(f for judge in found for f in judge.failures)
+        answered = Counter(f for judge in found for f in judge.answered)
+        out.append(frozenset(f for f, n in votes.items() if n * 2 > answered[f]))
     return out
 
 
@@ -433,12 +448,12 @@ async def calibrate(
         "detectors": score_set(FAILURES, gold_failures, detectors),
     }
     judge_reports = []
-    panel_found: list[list[frozenset[str]]] = []
+    panel_found: list[list[_Found]] = []
     for judge in judges:
         found, asked, errors, answers = await _judge_all(
             gateway, judge, turns, codes, concurrency, tick, judging_mode
         )
-        scores = score_set(FAILURES, gold_failures, found)
+        scores = score_set(FAILURES, gold_failures, [f.failures for f in found])
         paths[f"judge:{judge.name}"] = scores
         panel_found.append(found)
         judge_reports.append(

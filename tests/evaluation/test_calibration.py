@@ -203,6 +203,21 @@ async def test_judges_are_scored_per_failure_and_the_panel_by_majority(tmp_path:
     assert any("judge panel" in s for s in shortfalls)
 
 
+@pytest.mark.parametrize("mode", ["item", "turn"])
+async def test_a_judge_that_errors_casts_no_vote_in_the_panel(tmp_path: Path, mode: str) -> None:
+    """The study's panel takes a strict majority of the judges that answered (an error is no
+    vote); calibration scores the panel by the same rule, not counting an error as 'no'."""
+    judges = [
+        JudgeSpec(name="lex", model="scripted:lexical-judge"),
+        JudgeSpec(name="down", model="scripted:no-such-judge"),
+        JudgeSpec(name="gone", model="scripted:no-such-judge"),
+    ]
+    report = await run_planted(tmp_path, judges, mode)
+    assert [j.errors == j.asked > 0 for j in report.judges] == [False, True, True]
+    assert report.failure_paths["panel"].micro == report.failure_paths["judge:lex"].micro
+    assert report.failure_paths["panel"].micro.recall
+
+
 async def test_judges_in_turn_mode_find_what_item_mode_finds_in_one_call_a_turn(
     tmp_path: Path,
 ) -> None:
