@@ -60,7 +60,9 @@ class ScoreSet(BaseModel):
 
     micro: Score
     macro: dict[str, float | None] = Field(
-        description="Unweighted means of precision, recall and F1 over labels with support."
+        description="Unweighted means of precision, recall and F1 over the labels that occur in "
+        "gold or in the predictions (a label predicted but never in gold has precision and F1 0; "
+        "recall is averaged over the labels in gold)."
     )
     per_label: dict[str, Score]
 
@@ -157,10 +159,11 @@ def score_set(
         len(pred), len(labels)
     )
     per = {lab: score_labels(g[:, i], p[:, i], intervals=intervals) for i, lab in enumerate(labels)}
-    supported = [s for s in per.values() if s.support]
+    # a label seen in gold or predicted: one predicted only has precision 0, not "no label"
+    present = [s for s in per.values() if s.support or s.tp + s.fp]
 
     def mean(attr: str) -> float | None:
-        values = [getattr(s, attr) for s in supported if getattr(s, attr) is not None]
+        values = [getattr(s, attr) for s in present if getattr(s, attr) is not None]
         return float(np.mean(values)) if values else None
 
     return ScoreSet(

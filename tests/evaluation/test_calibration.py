@@ -169,6 +169,9 @@ async def test_planted_errors_give_hand_computed_scores(tmp_path: Path) -> None:
     assert per["reflection"].recall == 0.0 and per["reflection"].precision is None
     assert per["reassurance"].precision == 0.0 and per["reassurance"].support == 0
     assert per["crisis_resources"].recall == 0.0
+    # macro: over the six labels in gold or predicted; reassurance, predicted only, has
+    # precision 0 and F1 0 (not left out), recall over the five labels in gold
+    assert report.codes.macro == pytest.approx({"precision": 3 / 4, "recall": 3 / 5, "f1": 3 / 6})
     lo, hi = per["validation"].recall_ci or (0, 0)
     assert 0 < lo < 1 and hi == pytest.approx(1.0)  # Wilson interval of 1/1
     # failures via codes + rules: premature_grounding found, false_reassurance planted,
