@@ -119,7 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(
         f"{out}: {completed} completed, {failed} failed"
         + (f", {total - completed - failed} not run (of {total})" if total is not None else "")
-        + f" · {verdicts} verdicts · {spent.total_tokens:,} tokens · ${spent.cost_usd:.2f}"
+        + f" · {verdicts} verdicts · {spent.total_tokens:,} tokens in sessions (${spent.cost_usd:.2f})"
     )
     if failed:
         reasons: dict[str, int] = {}
