@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from therasim.agents.llm import GatewayConfig, Price, RoleConfig, parse_model_spec
 from therasim.agents.scripted import DEFAULT_OFFLINE_APPRAISER
-from therasim.errors import ConfigError
+from therasim.errors import ConfigError, UnknownNameError
 from therasim.loading import load_model
 from therasim.personas.loader import select_personas
 from therasim.personas.schema import Persona
@@ -387,9 +387,18 @@ def load_study(path: str | Path) -> Study:
 def study_personas(study: Study, library: dict[str, Persona]) -> list[Persona]:
     """The personas a study selects, ``limit`` applied per modality."""
     sel = study.personas
-    chosen = select_personas(
-        library, ids=sel.ids, globs=sel.globs, modality=sel.modality, tags=sel.tags
-    )
+    try:
+        chosen = select_personas(
+            library, ids=sel.ids, globs=sel.globs, modality=sel.modality, tags=sel.tags
+        )
+    except ConfigError as exc:  # name the entry of the selection that failed
+        field = "personas"
+        if isinstance(exc, UnknownNameError) and exc.name in sel.ids:
+            field = f"personas.ids.{sel.ids.index(exc.name)}"
+        elif not isinstance(exc, UnknownNameError):
+            bad = [i for i, g in enumerate(sel.globs) if repr(g) in str(exc)]
+            field = f"personas.globs.{bad[0]}" if bad else field
+        raise ConfigError(str(exc), object_id=study.id, field=field) from None
     if sel.limit is not None:
         per: dict[str, int] = {}
         kept = []

@@ -33,7 +33,7 @@ from therasim.simulations.records import SessionSpec
 from therasim.simulations.runlock import run_lock
 from therasim.simulations.runner import Estimate, RunStats, check_specs, estimate, run_specs
 from therasim.simulations.store import Store
-from therasim.simulations.study import Study, expand, expand_study, load_study
+from therasim.simulations.study import Study, expand, expand_study, load_study, study_personas
 
 if TYPE_CHECKING:  # numpy-backed models: imported when a report is written, not on a rerun
     from therasim.evaluation.report.calibration_card import StoredCalibration
@@ -196,6 +196,7 @@ def preflight(study: Study, source: str | Path | None = None) -> None:
             from therasim.agents.gold import load_gold
 
             load_gold(study.calibration.gold)
+        study_personas(study, load_library())
     except ConfigError as exc:
         if file is None or exc.file:
             raise

@@ -495,3 +495,18 @@ def test_bad_options_and_specs_fail_before_any_work(
     assert main(["show", "abc", "--store", str(store)]) == 1
     assert "no such store" in capsys.readouterr().err
     assert not store.exists()
+
+
+def test_a_study_selecting_unknown_personas_names_the_file_and_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for selection, field in (
+        ({"ids": ["pe-combat-01", "pe-combat-99"]}, "personas.ids.1"),
+        ({"globs": ["pe-*", "pz-*"]}, "personas.globs.1"),
+    ):
+        path = tmp_path / "s.yaml"
+        doc = {"id": "t", "subjects": {"a": "scripted:adherent"}, "personas": selection}
+        path.write_text(yaml.safe_dump({**doc, "output": str(tmp_path / "run")}))
+        assert main(["run", str(path), "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert f"{path}: id 't', field {field}: " in err, err
