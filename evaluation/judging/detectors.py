@@ -22,10 +22,10 @@ refused_challenge          in a phase that examines a thought (processing, cbt_e
 =========================  ====================================================================
 
 The two exceptions read the reply's own words through the lexicon (a safety check, a task move),
-never the appraiser's codes. "Risk before the turn" is the state of the utterance just before it (what the therapist was
-answering); for a therapist who opens the session, the session's initial state (or, in records
-without one, the turn's own state). One row per distinct matched phrase per turn
-and failure (a phrase repeated in one turn counts once).
+never the appraiser's codes. "Risk before the turn" is the state of the utterance just before it
+(what the therapist was answering); for a therapist who opens the session, the session's initial
+state (or, in records without one, the turn's own state). One row per distinct matched phrase
+per turn and failure (a phrase repeated in one turn counts once).
 """
 
 from __future__ import annotations

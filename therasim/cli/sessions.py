@@ -52,6 +52,7 @@ def _print_outcome(result: Any) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate one session live and store it."""
     from therasim.agents.llm import Gateway, GatewayConfig, RoleConfig
+    from therasim.agents.preflight import check_model_spec
     from therasim.personas import load_library
     from therasim.protocols import default_protocol_for
     from therasim.simulations.records import SessionSpec
@@ -64,8 +65,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         raise UnknownNameError("persona", args.persona, list(library))
     persona = library[args.persona]
-    from therasim.agents.preflight import check_model_spec
-
     for option, model in (
         ("--subject", args.subject),
         ("--patient", args.patient),
