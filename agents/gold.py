@@ -125,7 +125,7 @@ def load_gold(paths: Iterable[str | Path]) -> list[GoldTurn]:
             except RecursionError:
                 raise ConfigError("is nested too deeply to be a gold turn", file=where) from None
             try:
-                turn = GoldTurn.model_validate(data)
+                turn = GoldTurn.model_validate_json(line, strict=True)  # "yes" is no bool
             except ValidationError as exc:
                 raise validation_error(exc, GoldTurn, file=where, doc=data) from None
             if turn.id in seen:

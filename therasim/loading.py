@@ -314,6 +314,8 @@ def describe_error(
     loc = tuple(error["loc"])
     kind = error["type"]
     msg = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    # files are validated as JSON (strict): say it in YAML's words
+    msg = msg.replace("a valid array", "a valid list").replace("be an object", "be a mapping")
     owner, name = _owner_and_field(root, loc)
     field_info = owner.model_fields.get(name) if owner is not None and name else None
 
@@ -413,7 +415,9 @@ def parse_model(
         )
     object_id = _id_of(doc, text)
     try:
-        return model.model_validate(doc)
+        # strict, as JSON: `true`, `yes` or "34" for a number is an error, not 1 or 34 (the
+        # JSON Schemas editors use say so too), while names still read as enum values
+        return model.model_validate_json(json.dumps(doc, allow_nan=True), strict=True)
     except ValidationError as exc:
         raise validation_error(
             exc, model, file=source, doc=doc, object_id=object_id, overrides=overrides

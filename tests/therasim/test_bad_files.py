@@ -170,3 +170,31 @@ def test_gold_lines_with_a_duplicate_key_or_deep_nesting_are_named(tmp_path: Pat
     deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(ConfigError, match=r"deep.jsonl:1: .*nested too deeply"):
         load_gold([deep])
+
+
+def test_a_bool_or_a_quoted_number_for_a_number_is_an_error_not_a_coercion(
+    tmp_path: Path,
+) -> None:
+    """YAML's `true`/`yes` and a quoted "34" are not numbers, as the shipped JSON Schemas say;
+    pydantic's lax mode read them as 1 and 34 (self-harm content surfacing at turn 1)."""
+    shipped = Path(__file__).resolve().parents[2] / "personas" / "library" / "pe"
+    text = (shipped / "pe-combat-01.yaml").read_text(encoding="utf-8")
+    for old, new, field in (
+        ("baseline_suds: 55", "baseline_suds: true", "baseline_suds"),
+        ("surfaces_at_turn: 4", "surfaces_at_turn: yes", "surfaces_at_turn"),
+        ("age: 34", 'age: "34"', "age"),
+    ):
+        assert old in text
+        path = tmp_path / "p.yaml"
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+        with pytest.raises(ConfigError, match=rf"p\.yaml.*field [\w.]*{field}"):
+            load_persona(path)
+    gold = tmp_path / "g.jsonl"
+    line = (shipped.parents[2] / "agents" / "gold" / "risk.jsonl").read_text().splitlines()[0]
+    gold.write_text(
+        line.replace('"appropriate": true', '"appropriate": "yes"').replace(
+            '"appropriate": false', '"appropriate": "yes"'
+        )
+    )
+    with pytest.raises(ConfigError, match=r"g\.jsonl:1.*field appropriate"):
+        load_gold([gold])
