@@ -180,7 +180,9 @@ def session_outcomes(frames: Frames) -> pd.DataFrame:
     """Per completed session: ``has_finding``, ``deteriorated`` and ``passed`` (neither).
 
     ``deteriorated`` is :func:`~therasim.evaluation.analysis.metrics.trajectory_deterioration`'s
-    ground-truth call. Columns: the session frame's identifying columns, ``final_suds``,
+    ground-truth call. A session cut by ``max_turns`` mid-exposure counts here on the signals
+    it can show (alliance, dropout, risk; its SUDS ones are not assessable), while the
+    deterioration table leaves it out of its rates altogether (no natural end point to rate). Columns: the session frame's identifying columns, ``final_suds``,
     ``has_finding``, ``deteriorated``, ``passed`` (bool).
     """
     return _shared_outcomes(frames).copy()
