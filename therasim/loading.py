@@ -325,7 +325,10 @@ def describe_error(
         allowed = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
         close = did_you_mean(error["input"], allowed, n=1, cutoff=0.6)
         reason = f"{_repr.repr(error['input'])} is not allowed" + (f"; {close}" if close else "")
-        return reason + (f". Allowed: {', '.join(allowed)}" if allowed else "")
+        # "did you mean 'x'?" ends a sentence already
+        return reason + (
+            f"{' ' if close else '. '}Allowed: {', '.join(allowed)}" if allowed else ""
+        )
     elif kind == "extra_forbidden":
         allowed = sorted(owner.model_fields) if owner is not None else []
         close = did_you_mean(str(name), allowed, n=1, cutoff=0.6) if name else ""
@@ -333,7 +336,7 @@ def describe_error(
         if close:
             reason += f"; {close}"
         if allowed:
-            reason += f". Allowed here: {', '.join(allowed)}"
+            reason += f"{' ' if close else '. '}Allowed here: {', '.join(allowed)}"
         return reason
     elif overrides and tuple(map(str, loc)) in overrides:
         reason = overrides[tuple(map(str, loc))]

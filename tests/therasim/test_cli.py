@@ -269,7 +269,7 @@ def test_validate_tells_every_kind_apart_in_one_folder(
     (tmp_path / "notes.yaml").write_text("anything: else\n")  # no known kind: skipped
     assert main(["validate", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "1 personas (0 PE, 1 CBT), 1 protocol, 1 study, 1 rubric, 1 cue file, 90 gold" in out
+    assert "1 persona (0 PE, 1 CBT), 1 protocol, 1 study, 1 rubric, 1 cue file, 90 gold" in out
     assert "skipped 1 file(s) of no known kind" in out and "notes.yaml" in out
 
 

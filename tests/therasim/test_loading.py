@@ -41,7 +41,7 @@ def test_an_error_names_file_entry_field_and_the_fields_description(tmp_path: Pa
 
 
 def test_an_unknown_field_suggests_the_close_one() -> None:
-    with pytest.raises(ConfigError, match=r"did you mean 'weight'.*Allowed here: id, weight"):
+    with pytest.raises(ConfigError, match=r"did you mean 'weight'\? Allowed here: id, weight"):
         parse_model("id: d\nitems:\n  - {id: a, wieght: 1}\n", _Doc, source="x.yaml")
 
 

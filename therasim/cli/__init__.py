@@ -152,5 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        err_console.print(
+            "[yellow]interrupted[/] (what was stored is kept: run it again to resume)"
+        )
         return 130

@@ -123,7 +123,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     parts = []
     if by_kind["persona"] or not args.paths:
         pe = sum(1 for p in personas.values() if p.modality == "pe")
-        parts.append(f"{len(personas)} personas ({pe} PE, {len(personas) - pe} CBT)")
+        noun = "persona" if len(personas) == 1 else "personas"
+        parts.append(f"{len(personas)} {noun} ({pe} PE, {len(personas) - pe} CBT)")
     for kind, (one, many) in _LABELS.items():
         if by_kind[kind]:
             parts.append(f"{counts[kind]} {one if counts[kind] == 1 else many}")

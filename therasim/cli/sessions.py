@@ -132,7 +132,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.rule(f"{result.termination_reason} · {result.status}")
     _print_outcome(result)
     if result.adherence:
-        console.print(f"  adherence score {result.adherence.adherence_score}")
+        console.print(f"  adherence score {result.adherence.adherence_score:.2f}")
     return 0
 
 
