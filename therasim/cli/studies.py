@@ -349,7 +349,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("study_dir", metavar="STUDY_DIR")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("judge", help="re-score stored sessions without re-simulating")
+    p = sub.add_parser(
+        "judge",
+        help="re-score stored sessions without re-simulating",
+        description="Re-score stored sessions without re-simulating. In a run whose study "
+        "calibrates its panel, a changed panel is calibrated again afterwards.",
+    )
     p.add_argument("store", metavar="STORE", help="a study folder or a .sqlite store")
     p.add_argument("--rubric", action="append", help="rubric id (repeatable; default: all)")
     p.add_argument(
@@ -362,7 +367,8 @@ def add_parsers(sub: Any) -> None:
     panel.add_argument(
         "--replace",
         action="store_true",
-        help="drop stored verdicts and call rows of judges not named here",
+        help="drop stored verdicts and call rows of judges not named here (and of a name "
+        "given another model)",
     )
     panel.add_argument(
         "--add", action="store_true", help="keep other judges' verdicts: these join the panel"
