@@ -26,6 +26,7 @@ from therasim.agents.llm.structured import (
     order_modes,
     parse_json_into,
     repair_request,
+    schema_json,
     with_schema_prompt,
 )
 from therasim.agents.llm.usage import Accounting, price_of
@@ -269,7 +270,12 @@ class Gateway:
         usage = self.accounting.for_role(role)
         usage.calls += 1
         cache = self.cache if backend.cacheable else None
-        key = request.cache_key(model.raw, {"mode": mode}) if cache is not None else ""
+        key = ""
+        if cache is not None:
+            extra: dict[str, Any] = {"mode": mode}
+            if schema is not None and mode != "prompt":  # (in "prompt" it is in the messages)
+                extra["schema"] = schema_json(schema)  # it travels in response_format
+            key = request.cache_key(model.raw, extra)
         if cache is not None:
             hit = cache.get(key)
             if hit is not None:

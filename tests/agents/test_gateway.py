@@ -652,3 +652,26 @@ async def test_a_registered_backend_is_usable_in_a_model_spec(tmp_path: Path) ->
         finally:
             await g.aclose()
     assert "myserver" not in BACKENDS
+
+
+async def test_structured_calls_with_another_schema_do_not_share_a_cache_entry(
+    tmp_path: Path,
+) -> None:
+    """In json_schema and json_object modes the schema travels in ``response_format``, not in
+    the messages: it is part of the cache key, or a second rubric would get the first's answer."""
+    from pydantic import BaseModel
+
+    class Met(BaseModel):
+        met: bool
+
+    class Scored(BaseModel):
+        met: bool
+        score: int | None = None
+
+    g, backend = scripted_openai(tmp_path, ['{"met": false}', '{"met": true, "score": 9}'])
+    first, r1 = await g.structured(req("judge this turn", role="judge"), Met)
+    second, r2 = await g.structured(req("judge this turn", role="judge"), Scored)
+    assert (first.met, second.met, second.score) == (False, True, 9)
+    assert not r1.cached and not r2.cached and len(backend.calls) == 2
+    again, r3 = await g.structured(req("judge this turn", role="judge"), Scored)
+    assert r3.cached and again == second and len(backend.calls) == 2
