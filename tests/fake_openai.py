@@ -148,7 +148,7 @@ class FakeOpenAIServer:
             return self.default
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        path = request.path_qs
+        path = request.path  # Azure-style clients add ?api-version=...
         if path.endswith("/chat/completions"):
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
         status, payload = await self._respond(request.method, path, await request.read())

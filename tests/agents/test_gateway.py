@@ -675,3 +675,28 @@ async def test_structured_calls_with_another_schema_do_not_share_a_cache_entry(
     assert not r1.cached and not r2.cached and len(backend.calls) == 2
     again, r3 = await g.structured(req("judge this turn", role="judge"), Scored)
     assert r3.cached and again == second and len(backend.calls) == 2
+
+
+async def test_a_langchain_model_gets_the_sampling_settings_on_structured_calls_too(
+    tmp_path: Path, real_requests: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A judge asked for temperature 0 must not run at the provider's default on its
+    structured calls, while the cache files the answer as a temperature-0 one."""
+    from pydantic import BaseModel
+
+    class Met(BaseModel):
+        met: bool
+        reason: str
+
+    with FakeOpenAIServer() as server:
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", server.base_url.removesuffix("/v1"))
+        monkeypatch.setenv("AZURE_OPENAI_API_KEY", "not-a-key")
+        monkeypatch.setenv("OPENAI_API_VERSION", "2024-08-01-preview")
+        g = gateway(tmp_path, "azure_openai:gpt-4o", cache_enabled=False)
+        request = req("judge this", role="judge", temperature=0.0, max_tokens=77)
+        await g.complete(request)
+        verdict, response = await g.structured(request, Met)
+        bodies = list(server.requests)
+    assert verdict.met and response.structured_mode == "json_schema"
+    assert [(b.get("temperature"), b.get("max_tokens")) for b in bodies] == [(0.0, 77)] * 2
+    assert "response_format" in bodies[1]

@@ -51,7 +51,14 @@ class LangChainBackend(BaseBackend):
             "max_tokens": request.max_tokens,
         }
         if schema is not None and mode == "json_schema":
-            runnable = client.with_structured_output(schema, include_raw=True)
+            # the sampling settings go to with_structured_output, which passes them on to the
+            # model (a structured runnable drops them at invoke time); a provider whose method
+            # takes none gets its defaults
+            settings = {k: v for k, v in kwargs.items() if v is not None}
+            try:
+                runnable = client.with_structured_output(schema, include_raw=True, **settings)
+            except (TypeError, ValueError):
+                runnable = client.with_structured_output(schema, include_raw=True)
             out = await runnable.ainvoke(_to_langchain(request.messages))
             raw = out["raw"]
             parsed = out.get("parsed")
