@@ -539,6 +539,18 @@ def test_perfect_run_scores_one() -> None:
     assert report.reached_terminal and report.final_phase == "wrap_up"
 
 
+@pytest.mark.parametrize("protocol", ["pe-imaginal-session", "pe-three-phase"])
+def test_breathing_retraining_in_orientation_is_no_violation(protocol: str) -> None:
+    """Teaching the slow breath in orientation is a standard PE skill (codebook §1); grounding
+    inside exposure stays proscribed."""
+    graph = load_protocol(protocol)
+    taught = [("orientation", {B.EXPOSURE_INSTRUCTION, B.GROUNDING, B.PSYCHOEDUCATION})]
+    assert assess_adherence(graph, records(taught)).proscribed_hits == []
+    grounded = [*taught, ("imaginal_exposure", {B.GROUNDING})]
+    hits = assess_adherence(graph, records(grounded)).proscribed_hits
+    assert [(h.phase, h.code) for h in hits] == [("imaginal_exposure", B.GROUNDING)]
+
+
 def test_skipped_phase_regression_and_proscribed_code_are_recorded() -> None:
     graph = load_protocol("pe-imaginal-session")
     run = [r for r in perfect_pe_run() if r[0] != "homework_review"]
