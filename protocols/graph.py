@@ -7,7 +7,8 @@ the tie-breaker). Graphs are frozen after validation, so a loaded protocol can b
 Validation rules, each raised as :class:`ProtocolValidationError` (a ``ConfigError``) whose
 ``reason`` attribute and message start with the named reason (:class:`ValidationReason`):
 unique phase ids; a start phase that exists; at least one terminal; endpoints that exist; no
-self loops or duplicate edges; terminals without outgoing transitions; known guards (raised as
+self loops or duplicate edges; terminals without outgoing transitions (but an exceptional ``*``
+transition, the crisis exit, which leaves them too); known guards (raised as
 :class:`UnknownGuardError`, which is also an ``UnknownNameError`` with "did you mean"); every
 phase reachable from the start; every phase reaching a terminal; a canonical path.
 
@@ -412,10 +413,14 @@ def build_graph(protocol: Protocol, *, source: str = "<protocol>") -> ProtocolGr
             )
         if t.source == ANY_SOURCE:
             # explicit edges to the same target win over the wildcard (documented in the schema)
+            # an exceptional exit (the crisis handoff) leaves terminal phases too: a patient who
+            # discloses a plan in the last task phase is handed off, not "complete"
             sources = [
                 p.id
                 for p in protocol.phases
-                if not p.terminal and p.id != t.target and (p.id, t.target) not in explicit
+                if (t.exceptional or not p.terminal)
+                and p.id != t.target
+                and (p.id, t.target) not in explicit
             ]
         else:
             if t.source not in index:
@@ -533,14 +538,12 @@ def _canonical_path(
 def next_phase(graph: ProtocolGraph, phase_id: str, ctx: PhaseContext) -> str:
     """The phase after this turn: the highest-priority transition whose guard holds, else ``phase_id``.
 
-    Pure. Terminal phases never change. ``ctx`` must be the context of ``phase_id``
-    (``ValueError`` otherwise) as it stands after the current therapist turn.
+    Pure. A terminal phase leaves only by an exceptional exit (the crisis handoff). ``ctx``
+    must be the context of ``phase_id`` (``ValueError`` otherwise) as it stands after the
+    current therapist turn.
     """
-    phase = graph.phase(phase_id)
     if ctx.phase_id != phase_id:
         raise ValueError(f"context is for phase {ctx.phase_id!r}, asked about {phase_id!r}")
-    if phase.terminal:
-        return phase_id
     for edge in graph.transitions_from(phase_id):
         if evaluate_guard(edge.guard, ctx):
             return edge.target

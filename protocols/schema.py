@@ -18,7 +18,9 @@ PROTOCOL_ID = r"^[a-z0-9][a-z0-9_.-]*$"
 # Phase ids double as mermaid state ids, which do not tolerate '-' or '.'.
 PHASE_ID = r"^[a-z][a-z0-9_]*$"
 ANY_SOURCE = "*"
-"""A transition ``source`` that stands for every non-terminal phase except the target."""
+"""A transition ``source`` that stands for every non-terminal phase except the target; an
+exceptional one (the crisis exit) leaves terminal phases too, so a last task phase cannot end
+the session as complete while risk is imminent."""
 
 
 class _Data(BaseModel):
@@ -87,7 +89,8 @@ class Transition(_Data):
 
     source: str = Field(
         min_length=1,
-        description="Phase id the transition leaves, or '*' for every non-terminal phase except the target.",
+        description="Phase id the transition leaves, or '*' for every non-terminal phase except "
+        "the target (with exceptional: true, terminal phases too: the crisis exit).",
     )
     target: str = Field(pattern=PHASE_ID, description="Phase id the transition enters.")
     guard: str = Field(

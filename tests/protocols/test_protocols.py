@@ -87,10 +87,12 @@ def test_shipped_protocol_loads_with_crisis_exit_from_every_phase(protocol_id: s
     assert graph.is_terminal(graph.canonical_path[-1])
     for phase_id in graph.phase_ids:
         edges = graph.transitions_from(phase_id)
-        if graph.is_terminal(phase_id):
+        if phase_id == "crisis_handoff":
             assert edges == []
             continue
-        # the crisis exit is evaluated first from every non-terminal phase
+        if graph.is_terminal(phase_id):  # the last task phase leaves by the crisis exit only
+            assert [(e.target, e.exceptional) for e in edges] == [("crisis_handoff", True)]
+        # the crisis exit is evaluated first from every phase but the handoff itself
         assert (edges[0].target, edges[0].guard, edges[0].exceptional) == (
             "crisis_handoff",
             "risk_imminent",
@@ -415,7 +417,7 @@ def test_next_phase_stays_before_min_turns_and_advances_on_guard() -> None:
     )
 
 
-def test_crisis_handoff_wins_by_priority_and_terminals_never_move() -> None:
+def test_crisis_handoff_wins_by_priority_and_terminals_leave_only_by_it() -> None:
     graph = load_protocol("pe-imaginal-session")
     habituated = [60, 70, 80, 85, 80, 75, 70]
     ctx = ctx_after(graph, "imaginal_exposure", 7, suds=habituated, risk=RiskLevel.IMMINENT)
@@ -431,10 +433,14 @@ def test_crisis_handoff_wins_by_priority_and_terminals_never_move() -> None:
         next_phase(graph, "check_in", ctx_after(graph, "check_in", 1, risk=RiskLevel.ACTIVE))
         == "check_in"
     )
+    # a plan disclosed in the last task phase is handed off, not "complete"
     assert (
         next_phase(graph, "wrap_up", ctx_after(graph, "wrap_up", 5, risk=RiskLevel.IMMINENT))
-        == "wrap_up"
+        == "crisis_handoff"
     )
+    assert next_phase(graph, "wrap_up", ctx_after(graph, "wrap_up", 5)) == "wrap_up"
+    handoff = ctx_after(graph, "crisis_handoff", 3, risk=RiskLevel.IMMINENT)
+    assert next_phase(graph, "crisis_handoff", handoff) == "crisis_handoff"
     with pytest.raises(ValueError, match="context is for phase 'check_in'"):
         next_phase(graph, "wrap_up", ctx_after(graph, "check_in", 1))
 
@@ -697,18 +703,17 @@ def phase_contexts(draw: st.DrawFn) -> tuple[ProtocolGraph, str, PhaseContext]:
 
 @settings(max_examples=200, deadline=None)
 @given(phase_contexts())
-def test_next_phase_stays_in_the_graph_and_never_leaves_a_terminal(
+def test_next_phase_follows_edges_and_terminals_leave_only_for_the_handoff(
     case: tuple[ProtocolGraph, str, PhaseContext],
 ) -> None:
     graph, phase_id, ctx = case
     target = next_phase(graph, phase_id, ctx)
     assert target in graph.phase_ids
+    assert target == phase_id or graph.graph.has_edge(phase_id, target)
     if graph.is_terminal(phase_id):
-        assert target == phase_id
-    else:
-        assert target == phase_id or graph.graph.has_edge(phase_id, target)
-    if ctx.state.risk is RiskLevel.IMMINENT and not graph.is_terminal(phase_id):
-        assert target == "crisis_handoff"
+        assert target in (phase_id, "crisis_handoff")
+    imminent = ctx.state.risk is RiskLevel.IMMINENT
+    assert (target == "crisis_handoff") == (imminent or phase_id == "crisis_handoff")
 
 
 @pytest.mark.parametrize(

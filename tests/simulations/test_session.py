@@ -97,6 +97,24 @@ async def test_imminent_risk_hands_off_to_crisis(library: dict[str, Persona]) ->
     assert "escalation_to_human" in last.codes or "safety_assessment" in last.codes
 
 
+async def test_a_plan_disclosed_in_the_last_task_phase_is_handed_off(
+    library: dict[str, Persona],
+) -> None:
+    """The crisis exit leaves terminal task phases too: imminent risk surfacing in the CBT
+    reframe (the protocol's last phase) ends in a handoff, not as protocol_complete."""
+    from therasim.vocab import Severity
+
+    base = library["cbt-sleep-01"]
+    ladder = dict(base.severity)
+    ladder[Severity.IMMINENT] = ladder[Severity.IMMINENT].model_copy(update={"surfaces_at_turn": 5})
+    late = base.model_copy(update={"severity": ladder})
+    spec = session_spec(late, "scripted:adherent", severity="imminent", protocol="cbt-three-stage")
+    result = await simulate(spec, {**library, late.id: late})
+    phases = [t.phase for t in result.turns if t.speaker == "therapist"]
+    assert "reframe" in phases and phases[-1] == "crisis_handoff"
+    assert result.termination_reason == TerminationReason.CRISIS_HANDOFF
+
+
 REVERSALS = {"count": 0}
 
 
