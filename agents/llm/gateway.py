@@ -325,10 +325,15 @@ class Gateway:
                             raw = await backend.complete(request, model, mode, schema)
                 break
             except TimeoutError as exc:
-                error: ModelError = ModelTimeout(
-                    f"no answer within {timeout:g} s", role=role, model=model.raw
-                )
-                error.__cause__ = exc
+                expired = getattr(timer, "expired", None)
+                if callable(expired) and not expired():
+                    # raised by the backend itself (a python: app's own I/O): its error
+                    error = backend.map_error(exc, role, model.raw)
+                else:
+                    error = ModelTimeout(
+                        f"no answer within {timeout:g} s", role=role, model=model.raw
+                    )
+                    error.__cause__ = exc
             except ModelError as exc:
                 error = exc
             except ConfigError:

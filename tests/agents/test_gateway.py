@@ -209,6 +209,24 @@ async def test_python_backend_sync_and_async(tmp_path: Path) -> None:
     assert (await g2.complete(req("shout"))).text == "SHOUT"
 
 
+TIMEOUT_CALLS = {"n": 0}
+
+
+async def timing_out_app(messages: list[dict[str, str]]) -> str:
+    TIMEOUT_CALLS["n"] += 1
+    raise TimeoutError("db read timed out")
+
+
+async def test_an_apps_own_timeout_error_is_its_error_not_the_gateways(tmp_path: Path) -> None:
+    """A ``python:`` app's exceptions are permanent, its own TimeoutError too: one call, its
+    message, not "no answer within 120 s" after four attempts."""
+    TIMEOUT_CALLS["n"] = 0
+    g = gateway(tmp_path, f"python:{__name__}:timing_out_app", max_attempts=4, timeout_s=120)
+    with pytest.raises(PermanentModelError, match="TimeoutError: db read timed out"):
+        await g.complete(req("x"))
+    assert TIMEOUT_CALLS["n"] == 1
+
+
 # ------------------------------------------------------------------ the OpenAI path
 
 
