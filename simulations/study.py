@@ -330,6 +330,17 @@ class Study(_Data):
             return {k: ({"model": v} if isinstance(v, str) else v) for k, v in value.items()}
         return value
 
+    @field_validator("counterfactuals")
+    @classmethod
+    def _distinct_counterfactuals(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # a repeat would give the same session ids: run twice, counted twice, stored once
+        for i, change in enumerate(value):
+            if not change:
+                raise ValueError(f"entry {i} is empty: a counterfactual changes something")
+            if change in value[:i]:
+                raise ValueError(f"entry {i} repeats entry {value.index(change)}")
+        return value
+
     @model_validator(mode="after")
     def _specs_parse(self) -> Study:
         for name, subject in self.subjects.items():

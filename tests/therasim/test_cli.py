@@ -510,3 +510,19 @@ def test_a_study_selecting_unknown_personas_names_the_file_and_entry(
         assert main(["run", str(path), "--dry-run"]) == 1
         err = capsys.readouterr().err
         assert f"{path}: id 't', field {field}: " in err, err
+
+
+def test_a_repeated_or_empty_counterfactual_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same change twice gives the same session ids (run twice, counted twice, stored
+    once); an empty one repeats the base persona."""
+    for changes, reason in (
+        ([{"age": 70}, {"gender": "female"}, {"age": 70}], "entry 2 repeats entry 0"),
+        ([{"age": 70}, {}], "entry 1 is empty"),
+    ):
+        path = tmp_path / "s.yaml"
+        doc = {"id": "t", "subjects": {"a": "scripted:adherent"}, "counterfactuals": changes}
+        path.write_text(yaml.safe_dump({**doc, "output": str(tmp_path / "run")}))
+        assert main(["run", str(path), "--dry-run"]) == 1
+        assert f"field counterfactuals: {reason}" in capsys.readouterr().err
