@@ -43,9 +43,10 @@ def _judging_spent(store: Store) -> Totals:
 
 
 def spent_in_store(store: Store) -> Totals:
-    """What earlier runs on this store spent: the sessions' uncached calls, plus judging (from
-    the meta; the judges' call rows are not added again)."""
-    return store.uncached_totals() + _judging_spent(store)
+    """What earlier runs on this store spent: the sessions' uncached calls, the attempts a
+    re-run replaced (their rows are gone), plus judging (from the meta; the judges' call rows
+    are not added again)."""
+    return store.uncached_totals() + store.replaced_spending() + _judging_spent(store)
 
 
 def _sent(gateway: Gateway) -> Totals:

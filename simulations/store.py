@@ -34,6 +34,7 @@ from typing import Any
 from therasim.agents.llm.usage import Totals
 from therasim.errors import ConfigError, redact_secrets
 from therasim.simulations.records import (
+    JUDGE_ROLE_PREFIX,
     CallBatch,
     CallRecord,
     CallRow,
@@ -123,6 +124,7 @@ _ADDED_COLUMNS = (
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _BATCH = 5_000  # rows fetched at a time when a whole table is streamed
+REPLACED_SPENT = "replaced_spent"  # meta: spending of session attempts replaced by a re-run
 _SESSION_NAMES = tuple(SessionRow.model_fields)
 _SESSION_FIELDS = ", ".join(_SESSION_NAMES)
 _SESSION_JSON = ("spec", "variant", "questionnaires", "adherence", "prompt_hashes", "initial_state")
@@ -235,6 +237,7 @@ class Store:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._keep_replaced_spending(result.session_id)
                 self._db.execute("DELETE FROM sessions WHERE session_id=?", (result.session_id,))
                 self._db.execute(
                     "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -335,6 +338,46 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
         return len(records)
+
+    def _keep_replaced_spending(self, session_id: str) -> None:
+        """Add what an earlier attempt of this session spent (uncached, not judging) to the
+        ``replaced_spent`` ledger before its rows go: a failed session re-run must not take its
+        first attempt's spending out of the budget's count. Inside ``save_session``'s
+        transaction."""
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
+            " COALESCE(SUM(cost_usd), 0), COALESCE(SUM(cached_input_tokens), 0)"
+            " FROM calls WHERE session_id=? AND cached=0 AND role NOT LIKE ?",
+            (session_id, JUDGE_ROLE_PREFIX + "%"),
+        ).fetchone()
+        if not row[0]:
+            return
+        before = self._replaced()
+        doc = {
+            "input_tokens": before.input_tokens + row[1],
+            "output_tokens": before.output_tokens + row[2],
+            "cost_usd": before.cost_usd + row[3],
+            "cached_input_tokens": before.cached_input_tokens + row[4],
+        }
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?,?)", (REPLACED_SPENT, json.dumps(doc))
+        )
+
+    def replaced_spending(self) -> Totals:
+        """What earlier attempts of re-run sessions spent (their call rows are gone)."""
+        with self._lock:
+            return self._replaced()
+
+    def _replaced(self) -> Totals:
+        found = self._db.execute("SELECT value FROM meta WHERE key=?", (REPLACED_SPENT,))
+        row = found.fetchone()
+        doc: dict[str, Any] = json.loads(row[0]) if row else {}
+        return Totals(
+            int(doc.get("input_tokens", 0)),
+            int(doc.get("output_tokens", 0)),
+            float(doc.get("cost_usd", 0.0)),
+            cached_input_tokens=int(doc.get("cached_input_tokens", 0)),
+        )
 
     def verdict_judges(self) -> set[str]:
         """Names of the judges the store holds verdicts from."""

@@ -399,3 +399,18 @@ def test_a_store_from_before_verdict_weights_opens_and_reads_weight_one(tmp_path
         assert [v.weight for v in store.verdicts()] == [1.0, 1.0, 3.0]
         frames = load_frames(store, with_findings=False)
     assert frames.verdicts["weight"].tolist() == [1.0, 1.0, 3.0]
+
+
+def test_a_re_run_session_keeps_its_first_attempts_spending_in_the_budget(store: Store) -> None:
+    """Saving a session again replaces its rows; what the failed attempt sent stays counted."""
+    failed, done = _session(Severity.ROUTINE, failed=True), _session(Severity.ROUTINE)
+    assert failed.session_id == done.session_id
+    uncached = Totals.sum(c for c in CALLS if not c.cached)  # 140 in, 25 out, $0.25 known
+    store.save_session(failed)
+    assert spent_in_store(store) == uncached
+    store.save_session(done)
+    assert len(store.session_ids()) == 1
+    assert store.replaced_spending().total_tokens == uncached.total_tokens
+    spent = spent_in_store(store)
+    assert (spent.input_tokens, spent.output_tokens) == (280, 50)
+    assert spent.cost_usd == pytest.approx(0.5)
