@@ -31,7 +31,7 @@ from therasim.agents.llm.structured import (
 )
 from therasim.agents.llm.usage import Accounting, price_of
 from therasim.agents.local import LOCAL_STRUCTURED_MAX_TOKENS
-from therasim.agents.types import CompletionRequest, CompletionResponse
+from therasim.agents.types import CompletionRequest, CompletionResponse, Usage
 from therasim.errors import (
     ConfigError,
     ModelError,
@@ -47,6 +47,17 @@ from therasim.errors import (
 
 _ALLOW_REAL = threading.Event()
 _ALLOW_REAL.set()
+
+
+def _sum_usage(usages: list[Usage]) -> Usage:
+    """Tokens added up; the cost too, unless one is unknown (then unknown)."""
+    costs = [u.cost_usd for u in usages]
+    return Usage(
+        input_tokens=sum(u.input_tokens for u in usages),
+        output_tokens=sum(u.output_tokens for u in usages),
+        cost_usd=None if any(c is None for c in costs) else sum(c for c in costs if c is not None),
+        cached_input_tokens=sum(u.cached_input_tokens for u in usages),
+    )
 
 
 def allow_model_requests(allowed: bool) -> None:
@@ -185,6 +196,7 @@ class Gateway:
         role = request.role
         modes = self._modes_to_try(model)
         last_error: Exception | None = None
+        spent: list[CompletionResponse] = []  # answers that did not validate: their tokens count
         for mode in modes:
             req = with_schema_prompt(request, schema) if mode == "prompt" else request
             try:
@@ -197,6 +209,7 @@ class Gateway:
             try:
                 parsed = parse_json_into(response.text, schema)
             except (ValueError, ValidationError) as exc:
+                spent.append(response)
                 repaired = await self._repair(req, response, schema, exc, mode)
                 if repaired is None:
                     last_error = exc
@@ -204,6 +217,12 @@ class Gateway:
                 parsed, response = repaired
             self._remember_mode(model, mode)
             response.structured_mode = mode
+            # one stored call row stands for the whole structured call (a cached answer's
+            # tokens were spent before, so they join a cached row only)
+            spent = [r for r in spent if r.cached == response.cached]
+            if spent:
+                response.usage = _sum_usage([*(r.usage for r in spent), response.usage])
+                response.attempts += sum(r.attempts for r in spent)
             return parsed, response
         raise StructuredOutputError(
             f"no output mode produced valid {schema.__name__} JSON (tried {', '.join(modes)}): {last_error}",

@@ -447,6 +447,10 @@ async def test_broken_json_repaired_in_one_round(tmp_path: Path) -> None:
     assert "not valid JSON" in repair.messages[-1].content
     assert repair.messages[-2].content == BROKEN
     assert first_mode == repair_mode == resp.structured_mode == "json_schema"
+    # the one response (stored as one call row) carries both calls' tokens, as metered
+    sent = g.accounting.for_role("judge:a")
+    assert resp.usage.input_tokens == sent.input_tokens > 0
+    assert resp.usage.output_tokens == sent.output_tokens and resp.attempts == 2
 
 
 async def test_structured_falls_back_to_json_object_and_remembers(
