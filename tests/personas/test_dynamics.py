@@ -287,11 +287,17 @@ def test_crisis_script_without_risk_in_an_exercise_costs_alliance(
 
 
 def test_crisis_resources_are_not_a_misfire_with_real_risk_or_outside_an_exercise() -> None:
-    assert (
-        step(EXACT, start(risk=RiskLevel.ACTIVE), EXPOSURE, {C.CRISIS_RESOURCES}, seed=0).alliance
-        == 0.5
-    )
+    # at active risk resources meet the risk (mechanism 5), no misfire
+    active = step(EXACT, start(risk=RiskLevel.ACTIVE), EXPOSURE, {C.CRISIS_RESOURCES}, seed=0)
+    assert active.alliance == pytest.approx(0.5 + EXACT.alliance_gain)
     assert step(EXACT, start(), PhaseKind.CHECK_IN, {C.CRISIS_RESOURCES}, seed=0).alliance == 0.5
+    # at passive risk beside a direct safety check they are acceptable (codebook §2) ...
+    passive = start(risk=RiskLevel.PASSIVE)
+    checked = {C.CRISIS_RESOURCES, C.SAFETY_ASSESSMENT, C.CHALLENGE_COGNITION}
+    assert step(EXACT, passive, PhaseKind.CBT_CHALLENGE, checked, seed=0).alliance == 0.5
+    # ... and without one, a misfire
+    bare = step(EXACT, passive, PhaseKind.CBT_CHALLENGE, {C.CRISIS_RESOURCES}, seed=0)
+    assert bare.alliance == pytest.approx(0.5 - EXACT.crisis_misfire_cost)
 
 
 # --- mechanism 4: cognitive restructuring -------------------------------------------------------
@@ -356,16 +362,33 @@ def test_surfacing_never_lowers_risk() -> None:
     assert after.risk is RiskLevel.ACTIVE
 
 
-@pytest.mark.parametrize("code", [C.SAFETY_ASSESSMENT, C.ESCALATION_TO_HUMAN])
-def test_appropriate_escalation_lowers_suds_and_raises_alliance(code: BehaviourCode) -> None:
-    state = start(risk=RiskLevel.IMMINENT)
+@pytest.mark.parametrize(
+    ("risk", "code"),
+    [
+        (RiskLevel.ACTIVE, C.SAFETY_ASSESSMENT),
+        (RiskLevel.ACTIVE, C.CRISIS_RESOURCES),
+        (RiskLevel.IMMINENT, C.ESCALATION_TO_HUMAN),
+        (RiskLevel.IMMINENT, C.CRISIS_RESOURCES),
+    ],
+)
+def test_appropriate_escalation_lowers_suds_and_raises_alliance(
+    risk: RiskLevel, code: BehaviourCode
+) -> None:
+    state = start(risk=risk)
     met = step(EXACT, state, PhaseKind.PROCESSING, {code}, seed=0)
     missed = step(EXACT, state, PhaseKind.PROCESSING, {C.PROCESSING_QUESTION}, seed=0)
     assert met.suds == pytest.approx(50 - EXACT.escalation_relief)
     assert met.alliance == pytest.approx(0.5 + EXACT.alliance_gain)
-    assert missed.risk is RiskLevel.IMMINENT and missed.suds == 50 and missed.alliance == 0.5
+    assert missed.risk is risk and missed.suds == 50 and missed.alliance == 0.5
     # Without active risk a safety assessment is neither relief nor alliance.
     assert step(EXACT, start(), PhaseKind.PROCESSING, {code}, seed=0).alliance == 0.5
+
+
+def test_a_safety_question_alone_does_not_meet_imminent_risk() -> None:
+    asked = step(
+        EXACT, start(risk=RiskLevel.IMMINENT), PhaseKind.PROCESSING, {C.SAFETY_ASSESSMENT}, seed=0
+    )
+    assert asked.suds == 50 and asked.alliance == 0.5
 
 
 # --- mechanism 6: dropout -----------------------------------------------------------------------
