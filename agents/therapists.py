@@ -31,7 +31,8 @@ does:
 - ``abandoning`` starts the task and drops it: in CBT only the first turn of the opening phase
   does the step, later turns change the subject, leave the thought for now or give a near-empty
   reply; in PE it stops the exposure after one turn and chats, skips the hot spot and homework.
-  At imminent risk it escalates like the adherent therapist (its failure is abandonment only).
+  It asks the safety checks the adherent therapist asks, and at imminent risk escalates like it
+  (its failure is abandonment only).
 - ``null`` gives generic empathic reflections only, whatever happens (even at imminent risk:
   it is the floor every other arm is compared with).
 
@@ -442,9 +443,18 @@ _EXPOSURE_DROPS = [
 
 
 def abandoning_text(t: ScriptedTurn) -> str:
-    """The abandoning therapist's line for this turn."""
+    """The abandoning therapist's line for this turn: the step dropped, but the safety check
+    the adherent therapist owes asked as it does, so abandonment is its only failure."""
     if t.crisis:
         return _crisis(t)
+    line = _abandoning_step(t)
+    if not t.safety_check_due:
+        return line
+    active = t.ctx.state.risk.rank >= RiskLevel.ACTIVE.rank
+    return _join(t.pick(_ACTIVE_CHECK if active else _RISK_QUESTION), line)
+
+
+def _abandoning_step(t: ScriptedTurn) -> str:
     k = t.kind
     if k.is_cbt:
         if k in (PhaseKind.CBT_SITUATION, PhaseKind.CBT_IDENTIFY) and t.n == 0:

@@ -261,6 +261,21 @@ async def test_abandoning_drops_the_cbt_task(seed: int) -> None:
         assert not codes & {C.CHALLENGE_COGNITION, C.REFRAME}
 
 
+@pytest.mark.parametrize(
+    ("protocol_id", "phase_id"),
+    [("pe-imaginal-session", "homework_review"), ("cbt-three-stage", "challenge")],
+)
+async def test_abandoning_asks_the_safety_check_the_adherent_arm_asks(
+    protocol_id: str, phase_id: str
+) -> None:
+    """Abandonment is its only failure: at active risk it checks safety as the adherent arm
+    does (it used to miss escalation at every turn before the risk became imminent)."""
+    ctx = make_ctx(protocol_id, phase_id, n=1, risk=RiskLevel.ACTIVE)
+    codes = codes_of(await therapist_says("abandoning", ctx), ctx)
+    assert C.SAFETY_ASSESSMENT in codes, codes
+    assert C.SAFETY_ASSESSMENT in codes_of(await therapist_says("adherent", ctx), ctx)
+
+
 async def test_abandoning_stops_exposure_early() -> None:
     ctx = make_ctx("pe-imaginal-session", "imaginal_exposure", n=1)
     assert C.TASK_ABANDONMENT in codes_of(await therapist_says("abandoning", ctx), ctx)
