@@ -339,12 +339,13 @@ async def _run_in_processes(
     Each worker gets every ``processes``-th session, its share of the session and per-role
     concurrency, its own gateway and its own connection to the store (SQLite in WAL mode takes
     the concurrent writers). Progress is read from the store while they run. What is left of
-    the budget is divided among the workers.
+    the budget, and each role's limits, are divided among the workers that get sessions (no
+    more than there are sessions: a share held by an idle worker would be lost).
     """
     import concurrent.futures
     import multiprocessing
 
-    n = study.processes
+    n = max(1, min(study.processes, len(todo)))
     per = {"concurrency": max(1, study.concurrency // n)}
     b, spent = study.budget, meter.spent()
     budget = b.model_copy(

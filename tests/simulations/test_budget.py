@@ -194,3 +194,17 @@ def test_the_dry_run_counts_one_batched_call_per_turn_in_turn_mode(tmp_path: Pat
         update={"judging": turn.judging.model_copy(update={"sample_turns": 2})}
     )
     assert study_estimate(sampled).per_role["judge:lexical"]["calls"] <= sessions * (2 + 1)
+
+
+async def test_more_processes_than_sessions_leave_no_budget_idle(tmp_path: Path) -> None:
+    """The budget is shared among the workers that get sessions: two sessions and four
+    processes must finish as one process does when the budget covers them (it was split four
+    ways, and both sessions stopped budget_exhausted at about half of it)."""
+    two = {"personas": {"globs": ["pe-*"], "limit": 1}}
+    with Store(tmp_path / "free.sqlite") as store:
+        _, needed = await _run(_study(None, **two), store)
+    with Store(tmp_path / "s.sqlite") as store:
+        stats, _ = await _run(_study(int(needed * 1.2), processes=4, **two), store)
+        rows = store.sessions()
+    assert len(rows) == 2 and stats.completed == 2 and not stats.budget_exhausted
+    assert all(r.termination_reason is not TerminationReason.BUDGET_EXHAUSTED for r in rows)
