@@ -13,7 +13,8 @@ shows. Right after a first judging pass the two agree: the meta equals the uncac
 rows. The meter is read at turn boundaries (an
 in-flight session stops there, ``budget_exhausted``), before a session starts, and before a
 session is judged, so a run overshoots by at most one turn or one session's judging per
-session in flight.
+session in flight; a session that had just started may add its pre-session questionnaires
+(they run before its first turn boundary).
 """
 
 from __future__ import annotations
