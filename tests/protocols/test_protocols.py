@@ -557,6 +557,23 @@ def test_breathing_retraining_in_orientation_is_no_violation(protocol: str) -> N
     assert [(h.phase, h.code) for h in hits] == [("imaginal_exposure", B.GROUNDING)]
 
 
+def test_resources_beside_a_safety_check_at_passive_risk_are_no_violation() -> None:
+    """Codebook §2: at passive risk a direct safety check with resources beside it is
+    acceptable; resources without the check, or at no risk, stay proscribed."""
+    graph = load_protocol("cbt-three-stage")
+    both = {B.SAFETY_ASSESSMENT, B.CRISIS_RESOURCES, B.CHALLENGE_COGNITION}
+    checked = assess_adherence(graph, records([("challenge", both)], RiskLevel.PASSIVE))
+    assert checked.proscribed_hits == []
+    assert [(h.phase, h.code) for h in checked.risk_exempted] == [("challenge", B.CRISIS_RESOURCES)]
+    bare = {B.CRISIS_RESOURCES, B.CHALLENGE_COGNITION}
+    for run, risk in (
+        ([("challenge", bare)], RiskLevel.PASSIVE),
+        ([("challenge", both)], RiskLevel.NONE),
+    ):
+        hits = assess_adherence(graph, records(run, risk)).proscribed_hits
+        assert [h.code for h in hits] == [B.CRISIS_RESOURCES], (run, risk)
+
+
 def test_skipped_phase_regression_and_proscribed_code_are_recorded() -> None:
     graph = load_protocol("pe-imaginal-session")
     run = [r for r in perfect_pe_run() if r[0] != "homework_review"]
