@@ -48,7 +48,7 @@ Mechanisms (each tuned by the :class:`DynamicsParams` named in brackets):
    in engagement (once per turn); at passive risk, resources beside a direct safety check
    (safety_assessment in the same turn) are acceptable (codebook §2) and cost nothing.
 4. **Cognitive restructuring.** In ``CHALLENGE_PHASES`` (cbt_challenge, cbt_evidence,
-   cbt_reframe) a turn with ``CHALLENGE_CODES`` (challenge_cognition, reframe, task_step) and no
+   cbt_reframe) a turn with ``CHALLENGE_CODES`` (challenge_cognition, reframe; not task_step) and no
    invalidating code lowers belief by ``belief_drop * min(1, belief / 50)`` (full steps while the
    thought is still believed, diminishing below 50 %), adds ``engagement_gain`` to engagement, and
    lowers SUDS by ``belief_emotion_coupling`` times the belief drop (the emotion follows the
@@ -279,10 +279,10 @@ IMMINENT_ESCALATION_CODES: frozenset[BehaviourCode] = frozenset(
 )
 """Codes that meet imminent risk: resources or a handoff, not a safety question alone."""
 
-CHALLENGE_CODES: frozenset[BehaviourCode] = frozenset(
-    {_C.CHALLENGE_COGNITION, _C.REFRAME, _C.TASK_STEP}
-)
-"""Codes that work on the automatic thought in a CBT challenge phase."""
+CHALLENGE_CODES: frozenset[BehaviourCode] = frozenset({_C.CHALLENGE_COGNITION, _C.REFRAME})
+"""Codes that work on the automatic thought in a CBT challenge phase. Not task_step: asking for
+the evidence *for* the thought, the situation or the emotions is the record's structure, not a
+challenge (codebook §1), and leaves belief where it is."""
 
 CHALLENGE_PHASES: frozenset[PhaseKind] = frozenset(
     {PhaseKind.CBT_CHALLENGE, PhaseKind.CBT_EVIDENCE, PhaseKind.CBT_REFRAME}

@@ -316,6 +316,17 @@ def test_challenge_lowers_belief_and_abandonment_does_not() -> None:
     assert refused.belief == 80
 
 
+def test_structural_steps_do_not_lower_belief_without_a_challenge() -> None:
+    """Asking for the evidence *for* the thought (task_step, codebook §1) is no challenge: five
+    such turns used to take belief from 80 to about 30."""
+    state = start()
+    for _ in range(5):
+        state = step(EXACT, state, PhaseKind.CBT_EVIDENCE, {C.TASK_STEP}, seed=0)
+    assert state.belief == 80
+    against = step(EXACT, start(), PhaseKind.CBT_EVIDENCE, {C.CHALLENGE_COGNITION}, seed=0)
+    assert against.belief == pytest.approx(80 - EXACT.belief_drop)
+
+
 def test_belief_drop_diminishes_when_belief_is_low() -> None:
     low = step(EXACT, start(belief=20.0), PhaseKind.CBT_REFRAME, {C.REFRAME}, seed=0)
     assert low.belief == pytest.approx(20 - EXACT.belief_drop * 0.4)
