@@ -29,7 +29,7 @@ from therasim.agents.llm.structured import (
     schema_json,
     with_schema_prompt,
 )
-from therasim.agents.llm.usage import Accounting, price_of
+from therasim.agents.llm.usage import Accounting, Totals, price_of
 from therasim.agents.local import LOCAL_STRUCTURED_MAX_TOKENS
 from therasim.agents.types import CompletionRequest, CompletionResponse, Usage
 from therasim.errors import (
@@ -50,13 +50,13 @@ _ALLOW_REAL.set()
 
 
 def _sum_usage(usages: list[Usage]) -> Usage:
-    """Tokens added up; the cost too, unless one is unknown (then unknown)."""
-    costs = [u.cost_usd for u in usages]
+    """The usages added up (``Totals.sum``), as one call's: the cost is unknown if one was."""
+    total = Totals.sum(usages)
     return Usage(
-        input_tokens=sum(u.input_tokens for u in usages),
-        output_tokens=sum(u.output_tokens for u in usages),
-        cost_usd=None if any(c is None for c in costs) else sum(c for c in costs if c is not None),
-        cached_input_tokens=sum(u.cached_input_tokens for u in usages),
+        input_tokens=total.input_tokens,
+        output_tokens=total.output_tokens,
+        cost_usd=total.known_cost,
+        cached_input_tokens=total.cached_input_tokens,
     )
 
 
