@@ -380,6 +380,45 @@ async def calibrate_study(
     return record
 
 
+async def recalibrate_panel(store_path: Path, console: Console, *, no_cache: bool = False) -> bool:
+    """After ``therasim judge`` changed a calibrated run's panel: calibrate the panel now in the
+    store, as its study would, so the judge-dependent axes are gated on the judges that scored
+    the sessions and not on the panel calibrated before. False when there was nothing to do
+    (not a study's store, no panel calibration, or the same panel)."""
+    from therasim.simulations.study import JudgeEntry
+
+    with Store(store_path) as store:
+        saved, calibration = store.get_meta("study"), store.get_meta("calibration")
+        panel = store.verdict_models()
+    if not isinstance(saved, dict) or not isinstance(calibration, dict):
+        return False
+    study = Study.model_validate(saved)
+    if study.calibration is None or not study.calibration.judges:
+        return False
+    calibrated = {(j["name"], j["model"]) for j in calibration.get("report", {}).get("judges", [])}
+    now = {(name, model) for name, models in panel.items() for model in models}
+    if now == calibrated:
+        return False
+    kept = {j.name: j for j in study.judges}
+    entries = [
+        kept[name]
+        if name in kept and kept[name].model == model
+        else JudgeEntry(name=name, model=model)
+        for name, model in sorted(now)
+    ]
+    study = study.model_copy(update={"judges": entries, "cache": study.cache and not no_cache})
+    names = ", ".join(name for name, _ in sorted(now))
+    console.print(f"the panel changed since calibration: calibrating {names}")
+    gateway = Gateway(study.gateway_config())
+    try:
+        with Store(store_path) as store:
+            await calibrate_study(study, gateway, store, console)
+            store.set_meta("study", study.model_dump(mode="json"))
+    finally:
+        await gateway.aclose()
+    return True
+
+
 async def _simulate_and_judge(
     study: Study, store_path: Path, console: Console, *, judge: bool, show_progress: bool
 ) -> tuple[RunStats, int]:

@@ -206,50 +206,12 @@ def cmd_judge(args: argparse.Namespace) -> int:
     console.print(
         f"{n} sessions judged · {total.backend_calls} backend calls, {total.cached_calls} from cache · {total.total_tokens:,} tokens"
     )
-    _recalibrate_panel(store_path, no_cache=args.no_cache)
+    import asyncio
+
+    from therasim.pipeline import recalibrate_panel
+
+    asyncio.run(recalibrate_panel(store_path, console, no_cache=args.no_cache))
     return 0
-
-
-def _recalibrate_panel(store_path: Path, *, no_cache: bool) -> None:
-    """A calibrated run whose panel changed: calibrate the panel now in the store, as its study
-    would, so the judge-dependent axes are gated on the judges that scored the sessions and
-    not on the panel calibrated before."""
-    from therasim.agents.llm import Gateway
-    from therasim.pipeline import calibrate_study
-    from therasim.simulations.store import Store
-    from therasim.simulations.study import JudgeEntry, Study
-
-    with Store(store_path) as store:
-        saved, calibration = store.get_meta("study"), store.get_meta("calibration")
-        panel = store.verdict_models()
-    if not isinstance(saved, dict) or not isinstance(calibration, dict):
-        return  # not a study's store, or a study without a calibration block
-    study = Study.model_validate(saved)
-    if study.calibration is None or not study.calibration.judges:
-        return
-    calibrated = {(j["name"], j["model"]) for j in calibration.get("report", {}).get("judges", [])}
-    now = {(name, model) for name, models in panel.items() for model in models}
-    if now == calibrated:
-        return
-    kept = {j.name: j for j in study.judges}
-    entries = [
-        kept[name]
-        if name in kept and kept[name].model == model
-        else JudgeEntry(name=name, model=model)
-        for name, model in sorted(now)
-    ]
-    study = study.model_copy(update={"judges": entries, "cache": study.cache and not no_cache})
-    console.print(
-        f"the panel changed since calibration: calibrating {', '.join(n for n, _ in sorted(now))}"
-    )
-    gateway = Gateway(study.gateway_config())
-
-    async def recalibrate() -> None:
-        with Store(store_path) as store:
-            await calibrate_study(study, gateway, store, console)
-            store.set_meta("study", study.model_dump(mode="json"))
-
-    run_then_close(gateway, recalibrate)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
