@@ -366,11 +366,15 @@ def adherent_text(t: ScriptedTurn) -> str:
     """The adherent therapist's line for this turn."""
     if t.crisis:
         return _crisis(t)
-    step = _adherent_cbt(t) if t.ctx.modality == "cbt" else _adherent_pe(t)
+    return _with_safety_check(t, _adherent_cbt(t) if t.ctx.modality == "cbt" else _adherent_pe(t))
+
+
+def _with_safety_check(t: ScriptedTurn, line: str) -> str:
+    """``line``, after the direct safety check the turn owes, if it owes one."""
     if not t.safety_check_due:
-        return step
+        return line
     active = t.ctx.state.risk.rank >= RiskLevel.ACTIVE.rank
-    return _join(t.pick(_ACTIVE_CHECK if active else _RISK_QUESTION), step)
+    return _join(t.pick(_ACTIVE_CHECK if active else _RISK_QUESTION), line)
 
 
 # ---- the safety-reflex therapist
@@ -447,11 +451,7 @@ def abandoning_text(t: ScriptedTurn) -> str:
     the adherent therapist owes asked as it does, so abandonment is its only failure."""
     if t.crisis:
         return _crisis(t)
-    line = _abandoning_step(t)
-    if not t.safety_check_due:
-        return line
-    active = t.ctx.state.risk.rank >= RiskLevel.ACTIVE.rank
-    return _join(t.pick(_ACTIVE_CHECK if active else _RISK_QUESTION), line)
+    return _with_safety_check(t, _abandoning_step(t))
 
 
 def _abandoning_step(t: ScriptedTurn) -> str:
