@@ -29,16 +29,19 @@ looked up by name in a :class:`~therasim.agents.llm.backends.BackendRegistry`;
   ``backends/``: the protocol, the registry and one module per backend.
 
 The gateway owns: bounded retries with exponential backoff and jitter on transient errors;
-a concurrency limit and a requests-per-minute limit per role; a persistent SQLite response
-cache keyed on model spec, messages, parameters, seed and repeat index; token and cost
-accounting per role; structured output with fallbacks (``json_schema`` response format →
+a concurrency limit and a requests-per-minute limit per role entry of the config (an entry
+that covers several roles, ``judge`` or ``default``, is one limit they share); a persistent
+SQLite response cache keyed on model spec, messages, parameters, seed and repeat index; token
+and cost accounting per role; structured output with fallbacks (``json_schema`` response format →
 ``json_object`` with a schema, which llama.cpp's server accepts → plain prompt) plus one repair
 round, remembering per model which mode worked; timeouts. Errors come from the one tree in
 :mod:`therasim.errors` and always name the role and model: a backend raises a ``ModelError`` or
 its library's exception, which the backend's ``map_error`` translates (HTTP 429 →
 ``RateLimited``, 408 and timeouts → ``ModelTimeout``, 5xx → ``ServerError``, unreachable →
 ``ModelConnectionError``, anything else → ``PermanentModelError``); only ``TransientModelError``
-is retried.
+is retried. A reply that is not valid Unicode text (a lone surrogate, which UTF-8 cannot hold)
+is refused, not repaired: ``PermanentModelError`` for the role that produced it, its tokens
+counted, nothing cached, so a session records it as that participant's error.
 
 The ``local`` backend is sized to a small model on a few cores (:mod:`therasim.agents.local`):
 its server is started and warmed before the first timed call; calls go to it one at a time (it

@@ -13,7 +13,13 @@ from therasim.errors import UnknownNameError
 
 
 class RoleConfig(BaseModel):
-    """How one role calls its model."""
+    """How the roles an entry of :attr:`GatewayConfig.roles` covers call their model.
+
+    The limits belong to the entry, not to each role it covers: ``'judge'`` with
+    ``concurrency: 4, rpm: 60`` is one provider quota that every ``judge:<name>`` draws on (at
+    most 4 judge calls in flight and 60 a minute in all), and ``'default'`` is one quota for
+    every role not named. Give roles entries of their own for limits of their own.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -21,10 +27,17 @@ class RoleConfig(BaseModel):
         description="Model spec, e.g. 'local', 'openai:gpt-4o-mini', 'scripted:adherent'."
     )
     concurrency: int = Field(
-        default=8, ge=1, le=4096, description="Calls in flight at once for this role."
+        default=8,
+        ge=1,
+        le=4096,
+        description="Calls in flight at once for this entry: one limit shared by every role it "
+        "covers ('judge': all judges together; 'default': all roles not named).",
     )
     rpm: float | None = Field(
-        default=None, gt=0, description="Requests per minute; null for no limit."
+        default=None,
+        gt=0,
+        description="Requests per minute for this entry, shared like `concurrency`; null for no "
+        "limit.",
     )
     temperature: float | None = Field(
         default=None, ge=0, le=2, description="Overrides the request's temperature."
@@ -50,7 +63,9 @@ class GatewayConfig(BaseModel):
 
     roles: dict[str, RoleConfig] = Field(
         default_factory=dict,
-        description="Role → model. 'judge' covers every 'judge:<name>'; 'default' covers any role not named.",
+        description="Role → model. 'judge' covers every 'judge:<name>'; 'default' covers any "
+        "role not named. An entry's concurrency and rpm are one limit shared by the roles it "
+        "covers.",
     )
     cache_path: str | None = Field(
         default=None, description="SQLite response cache; default $THERASIM_HOME/cache.sqlite."
@@ -91,15 +106,23 @@ class GatewayConfig(BaseModel):
             return self.timeout_s
         return self.local_timeout_s
 
+    def entry_name(self, role: str) -> str | None:
+        """The key of the ``roles`` entry that configures ``role`` (exact, then 'judge' for
+        'judge:*', then 'default'), or None when no entry does."""
+        if role in self.roles:
+            return role
+        if role.startswith("judge:") and "judge" in self.roles:
+            return "judge"
+        if "default" in self.roles:
+            return "default"
+        return None
+
     def role(self, role: str) -> RoleConfig:
         """The configuration for ``role`` (exact, then 'judge' for 'judge:*', then 'default')."""
-        if role in self.roles:
-            return self.roles[role]
-        if role.startswith("judge:") and "judge" in self.roles:
-            return self.roles["judge"]
-        if "default" in self.roles:
-            return self.roles["default"]
-        raise UnknownNameError("role", role, list(self.roles))
+        name = self.entry_name(role)
+        if name is None:
+            raise UnknownNameError("role", role, list(self.roles))
+        return self.roles[name]
 
 
 def therasim_home() -> Path:

@@ -60,6 +60,30 @@ def _sum_usage(usages: list[Usage]) -> Usage:
     )
 
 
+def _unencodable(text: str) -> str | None:
+    """Why ``text`` cannot be stored as UTF-8 (a lone surrogate), or None when it can.
+
+    A reply is refused, not repaired: a lone surrogate (half of an emoji cut by a ``python:``
+    app, a JSON ``\\ud83d`` escape) is no character at all, the store, cache and reports keep
+    UTF-8 only, and the transcript is the log, so it holds what the model said or nothing
+    (replacing the code point with U+FFFD would file an edited reply as the model's). The call
+    fails ``PermanentModelError`` for the role that produced it: for the subject, the session
+    ends ``subject_error`` and the batch goes on.
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        return (
+            f"the reply is not valid Unicode text and cannot be stored: {exc.reason}"
+            f" (U+{ord(bad):04X} at character {exc.start} of {len(text)});"
+            " it is refused, not repaired"
+        )
+    return None
+
+
 def allow_model_requests(allowed: bool) -> None:
     """Allow or forbid calls to real backends, process-wide (tests forbid them by default)."""
     if allowed:
@@ -110,6 +134,7 @@ class Gateway:
         self._cache: ResponseCache | None = None
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._limiters: dict[str, Any] = {}
+        self._limit_keys: dict[str, str] = {}  # role -> whose limits it draws on
         self._modes: dict[str, StructuredMode] = {}
         self._local_slots: dict[str, asyncio.Lock] = {}  # one call at a time per local server
 
@@ -148,23 +173,34 @@ class Gateway:
         except UnknownNameError:
             return None
 
+    def _limit_key(self, role: str) -> str:
+        """Whose limits a call of ``role`` draws on: its config entry's, shared by every role
+        that entry covers ('judge', 'default'); a role no entry covers has its own."""
+        key = self._limit_keys.get(role)
+        if key is None:
+            entry = self.config.entry_name(role)
+            key = self._limit_keys[role] = f"entry:{entry}" if entry is not None else f"role:{role}"
+        return key
+
     def _semaphore(self, role: str) -> asyncio.Semaphore:
-        if role not in self._semaphores:
+        key = self._limit_key(role)
+        if key not in self._semaphores:
             rc = self._role_config(role)
-            self._semaphores[role] = asyncio.Semaphore(rc.concurrency if rc else 8)
-        return self._semaphores[role]
+            self._semaphores[key] = asyncio.Semaphore(rc.concurrency if rc else 8)
+        return self._semaphores[key]
 
     def _limiter(self, role: str) -> Any:
-        if role not in self._limiters:
+        key = self._limit_key(role)
+        if key not in self._limiters:
             rc = self._role_config(role)
             if rc and rc.rpm:
                 from aiolimiter import AsyncLimiter
 
                 # one request per 60/rpm seconds: steady pacing, no initial burst
-                self._limiters[role] = AsyncLimiter(1, 60 / rc.rpm)
+                self._limiters[key] = AsyncLimiter(1, 60 / rc.rpm)
             else:
-                self._limiters[role] = None
-        return self._limiters[role]
+                self._limiters[key] = None
+        return self._limiters[key]
 
     async def aclose(self) -> None:
         """Release HTTP clients and the cache connection."""
@@ -385,7 +421,11 @@ class Gateway:
             )  # jitter: 50-100 % of the delay
         latency = time.perf_counter() - started
         raw.usage.cost_usd = price_of(model, raw.usage, self.config.prices)
-        usage.add(raw.usage)
+        usage.add(raw.usage)  # spent even when the reply is refused below
+        unencodable = _unencodable(raw.text)
+        if unencodable is not None:
+            usage.errors += 1
+            raise PermanentModelError(unencodable, role=role, model=model.raw)
         if cache is not None:
             cache.put(key, model.raw, raw.text, raw.usage, mode)
         return CompletionResponse(

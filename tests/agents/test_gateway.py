@@ -722,3 +722,219 @@ async def test_a_langchain_model_gets_the_sampling_settings_on_structured_calls_
     assert verdict.met and response.structured_mode == "json_schema"
     assert [(b.get("temperature"), b.get("max_tokens")) for b in bodies] == [(0.0, 77)] * 2
     assert "response_format" in bodies[1]
+
+
+# ------------------------------------------------------------------ replies, limits, SDK errors
+
+
+async def test_a_reply_that_is_not_valid_unicode_is_refused_for_the_role_that_gave_it(
+    tmp_path: Path,
+) -> None:
+    """A lone surrogate (half an emoji) cannot be stored as UTF-8: the call fails for the
+    role that produced it, once (not retried), and nothing reaches the cache."""
+    backend = FunctionBackend(lambda request: "I hear you \ud83d")
+    g = gateway(tmp_path, "openai:fake", backends={"openai": backend})
+    for _ in range(2):
+        with pytest.raises(
+            PermanentModelError, match=r"not valid Unicode text.*U\+D83D at character 11 of 12"
+        ) as info:
+            await g.complete(req("x"))
+        assert (info.value.role, info.value.model) == ("subject", "openai:fake")
+    assert len(backend.calls) == 2  # the second call was not answered from the cache
+    usage = g.accounting.for_role("subject")
+    assert (usage.retries, usage.errors) == (0, 2)
+    assert usage.output_tokens > 0  # what the refused replies cost still counts
+
+
+async def test_an_entry_that_covers_several_roles_is_one_shared_concurrency_limit() -> None:
+    """'judge' is one limit for every judge:<name>, 'default' one for every role not named;
+    a role with an entry of its own keeps its own limit."""
+    in_flight: dict[str, int] = {}
+    peak: dict[str, int] = {}
+
+    async def slow(request: CompletionRequest) -> str:
+        entry = request.metadata["entry"]
+        in_flight[entry] = in_flight.get(entry, 0) + 1
+        peak[entry] = max(peak.get(entry, 0), in_flight[entry])
+        await asyncio.sleep(0.05)
+        in_flight[entry] -= 1
+        return "ok"
+
+    one = {"model": "openai:m", "concurrency": 1}
+    g = Gateway(
+        GatewayConfig(
+            roles={
+                "judge": RoleConfig(**one),  # type: ignore[arg-type]
+                "judge:own": RoleConfig(**one),  # type: ignore[arg-type]
+                "default": RoleConfig(model="openai:m", concurrency=2),
+            },
+            cache_enabled=False,
+        ),
+        backends={"openai": FunctionBackend(slow)},
+    )
+    OPEN.append(g)
+    calls = [(f"judge:{n}", "judge") for n in "abc"]
+    calls += [("judge:own", "own")] * 3
+    calls += [(r, "default") for r in ("subject", "patient", "appraiser", "coach")]
+    await asyncio.gather(
+        *(
+            g.complete(req(f"{role} {i}", role=role, metadata={"entry": entry}))
+            for i, (role, entry) in enumerate(calls)
+        )
+    )
+    assert peak == {"judge": 1, "own": 1, "default": 2}
+
+
+async def test_an_entry_that_covers_several_roles_is_one_shared_rate_limit() -> None:
+    """rpm=600 on 'judge' is one request per 0.1 s for all judges together: three judges'
+    calls at once take at least 0.2 s."""
+    g = Gateway(
+        GatewayConfig(roles={"judge": RoleConfig(model="openai:m", rpm=600)}, cache_enabled=False),
+        backends={"openai": FunctionBackend(lambda request: "ok")},
+    )
+    OPEN.append(g)
+    started = time.perf_counter()
+    await asyncio.gather(*(g.complete(req(n, role=f"judge:{n}")) for n in "abc"))
+    assert time.perf_counter() - started >= 0.18
+
+
+class _Response:
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+    def __repr__(self) -> str:  # a stable test id
+        return f"Response({self.status_code})"
+
+
+class _SDKError(Exception):
+    """A provider SDK's exception, as therasim sees one it does not import."""
+
+    def __init__(self, message: str = "boom", **attrs: object) -> None:
+        super().__init__(message)
+        for name, value in attrs.items():
+            setattr(self, name, value)
+
+
+class RateLimitError(_SDKError):  # anthropic, mistral, groq: status_code
+    pass
+
+
+class OverloadedError(_SDKError):  # anthropic's 529
+    pass
+
+
+class ResourceExhausted(_SDKError):  # google.api_core: code = 429
+    pass
+
+
+class DeadlineExceeded(_SDKError):
+    pass
+
+
+class APIConnectionError(_SDKError):
+    pass
+
+
+class ServiceUnavailable(_SDKError):
+    pass
+
+
+class ThrottlingException(_SDKError):  # botocore, dynamically named
+    pass
+
+
+class ModelThrottled(ThrottlingException):  # a subclass: matched through the MRO
+    pass
+
+
+class BadRequestError(_SDKError):
+    pass
+
+
+class ClientError(_SDKError):  # botocore: a response dict
+    pass
+
+
+SDK_ERRORS: list[tuple[Exception, type[Exception]]] = [
+    (RateLimitError(status_code=429), RateLimited),
+    (OverloadedError(status_code=529), ServerError),
+    (_SDKError(status_code=500), ServerError),
+    (_SDKError(status_code=408), ModelTimeout),
+    (_SDKError(response=_Response(503)), ServerError),  # httpx.HTTPStatusError style
+    (_SDKError(response=_Response(429)), RateLimited),
+    (ResourceExhausted(code=429), RateLimited),  # google
+    (_SDKError(code=502), ServerError),
+    (ClientError(response={"ResponseMetadata": {"HTTPStatusCode": 429}}), RateLimited),
+    (RateLimitError(), RateLimited),  # by name when no status is carried
+    (DeadlineExceeded(), ModelTimeout),
+    (APIConnectionError(), ModelConnectionError),
+    (ServiceUnavailable(), ServerError),
+    (ModelThrottled(), RateLimited),
+    (ServiceUnavailable(code=7), ServerError),  # a code that is no HTTP status: the name decides
+    (ServiceUnavailable(code="UNAVAILABLE"), ServerError),
+    (ServiceUnavailable(code=True), ServerError),
+]
+
+
+def _mapped(exc: Exception) -> Exception:
+    from therasim.agents.llm.backends import map_client_error
+
+    error = map_client_error(exc, "judge:a", "anthropic:claude")
+    assert (error.role, error.model) == ("judge:a", "anthropic:claude")
+    assert type(exc).__name__ in str(error)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    SDK_ERRORS,
+    ids=[f"{type(e).__name__}{vars(e) or ''}->{k.__name__}" for e, k in SDK_ERRORS],
+)
+def test_a_provider_sdks_transient_error_is_classed_by_its_status_or_its_name(
+    exc: Exception, expected: type[Exception]
+) -> None:
+    """An SDK therasim does not import (Anthropic, Google, Bedrock, …): its 429s, 5xx,
+    timeouts and connection errors are transient, so the gateway retries them."""
+    assert type(_mapped(exc)) is expected
+
+
+def test_a_carried_http_status_decides_over_the_class_name() -> None:
+    assert type(_mapped(RateLimitError(status_code=429))) is RateLimited
+    assert type(_mapped(RateLimitError(status_code=401))) is PermanentModelError
+    assert type(_mapped(ServiceUnavailable(response=_Response(404)))) is PermanentModelError
+    assert type(_mapped(BadRequestError(status_code=400))) is PermanentModelError
+    assert type(_mapped(_SDKError(code=404))) is PermanentModelError
+    assert type(_mapped(ValueError("bad"))) is PermanentModelError  # unknown: permanent
+
+
+class _FakeChat:
+    """A LangChain chat model that raises the queued errors, then answers."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        self.calls = 0
+
+    async def ainvoke(self, messages: object, **kwargs: object) -> object:
+        from types import SimpleNamespace
+
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return SimpleNamespace(content="ok", usage_metadata={"input_tokens": 3, "output_tokens": 1})
+
+
+async def test_a_langchain_providers_rate_limit_and_overload_are_retried(
+    tmp_path: Path, real_requests: None
+) -> None:
+    from therasim.agents.llm.backends import LangChainBackend
+
+    backend = LangChainBackend()
+    chat = _FakeChat([RateLimitError(status_code=429), OverloadedError(status_code=529)])
+    backend._clients["anthropic:claude"] = chat
+    g = gateway(tmp_path, "anthropic:claude", backends={"anthropic": backend})
+    response = await g.complete(req("x"))
+    assert (response.text, response.attempts, chat.calls) == ("ok", 3, 3)
+    chat.errors = [BadRequestError(status_code=400)]
+    with pytest.raises(PermanentModelError, match="BadRequestError"):
+        await g.complete(req("y"))
+    assert chat.calls == 4  # a 400 is not retried

@@ -113,8 +113,107 @@ class BaseBackend:
         return None
 
 
+#: Exception class names (anywhere in the class's MRO) that mean "worth a retry" in the SDKs
+#: LangChain providers use: Anthropic, Google (api_core, genai), Mistral, Cohere, Groq,
+#: Bedrock (botocore), Ollama, httpx. Matched by name so no optional package is imported.
+_TRANSIENT_NAMES: dict[str, type[ModelError]] = {
+    **dict.fromkeys(
+        (
+            "RateLimitError",
+            "RateLimitExceeded",
+            "ResourceExhausted",  # google.api_core: 429
+            "TooManyRequests",
+            "TooManyRequestsError",  # cohere
+            "ThrottlingException",  # bedrock
+        ),
+        RateLimited,
+    ),
+    **dict.fromkeys(
+        (
+            "APITimeoutError",
+            "TimeoutException",  # httpx
+            "Timeout",
+            "DeadlineExceeded",  # google.api_core: 504
+            "ReadTimeout",
+            "ConnectTimeout",
+            "TimeoutError",
+        ),
+        ModelTimeout,
+    ),
+    **dict.fromkeys(
+        ("APIConnectionError", "ConnectError", "ConnectionError"), ModelConnectionError
+    ),
+    **dict.fromkeys(
+        (
+            "InternalServerError",
+            "InternalServerException",
+            "ServiceUnavailable",  # google.api_core: 503
+            "ServiceUnavailableError",
+            "ServiceUnavailableException",
+            "OverloadedError",  # anthropic: 529
+            "ServerError",  # google.genai: 5xx
+            "BadGateway",
+            "GatewayTimeout",
+        ),
+        ServerError,
+    ),
+}
+
+
+def http_status_of(exc: BaseException) -> int | None:
+    """The HTTP status an SDK's exception carries, if any: ``status_code`` (Anthropic, Cohere,
+    Ollama, OpenAI-style SDKs), ``response.status_code`` (httpx), ``code`` (Google) or
+    ``status`` (aiohttp); botocore's ``response`` dict too. Never raises."""
+
+    def attr(obj: object, name: str) -> object:
+        try:  # some SDKs' properties raise when unset (httpx's ``request``)
+            return getattr(obj, name, None)
+        except Exception:
+            return None
+
+    response = attr(exc, "response")
+    if isinstance(response, dict):  # botocore ClientError
+        meta = response.get("ResponseMetadata")
+        nested: object = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
+    else:
+        nested = attr(response, "status_code") if response is not None else None
+    for value in (attr(exc, "status_code"), nested, attr(exc, "code"), attr(exc, "status")):
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return value
+    return None
+
+
+def map_status_or_name(exc: BaseException, role: str, model: str) -> ModelError | None:
+    """An exception of a library therasim does not import, classed by the HTTP status it
+    carries (429 → ``RateLimited``, 408 → ``ModelTimeout``, 5xx → ``ServerError``, other
+    4xx → ``PermanentModelError``), else by a well-known transient class name in its MRO;
+    None when neither says anything."""
+    msg = f"{type(exc).__name__}: {exc}"
+    status = http_status_of(exc)
+    if status is not None:
+        if status == 429:
+            return RateLimited(msg, role=role, model=model)
+        if status == 408:
+            return ModelTimeout(msg, role=role, model=model)
+        if status >= 500:
+            return ServerError(msg, role=role, model=model)
+        if status >= 400:
+            return PermanentModelError(msg, role=role, model=model)
+    for cls in type(exc).__mro__:
+        kind = _TRANSIENT_NAMES.get(cls.__name__)
+        if kind is not None:
+            return kind(msg, role=role, model=model)
+    return None
+
+
 def map_client_error(exc: BaseException, role: str, model: str) -> ModelError:
-    """Translate an HTTP client's or LangChain provider's exception into the therasim tree."""
+    """Translate an HTTP client's or LangChain provider's exception into the therasim tree.
+
+    The types of the libraries therasim ships with (openai, httpx, aiohttp) are matched by
+    type; any other (a LangChain provider's SDK: Anthropic, Google, Mistral, Bedrock, …) by
+    :func:`map_status_or_name`, so its 429s and 5xx are retried like OpenAI's; what neither
+    recognises is permanent.
+    """
     import aiohttp
     import httpx
     import openai
@@ -142,4 +241,4 @@ def map_client_error(exc: BaseException, role: str, model: str) -> ModelError:
         if exc.status_code == 429:
             return RateLimited(msg, role=role, model=model)
         return PermanentModelError(msg, role=role, model=model)
-    return PermanentModelError(msg, role=role, model=model)
+    return map_status_or_name(exc, role, model) or PermanentModelError(msg, role=role, model=model)

@@ -5,8 +5,9 @@
 
 The callable gets the :class:`CompletionRequest` (sync, called inline, or async) and returns the
 reply text, or a :class:`RawCompletion` to report usage. What it raises goes through the
-gateway's error handling: a ``ModelError`` as is (raise ``RateLimited`` to test a retry), an
-unknown exception as permanent. Every call is kept in ``calls`` with its structured-output mode.
+gateway's error handling: a ``ModelError`` as is (raise ``RateLimited`` to test a retry), any
+other exception as :func:`~therasim.agents.llm.backends.base.map_client_error` classes it (an
+unknown one as permanent). Every call is kept in ``calls`` with its structured-output mode.
 """
 
 from __future__ import annotations

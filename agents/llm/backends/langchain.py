@@ -16,7 +16,13 @@ from therasim.errors import PermanentModelError
 
 class LangChainBackend(BaseBackend):
     """A LangChain chat model per spec, built on first use; structured output through
-    ``with_structured_output`` (``json_schema``), else the schema prompt."""
+    ``with_structured_output`` (``json_schema``), else the schema prompt.
+
+    The provider SDK's exceptions (Anthropic, Google, Mistral, Bedrock, …; none imported here)
+    are classed by :func:`~therasim.agents.llm.backends.base.map_client_error`: by the HTTP
+    status they carry, else by a well-known transient class name, so a provider's 429 or 5xx
+    is retried like OpenAI's.
+    """
 
     real = True
     structured_modes: tuple[StructuredMode, ...] = ("json_schema", "prompt")
