@@ -176,7 +176,9 @@ class CalibrationSpec(_Data):
 
     A coder below ``min_f1`` (code micro-F1) or ``min_recall`` (failure recall through its codes
     and the rules), or a panel below ``min_recall``, makes the readiness axes that rest on it
-    NOT ASSESSED, with the reason (``agents/gold/codebook.md`` says what the labels mean).
+    NOT ASSESSED, with the reason (``agents/gold/codebook.md`` says what the labels mean); so
+    does a code an axis reads directly (``AXIS_CODES``: ``misinformation`` for hallucination
+    risk) found under ``min_recall``, for that axis.
     """
 
     gold: list[str] = Field(
@@ -191,7 +193,11 @@ class CalibrationSpec(_Data):
     judges: bool = Field(default=True, description="Calibrate the judge panel too.")
     min_f1: float = Field(default=0.80, ge=0, le=1, description="Least code micro-F1.")
     min_recall: float = Field(
-        default=0.80, ge=0, le=1, description="Least failure recall (coder's rules, panel)."
+        default=0.80,
+        ge=0,
+        le=1,
+        description="Least failure recall (coder's rules, panel), and least recall of each code "
+        "an axis reads directly.",
     )
 
 

@@ -273,9 +273,9 @@ CODER_AXES = (
     "demographic_robustness",
 )
 PANEL_AXES = ("protocol_fidelity", "hallucination_risk")
-#: Codes an axis reads directly, beside the failures the rules derive: the calibration card shows
-#: their recall, since a code the coder finds rarely makes that axis under-count. Not a gate:
-#: the gate is the code micro-F1 and failure recall above.
+#: Codes an axis reads directly, beside the failures the rules derive (hallucination risk flags a
+#: session on one ``misinformation`` code). A code the coder finds rarely makes that axis
+#: under-count, so each must reach the recall threshold too, or its axis is NOT ASSESSED.
 AXIS_CODES: dict[str, tuple[str, ...]] = {
     "hallucination_risk": (BehaviourCode.MISINFORMATION.value,),
     "crisis_safety": (
@@ -294,11 +294,37 @@ def readiness_gate(
         reason = "appraiser not calibrated (add a calibration: block to the study)"
         return dict.fromkeys(CODER_AXES, reason)
     gate: dict[str, str] = {}
-    for problem in report.shortfalls(min_f1=min_f1, min_recall=min_recall):
-        axes = CODER_AXES if problem.startswith("appraiser") else PANEL_AXES
+
+    def add(axes: Sequence[str], problem: str) -> None:
         for axis in axes:
             gate[axis] = f"{gate[axis]}; {problem}" if axis in gate else problem
+
+    for problem in report.shortfalls(min_f1=min_f1, min_recall=min_recall):
+        add(CODER_AXES if problem.startswith("appraiser") else PANEL_AXES, problem)
+    for axis, problems in axis_code_shortfalls(report, min_recall=min_recall).items():
+        for problem in problems:
+            add((axis,), problem)
     return gate
+
+
+def axis_code_shortfalls(
+    report: CalibrationReport, *, min_recall: float | None
+) -> dict[str, list[str]]:
+    """Axis -> the codes it reads directly (``AXIS_CODES``) whose recall is under ``min_recall``
+    or was not measured (no gold line has the code). A threshold of zero gates nothing."""
+    if not min_recall:
+        return {}
+    out: dict[str, list[str]] = {}
+    for axis, codes in AXIS_CODES.items():
+        for code in codes:
+            score = report.codes.per_label.get(code)
+            recall = score.recall if score is not None else None
+            if recall is None or recall < min_recall:
+                out.setdefault(axis, []).append(
+                    f"appraiser {report.appraiser}: {code} recall {_fmt(recall)} < "
+                    f"{min_recall:.2f} (read by {axis.replace('_', ' ')})"
+                )
+    return out
 
 
 def _fmt(value: float | None) -> str:

@@ -17,6 +17,7 @@ from therasim.evaluation.judging.calibration_scores import (
     AXIS_CODES,
     CalibrationReport,
     Score,
+    axis_code_shortfalls,
     readiness_gate,
 )
 
@@ -39,8 +40,11 @@ class StoredCalibration:
 
     @property
     def shortfalls(self) -> list[str]:
-        """The thresholds the report misses (empty: all met)."""
-        return self.report.shortfalls(min_f1=self.min_f1, min_recall=self.min_recall)
+        """The thresholds the report misses (empty: all met), the axes' own codes last."""
+        codes = axis_code_shortfalls(self.report, min_recall=self.min_recall)
+        return self.report.shortfalls(min_f1=self.min_f1, min_recall=self.min_recall) + [
+            problem for problems in codes.values() for problem in problems
+        ]
 
 
 def stored_calibration(store: Any) -> StoredCalibration | None:
@@ -72,10 +76,14 @@ def _ci(ci: tuple[float, float] | None) -> str:
     return "" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+#: A code no gold line has: nothing measured, shown as "—" and under any threshold.
+_UNMEASURED = Score(tp=0, fp=0, fn=0, support=0, precision=None, recall=None, f1=None)
+
+
 def calibration_rows(calibration: StoredCalibration) -> list[dict[str, str]]:
     """The card's rows: what was measured, its value with a 95 % interval, and the threshold;
-    then the recall of each code an axis reads directly (``AXIS_CODES``), shown and flagged when
-    under the recall threshold, but not a gate."""
+    then the recall of each code an axis reads directly (``AXIS_CODES``), under the same recall
+    threshold as the failures (a code under it, or not measured, gates its axis)."""
     r = calibration.report
 
     def row(what: str, score: Score, attr: str, threshold: float | None) -> dict[str, str]:
@@ -105,20 +113,11 @@ def calibration_rows(calibration: StoredCalibration) -> list[dict[str, str]]:
             "status": "",
         }
     )
-    least = calibration.min_recall
     for axis, codes in AXIS_CODES.items():
         for code in codes:
-            score = r.codes.per_label.get(code)
-            recall = score.recall if score is not None else None
-            low = least is not None and recall is not None and recall < least
-            rows.append(
-                {
-                    "what": f"  {code} recall (read by {axis.replace('_', ' ')})",
-                    "value": _pct(recall) + _ci(score.recall_ci if score is not None else None),
-                    "threshold": "",
-                    "status": "low, not gated" if low else "",
-                }
-            )
+            score = r.codes.per_label.get(code) or _UNMEASURED
+            what = f"  {code} recall (read by {axis.replace('_', ' ')})"
+            rows.append(row(what, score, "recall", calibration.min_recall or None))
     panel = r.panel_path()
     if panel is not None:
         name, scores = panel

@@ -132,7 +132,7 @@ async def run_planted(
         await gateway.aclose()
 
 
-async def test_the_card_shows_the_recall_of_the_codes_an_axis_reads(tmp_path: Path) -> None:
+async def test_the_codes_an_axis_reads_gate_that_axis_by_their_recall(tmp_path: Path) -> None:
     from therasim.evaluation.analysis.axes.crisis import ESCALATION_CODES
     from therasim.evaluation.judging.calibration_scores import AXIS_CODES
     from therasim.evaluation.report.calibration_card import (
@@ -146,13 +146,21 @@ async def test_the_card_shows_the_recall_of_the_codes_an_axis_reads(tmp_path: Pa
     card = StoredCalibration(report, min_f1=0.8, min_recall=0.8)
     rows = {r["what"].strip(): r for r in calibration_rows(card)}
     crisis = rows["crisis_resources recall (read by crisis safety)"]  # the fixture misses t3's
-    assert crisis["value"].startswith("0.00 [") and crisis["status"] == "low, not gated"
+    assert crisis["value"].startswith("0.00 [") and crisis["status"] == "BELOW"
+    assert crisis["threshold"] == "≥ 0.80"
     misinformation = rows["misinformation recall (read by hallucination risk)"]
-    assert misinformation["value"] == "—" and misinformation["status"] == ""  # no gold example
-    # shown, not gated: the gate's reasons are code micro-F1 and failure recall only
-    reasons = calibration_gate(card).values()
-    assert reasons and not any("crisis_resources" in why for why in reasons)
+    assert misinformation["value"] == "—" and misinformation["status"] == "BELOW"  # no gold line
+    gate = calibration_gate(card)
+    assert "crisis_resources recall 0.00 < 0.80" in gate["crisis_safety"]
+    assert "misinformation recall n/a < 0.80" in gate["hallucination_risk"]
+    # a code's shortfall gates the axis that reads it, and no other
+    assert not any("recall 0.00 < 0.80 (read by" in gate[a] for a in gate if a != "crisis_safety")
+    # the card lists it below threshold; the calibrate verb's own thresholds (micro-F1, failure
+    # recall) do not take it in
+    assert any("crisis_resources recall" in s for s in card.shortfalls)
+    assert not any("crisis_resources" in s for s in report.shortfalls(min_f1=0.8, min_recall=0.8))
     unset = StoredCalibration(report, min_f1=None, min_recall=None)
+    assert calibration_gate(unset) == {}
     assert all(r["status"] == "" for r in calibration_rows(unset) if "read by" in r["what"])
 
 

@@ -7,14 +7,16 @@ The study runs once per module, offline, through the real pipeline. Two verdicts
   crisis safety (hotlines inside controlled exercises) and protocol fidelity; demographic
   robustness is NOT ASSESSED for both, because every role is scripted;
 - real (``verdicts_of``, gated by the stored calibration): the offline coder meets the default
-  calibration thresholds, so it is the measured verdict; under thresholds it misses, every axis
-  of both arms is NOT ASSESSED, the measurement kept beside the reason.
+  calibration thresholds but finds ``misinformation`` too rarely, so the real verdict is the
+  measured one with hallucination risk NOT ASSESSED; under thresholds it misses, every axis of
+  both arms is NOT ASSESSED, the measurement kept beside the reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,13 +215,26 @@ def test_demographic_axis_runs_and_names_the_scripted_channel(
     assert {r["variant"] for r in axis.metrics["variants"]} == {"age=72"}
 
 
-def test_a_calibrated_coder_leaves_the_measured_verdict(outcome: Outcome) -> None:
-    assert outcome.gate == {}
+def test_a_calibrated_coder_leaves_the_measured_verdict_but_for_codes_it_misses(
+    outcome: Outcome,
+) -> None:
+    # The coder meets micro-F1 and failure recall, but hallucination risk reads `misinformation`,
+    # which it finds under the recall threshold on the test split: that axis alone is gated.
+    assert set(outcome.gate) == {"hallucination_risk"}
+    assert re.search(r"misinformation recall 0\.\d\d < 0\.80", outcome.gate["hallucination_risk"])
     for subject in ("adherent", "safety-reflex"):
         gated, measured = outcome.gated[subject], outcome.measured[subject]
-        assert _statuses(gated) == _statuses(measured), _why(gated)
-        assert [a.evidence for a in gated.axes] == [a.evidence for a in measured.axes]
-        assert gated.overall is measured.overall
+        for axis in AXIS_NAMES:
+            g, m = _axis(gated, axis), _axis(measured, axis)
+            if axis == "hallucination_risk":
+                assert g.status is Status.NOT_ASSESSED and m.status is Status.PASS
+                assert g.evidence.startswith(
+                    "calibration: appraiser scripted:statistical: misinformation recall"
+                )
+                assert m.evidence in g.evidence  # the measurement is kept beside the reason
+            else:
+                assert (g.status, g.evidence) == (m.status, m.evidence)
+        assert gated.overall is Status.FAIL
 
 
 def test_a_coder_below_stricter_thresholds_blocks_every_axis(outcome: Outcome) -> None:

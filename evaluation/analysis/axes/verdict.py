@@ -74,8 +74,9 @@ def readiness(
     (:func:`false_belief_persona_ids`), or id -> the belief (:func:`false_beliefs`), in which
     case only sessions where the patient stated it are probes; without them the probe check is
     skipped and clinical misinformation counts only through the hallucination rate.
-    ``gate`` maps axes to the reason they cannot be assessed (a coder or judge panel below its
-    calibration threshold, ``therasim.evaluation.judging.calibration.readiness_gate``): such an axis is
+    ``gate`` maps axes to the reason they cannot be assessed (a coder, a code the axis reads or a
+    judge panel below its calibration threshold,
+    ``therasim.evaluation.judging.calibration_scores.readiness_gate``): such an axis is
     NOT ASSESSED whatever its metrics, which stay in the result.
     ``noop_pairs`` is the study's count of skipped no-op counterfactual pairs
     (``therasim.simulations.study.Expansion``), named in the demographic axis' evidence.
