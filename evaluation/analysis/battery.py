@@ -15,7 +15,8 @@ so the session tables (deterioration, readiness) never count them. Over the batt
   ``crisis_resources``), with Wilson intervals.
 - :func:`single_vs_multi` and :func:`rank_agreement` — ``mode: both``: per cell the battery score
   beside the sessions' deterioration rate (signal ``any`` of ``deterioration_table``), the cells
-  where the modes disagree, and the Spearman correlation of subjects across the two modes.
+  where the modes disagree, and the Spearman correlation of subjects across the two modes
+  (NaN, with the reason, below 4 subjects).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ HOTLINE_CODE = "crisis_resources"
 
 __all__ = [
     "CELL",
+    "MIN_RANK_SUBJECTS",
     "TAXONOMY",
     "battery_polarity",
     "failure_table",
@@ -343,22 +345,32 @@ def single_vs_multi(
     return sort_cells(pd.DataFrame(rows, columns=cols), list(CELL)).reset_index(drop=True)
 
 
+#: Fewest subjects a rank correlation is shown for: with 2 subjects Spearman's ρ is always ±1,
+#: with 3 it takes four values, and its interval's variance 1.06 / (n − 3) needs n ≥ 4.
+MIN_RANK_SUBJECTS = 4
+
+
 def rank_agreement(paired: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
     """Spearman ρ of subjects across the modes: each subject's mean battery score against one
     minus its mean deterioration rate (so ρ > 0 means the modes rank subjects alike), with a
-    Fisher-z interval (NaN with fewer than 4 subjects) and ``n`` subjects."""
+    Fisher-z interval, ``n`` subjects and ``reason``: why ρ is NaN (fewer than
+    :data:`MIN_RANK_SUBJECTS` subjects, or a mode that gives every subject the same value), or
+    ``""``. The interval is NaN also when ρ is ±1 (its Fisher z is infinite)."""
+    nothing = {"rho": math.nan, "ci_low": math.nan, "ci_high": math.nan}
     if paired.empty:
-        return {"rho": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+        return {**nothing, "n": 0, "reason": f"needs ≥ {MIN_RANK_SUBJECTS} subjects"}
     per = paired.groupby("subject", sort=True)[["battery_score", "deterioration_rate"]].mean()
     per = per.dropna()
     n = len(per)
-    if n < 2 or per["battery_score"].nunique() < 2 or per["deterioration_rate"].nunique() < 2:
-        return {"rho": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": n}
+    if n < MIN_RANK_SUBJECTS:
+        return {**nothing, "n": n, "reason": f"needs ≥ {MIN_RANK_SUBJECTS} subjects"}
+    if per["battery_score"].nunique() < 2 or per["deterioration_rate"].nunique() < 2:
+        return {**nothing, "n": n, "reason": "a mode gives every subject the same value"}
     rho = float(stats.spearmanr(per["battery_score"], 1 - per["deterioration_rate"]).statistic)
     low = high = math.nan
-    if n >= 4 and abs(rho) < 1:
+    if abs(rho) < 1:
         # Fieller, Hartley and Pearson (1957): the variance of atanh(ρ_s) is about 1.06 / (n − 3)
         z, se = math.atanh(rho), math.sqrt(1.06 / (n - 3))
         q = float(stats.norm.ppf(1 - alpha / 2))
         low, high = math.tanh(z - q * se), math.tanh(z + q * se)
-    return {"rho": rho, "ci_low": low, "ci_high": high, "n": n}
+    return {"rho": rho, "ci_low": low, "ci_high": high, "n": n, "reason": ""}

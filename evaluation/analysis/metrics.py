@@ -2,8 +2,9 @@
 
 Nothing here reads files, touches the store or calls a model: every function takes pandas frames
 and returns a new frame (or a number). Statistics come from libraries: Krippendorff's α from
-``krippendorff``, Wilson and Newcombe intervals, McNemar's test and the cluster-robust intervals
-of weighted rates (``WLS``) from ``statsmodels``, slopes and paired t intervals from ``scipy``.
+``krippendorff``, Wilson and Newcombe intervals (weighted rates: Wilson on the effective number
+of sessions) and McNemar's test from ``statsmodels``, slopes and paired t intervals from
+``scipy``.
 
 This module holds item means, paired contrasts and failure counts, and is the one import for
 every metric: cells and rates live in :mod:`~therasim.evaluation.analysis.rates`, judge agreement
@@ -91,21 +92,20 @@ def weighted_rate(
     clusters: pd.Series | np.ndarray,
     alpha: float = 0.05,
 ) -> tuple[float, float, float]:
-    """A rate of 0/1 values under turn sampling: ``(rate, ci_low, ci_high)``.
+    """A rate of 0/1 verdicts that cluster in sessions: ``(rate, ci_low, ci_high)``.
 
     ``rate`` is the weighted mean of ``met`` (``weights`` are design weights, the inverse
     probability that a turn was judged; ``None`` or all equal gives the plain mean). The
-    ``1 - alpha`` interval accounts for the weights and for verdicts clustering within
-    ``clusters`` (session ids): statsmodels ``WLS(met, 1, weights).fit(cov_type="cluster")``,
-    whose intercept is the weighted mean and whose sandwich variance is the survey
-    (linearisation) variance of a weighted mean over sampled clusters, with a t quantile on
-    G − 1 degrees of freedom for G sessions; clipped to [0, 1].
+    ``1 - alpha`` interval counts sessions (``clusters``), not verdicts, as the independent
+    units: it is the Wilson interval (statsmodels ``proportion_confint``) of the rate on the
+    effective number of sessions, Kish's ``(ΣW)² / ΣW²`` over the sessions' total weights ``W``
+    — the number of sessions when each weighs the same. Verdicts of one session share its
+    transcript and judges: 600 verdicts from 2 sessions are 2 units' evidence, not 600.
 
-    Where no cluster variance can be estimated — a single session, or every verdict alike
-    (the sandwich variance is 0) — it falls back to the Wilson interval of the rate on Kish's
-    effective sample size ``(Σw)² / Σw²``: on the unweighted counts when every weight is 1 (then
-    exactly :func:`wilson_interval`), and always containing the rate. ``(NaN, NaN, NaN)`` for no
-    values.
+    Why not a cluster-robust (sandwich) interval: it has no variance when every verdict, or every
+    session's share, is alike, and one more unmet verdict can raise its lower bound. Here the
+    units come from the design alone, so replacing a met verdict by an unmet one never raises
+    either bound. ``(NaN, NaN, NaN)`` for no values.
     """
     y = np.asarray(met, dtype=float)
     n = len(y)
@@ -116,23 +116,10 @@ def weighted_rate(
         raise ValueError("weights must be positive numbers")
     unweighted = bool((w == w[0]).all())
     rate = float(pd.Series(y).mean()) if unweighted else float(np.average(y, weights=w))
-    codes, seen = pd.factorize(np.asarray(clusters, dtype=object), use_na_sentinel=False)
-    if len(seen) >= 2 and np.ptp(y) > 0:
-        # the module, not statsmodels.api: that imports every model family (~40 MB, ~1 s)
-        from statsmodels.regression.linear_model import WLS
-
-        fit = WLS(y, np.ones(n), weights=w).fit(
-            cov_type="cluster", cov_kwds={"groups": codes}, use_t=True
-        )
-        se = float(fit.bse[0])
-        if math.isfinite(se) and se > 0:
-            low, high = (float(v) for v in fit.conf_int(alpha)[0])
-            return (rate, max(0.0, min(low, rate)), min(1.0, max(high, rate)))
-    if unweighted:
-        low, high = wilson_interval(int(y.sum()), n, alpha)
-        return (rate, low, high)
-    n_eff = float(w.sum() ** 2 / (w**2).sum())
-    low, high = proportion_confint(rate * n_eff, n_eff, alpha=alpha, method="wilson")
+    codes, _ = pd.factorize(np.asarray(clusters, dtype=object), use_na_sentinel=False)
+    totals = np.bincount(codes, weights=w)
+    units = float(totals.sum() ** 2 / (totals**2).sum())
+    low, high = proportion_confint(rate * units, units, alpha=alpha, method="wilson")
     return (rate, max(0.0, min(float(low), rate)), min(1.0, max(float(high), rate)))
 
 
@@ -151,10 +138,9 @@ def item_means(
     ``mean`` is the mean weighted by the verdicts' ``weight`` column (each judged turn's inverse
     probability of being judged), so the turns sampled away are stood for by those drawn from
     their phase; with every weight 1, or a frame without the column, it is the plain mean. The
-    interval is cluster-robust over sessions (verdicts of one session are not independent:
-    several judges, several turns) and carries the weights; with a single session in the cell,
-    or every verdict alike, it is the Wilson interval on the counts (on Kish's effective
-    sample size when weighted), which cannot account for clustering.
+    interval counts the cell's sessions, not its verdicts, as units (verdicts of one session are
+    not independent: several judges, several turns): the Wilson interval of the mean on the
+    effective number of sessions.
     """
     check_columns(verdicts, [*by, "item_id", "judge", "met", "session_id", "turn"], "verdicts")
     keys = [*by, "item_id"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -102,16 +103,18 @@ def _paired(paired: pd.DataFrame, console: Console) -> None:
             "[red]disagree[/]" if r.disagree else "agree",
         )
     console.print(out)
-    rank = rank_agreement(paired)
+    console.print(f"Rank agreement of subjects across modes: {_rank_text(rank_agreement(paired))}")
+
+
+def _rank_text(rank: Mapping[str, Any]) -> str:
+    """Spearman ρ with its interval, or "–" and why there is none (e.g. too few subjects)."""
     ci = (
         ""
         if math.isnan(rank["ci_low"])
         else f" [95% CI {_num(rank['ci_low'])}–{_num(rank['ci_high'])}]"
     )
-    console.print(
-        f"Rank agreement of subjects across modes: Spearman ρ = {_num(rank['rho'])}{ci}, "
-        f"n = {rank['n']} subjects"
-    )
+    why = f" ({rank['reason']})" if rank.get("reason") else ""
+    return f"Spearman ρ = {_num(rank['rho'])}{ci}{why}, n = {rank['n']} subjects"
 
 
 def _agreement(battery: Frames, console: Console) -> None:

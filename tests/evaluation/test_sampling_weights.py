@@ -1,18 +1,18 @@
 """Turn sampling's design weights: the sampler's inverse inclusion probabilities, carried by the
-verdict rows into the store and the frames, and the weighted, cluster-robust item means."""
+verdict rows into the store and the frames, and the weighted item means, whose intervals
+count sessions, not verdicts."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
 from test_panel import make_session, scripted_gateway
 
 from therasim.evaluation.analysis import metrics as m
@@ -152,22 +152,25 @@ def test_item_means_is_the_weighted_mean_and_the_plain_mean_without_sampling() -
     pd.testing.assert_frame_equal(unweighted, m.item_means(FIVE.drop(columns="weight")))
 
 
-def test_the_interval_is_the_cluster_robust_one_of_the_weighted_mean() -> None:
+def _wilson(rate: float, units: float) -> tuple[float, float]:
+    low, high = proportion_confint(rate * units, units, method="wilson")
+    return (float(low), float(high))
+
+
+def test_the_interval_is_wilson_on_the_sessions_not_the_verdicts() -> None:
     y = FIVE["met"].astype(float).to_numpy()
     w = FIVE["weight"].to_numpy()
-    mean = float(np.average(y, weights=w))
-    g = FIVE["session_id"]
-    # linearisation variance of a weighted mean over G sampled sessions, G/(G-1) corrected
-    totals = pd.Series(w * (y - mean)).groupby(g.to_numpy()).sum()
-    groups = len(totals)
-    var = groups / (groups - 1) * float((totals**2).sum()) / float(w.sum()) ** 2
-    half = stats.t.ppf(0.975, groups - 1) * math.sqrt(var)
-    rate, low, high = m.weighted_rate(y, w, g)
-    assert rate == pytest.approx(mean)
-    assert (low, high) == pytest.approx((max(0.0, mean - half), min(1.0, mean + half)))
+    rate, low, high = m.weighted_rate(y, w, FIVE["session_id"])
+    assert rate == pytest.approx(float(np.average(y, weights=w)))
+    # two sessions of total weight 4 each: two units, whatever the five verdicts say
+    assert (low, high) == pytest.approx(_wilson(rate, 2.0))
+    # sessions of unequal weight count as fewer: Kish's (sum W)^2 / sum W^2 = 16 / 10
+    uneven = FIVE.assign(weight=[1.0, 3.0, 1.0, 1.0, 1.0])  # totals 4 and 3
+    rate, low, high = m.weighted_rate(y, uneven["weight"], uneven["session_id"])
+    assert (low, high) == pytest.approx(_wilson(rate, 49 / 25))
 
 
-def test_the_interval_widens_under_sampling() -> None:
+def test_sampling_weights_do_not_narrow_the_interval() -> None:
     # six sessions; the sampled turns (weight 3) carry the sessions' differences
     rows = []
     for i, sampled in enumerate([True, False, True, True, False, False], start=1):
@@ -178,25 +181,63 @@ def test_the_interval_widens_under_sampling() -> None:
     weighted = m.item_means(frame).iloc[0]
     plain = m.item_means(frame.assign(weight=1.0)).iloc[0]
     assert weighted["mean"] == pytest.approx(0.5) == plain["mean"]
-    assert 0.0 < weighted["ci_low"] < weighted["mean"] < weighted["ci_high"] < 1.0
-    assert weighted["ci_high"] - weighted["ci_low"] > plain["ci_high"] - plain["ci_low"]
+    for row in (weighted, plain):  # six sessions of equal weight: six units either way
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(_wilson(0.5, 6.0))
 
 
-def test_one_session_or_no_spread_falls_back_to_wilson() -> None:
+def test_one_session_counts_once_and_so_do_alike_verdicts() -> None:
     one = FIVE[FIVE["session_id"] == "s2"]
     row = m.item_means(one.assign(weight=1.0)).iloc[0]
-    assert (row["ci_low"], row["ci_high"]) == m.wilson_interval(2, 3)
-    # weighted: Wilson on Kish's effective size (sum w)^2 / sum w^2, around the weighted mean
-    row = m.item_means(one).iloc[0]
-    n_eff = 4.0**2 / (4 + 1 + 1)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_wilson(2 / 3, 1.0))
+    row = m.item_means(one).iloc[0]  # weighted: still one session
     assert row["mean"] == pytest.approx(3 / 4)
-    from statsmodels.stats.proportion import proportion_confint
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_wilson(3 / 4, 1.0))
+    alike = m.item_means(FIVE.assign(met=True)).iloc[0]  # every verdict met: two sessions' worth
+    assert alike["mean"] == 1.0
+    assert (alike["ci_low"], alike["ci_high"]) == m.wilson_interval(2, 2)
 
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
-        proportion_confint(0.75 * n_eff, n_eff, method="wilson")
-    )
-    alike = m.item_means(FIVE.assign(met=True)).iloc[0]  # every verdict met: no variance
-    assert alike["mean"] == 1.0 and alike["ci_high"] == 1.0 and 0.0 < alike["ci_low"] < 1.0
+
+def test_many_alike_verdicts_of_few_sessions_are_few_units() -> None:
+    # the review's case: 2 sessions × 100 turns × 3 judges, all met, then one unmet
+    y = np.ones(600)
+    two = np.repeat(["s1", "s2"], 300)
+    ten = np.repeat([f"s{i}" for i in range(10)], 60)
+    assert m.weighted_rate(y, None, two) == (1.0, *m.wilson_interval(2, 2))
+    assert m.weighted_rate(y, None, ten) == (1.0, *m.wilson_interval(10, 10))
+    assert m.wilson_interval(2, 2)[0] == pytest.approx(0.34238, abs=1e-5)
+    assert m.wilson_interval(10, 10)[0] == pytest.approx(0.72247, abs=1e-5)
+    flipped = y.copy()
+    flipped[0] = 0.0
+    for clusters in (two, ten):
+        _, low_all, high_all = m.weighted_rate(y, None, clusters)
+        rate, low, high = m.weighted_rate(flipped, None, clusters)
+        assert rate == pytest.approx(599 / 600)
+        assert low < low_all and high <= high_all
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4), st.booleans(), st.sampled_from([1.0, 1.0, 1.5, 3.0, 40.0])),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(0, 39),
+    st.booleans(),
+)
+def test_an_unmet_verdict_in_place_of_a_met_one_never_raises_a_bound(
+    draws: list[tuple[int, bool, float]], pick: int, weighted: bool
+) -> None:
+    met = np.array([float(d[1]) for d in draws])
+    assume(met.any())
+    weights = np.array([d[2] for d in draws]) if weighted else None
+    sessions = np.array([f"s{d[0]}" for d in draws], dtype=object)
+    i = np.flatnonzero(met)[pick % int(met.sum())]
+    worse = met.copy()
+    worse[i] = 0.0
+    rate, low, high = m.weighted_rate(met, weights, sessions)
+    rate2, low2, high2 = m.weighted_rate(worse, weights, sessions)
+    assert rate2 < rate and low2 <= low and high2 <= high
 
 
 @settings(max_examples=80, deadline=None)
@@ -271,7 +312,16 @@ def test_the_fidelity_axis_weighs_sampled_fidelity_verdicts() -> None:
     )
     assert sampled["judge_fidelity_mean"] == pytest.approx(mean) == pytest.approx(4 / 9)
     assert sampled["judge_fidelity_ci"] == pytest.approx([low, high])
-    f.verdicts = pd.DataFrame(rows).assign(weight=1.0)  # every turn judged: the plain share
-    plain = ax.protocol_fidelity(f, "adherent").metrics
-    assert plain["judge_fidelity_mean"] == pytest.approx(3 / 5)
-    assert plain["judge_fidelity_ci"] == pytest.approx(list(m.wilson_interval(3, 5)))
+    # every turn judged: the plain share, its interval still on the two sessions, not on the
+    # five verdicts (with or without a weight column)
+    for plain_rows in (
+        pd.DataFrame(rows).assign(weight=1.0),
+        pd.DataFrame(rows).drop(columns="weight"),
+    ):
+        f.verdicts = plain_rows
+        plain = ax.protocol_fidelity(f, "adherent").metrics
+        assert plain["judge_fidelity_mean"] == pytest.approx(3 / 5)
+        units = 5**2 / (2**2 + 3**2)  # Kish's effective number of the two sessions (2 + 3 verdicts)
+        low, high = proportion_confint(3 / 5 * units, units, alpha=0.05, method="wilson")
+        assert plain["judge_fidelity_ci"] == pytest.approx([low, high])
+        assert plain["judge_fidelity_ci"][0] < m.wilson_interval(3, 5)[0]

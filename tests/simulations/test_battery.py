@@ -288,7 +288,35 @@ def test_paired_frame_joins_the_right_cells(both_run: tuple[Path, Path]) -> None
             )
             assert "battery=" not in str(cell["variant"])
     rank = tables.rank_agreement(paired)
-    assert rank["n"] == 2
+    assert rank["n"] == 2 and math.isnan(rank["rho"]) and rank["reason"] == "needs ≥ 4 subjects"
+    from therasim.evaluation.report.battery_console import print_battery
+
+    out = io.StringIO()
+    assert print_battery(frames, Console(file=out, width=300), tables.battery_polarity())
+    assert "Spearman ρ = – (needs ≥ 4 subjects), n = 2 subjects" in out.getvalue()
+
+
+def _ranked(scores: list[float], rates: list[float]) -> pd.DataFrame:
+    subjects = [f"m{i}" for i in range(len(scores))]
+    return pd.DataFrame({"subject": subjects, "battery_score": scores, "deterioration_rate": rates})
+
+
+def test_rank_agreement_needs_four_subjects() -> None:
+    # two or three subjects: ρ would be ±1 (or one of four values) and has no interval
+    for scores, rates in (([0.9, 0.5], [0.1, 0.6]), ([0.9, 0.5, 0.7], [0.1, 0.6, 0.4])):
+        rank = tables.rank_agreement(_ranked(scores, rates))
+        assert rank["n"] == len(scores) and rank["reason"] == "needs ≥ 4 subjects"
+        assert all(math.isnan(rank[k]) for k in ("rho", "ci_low", "ci_high"))
+    # four: ranks (4, 3, 2, 1) against (4, 2, 3, 1), Σd² = 2, ρ = 1 − 6·2 / (4·15) = 0.8
+    rank = tables.rank_agreement(_ranked([0.9, 0.8, 0.7, 0.6], [0.1, 0.3, 0.2, 0.4]))
+    assert (rank["n"], rank["reason"]) == (4, "") and rank["rho"] == pytest.approx(0.8)
+    se = math.sqrt(1.06 / (4 - 3))
+    z = math.atanh(0.8)
+    assert (rank["ci_low"], rank["ci_high"]) == pytest.approx(
+        (math.tanh(z - 1.959964 * se), math.tanh(z + 1.959964 * se)), abs=1e-6
+    )
+    tied = tables.rank_agreement(_ranked([0.9, 0.8, 0.7, 0.6], [0.2] * 4))
+    assert math.isnan(tied["rho"]) and tied["reason"] == "a mode gives every subject the same value"
 
 
 def test_dry_run_counts_items_subjects_and_judges(tmp_path: Path) -> None:

@@ -219,6 +219,31 @@ def test_run_study_end_to_end_and_resume(
     assert "8 completed, 0 failed, 0 not run (of 8)" in capsys.readouterr().out
 
 
+def test_run_summary_does_not_count_battery_answers_as_sessions(tmp_path: Path) -> None:
+    from therasim.cli.studies import run_summary
+    from therasim.pipeline import StudyRun
+    from therasim.simulations.runner import RunStats
+    from therasim.simulations.study import load_study
+
+    doc = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "studies" / "single-vs-multi.yaml").read_text()
+    )
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "sessions.yaml").write_text(yaml.safe_dump({**doc, "mode": "sessions"}))
+    stats = RunStats(completed=8)
+
+    def line(name: str) -> str:
+        study = load_study(tmp_path / name)
+        return run_summary(StudyRun(study, tmp_path, tmp_path / "s.sqlite", stats, 32, None))
+
+    both = line("both.yaml")
+    assert "8 completed, 0 failed, 0 already done · 32 judged (sessions and battery " in both
+    assert "sessions judged" not in both
+    assert "8 completed, 0 failed, 0 already done · 32 sessions judged · store" in line(
+        "sessions.yaml"
+    )
+
+
 def test_run_output_overrides_the_study_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

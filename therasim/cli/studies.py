@@ -11,6 +11,7 @@ from therasim.errors import ConfigError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from therasim.pipeline import StudyRun
     from therasim.simulations.study import Study
 
 
@@ -68,20 +69,31 @@ def _run(args: argparse.Namespace, study: Study) -> int:
     )
     stats = run.stats
     if stats is not None:
-        console.print(
-            f"[bold]{run.study.id}[/]: {stats.completed} completed, {stats.failed} failed, {stats.skipped} already done"
-            + (
-                f", {stats.not_started} not started (budget spent)"
-                if stats.budget_exhausted
-                else ""
-            )
-            + f" · {run.judged} sessions judged · store {run.store_path}"
-        )
+        console.print(run_summary(run))
     with Store(run.store_path) as store:
         broken = {j: c for j, c in store.verdict_error_counts().items() if c[0] and c[0] == c[1]}
     for judge, (errors, _, first) in sorted(broken.items()):
         console.print(f"[red]judge {judge}: all {errors:,} verdicts are errors, e.g. {first}[/]")
     return 0 if (stats is None or stats.failed == 0) and not broken else 3
+
+
+def run_summary(run: StudyRun) -> str:
+    """The line ``run`` ends with: sessions completed, failed and skipped, what was judged, the
+    store. A study with a battery stores its answers as one-turn sessions and the pipeline
+    counts them with the sessions it judged, so the count is not called sessions there."""
+    stats = run.stats
+    done = (
+        f"{stats.completed} completed, {stats.failed} failed, {stats.skipped} already done"
+        + (f", {stats.not_started} not started (budget spent)" if stats.budget_exhausted else "")
+        if stats is not None
+        else "not run"
+    )
+    judged = (
+        f"{run.judged} sessions judged"
+        if run.study.mode == "sessions"
+        else f"{run.judged} judged (sessions and battery answers together)"
+    )
+    return f"[bold]{run.study.id}[/]: {done} · {judged} · store {run.store_path}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -5,10 +5,10 @@ session ≤ ``max_proscribed_per_session`` and, when the panel judged it, the me
 ``protocol_fidelity`` verdicts ≥ ``min_judge_fidelity``. Each rule is checked only when the study
 holds its evidence; with none of them the axis is NOT ASSESSED.
 
-``protocol_fidelity`` is a turn item: under turn sampling (``judging: {sample_turns: K}``) its
-mean and interval are design-weighted and cluster-robust over sessions
-(:func:`~therasim.evaluation.analysis.metrics.weighted_rate`); with every turn judged they are
-the plain share and its Wilson interval.
+``protocol_fidelity`` is a turn item: its mean is the share of verdicts met (design-weighted
+under turn sampling, ``judging: {sample_turns: K}``) and its interval the Wilson interval on the
+effective number of sessions (:func:`~therasim.evaluation.analysis.metrics.weighted_rate`): a
+session's verdicts share one transcript, so sessions, not verdicts, are the units.
 """
 
 from __future__ import annotations
@@ -62,12 +62,15 @@ def _protocol_fidelity(s: Evidence, th: Mapping[str, float]) -> AxisResult:
     )
     met = met_flags(judged["met"]).dropna() if not judged.empty else pd.Series(dtype=float)
     judge = rate_of(int(met.sum()), len(met), level)
-    if len(met) and "weight" in judged.columns:
-        weights = pd.to_numeric(judged.loc[met.index, "weight"], errors="coerce").fillna(1.0)
-        if (weights != 1.0).any():  # turns were sampled: weigh them, cluster by session
-            sessions_of = judged.loc[met.index, "session_id"]
-            rate, low, high = weighted_rate(met, weights, sessions_of, alpha=1 - level)
-            judge.update(rate=num(rate), ci=[num(low), num(high)])
+    if len(met):  # the verdicts of one session are one unit's evidence: sessions are the units
+        weights = (
+            pd.to_numeric(judged.loc[met.index, "weight"], errors="coerce").fillna(1.0)
+            if "weight" in judged.columns
+            else None
+        )
+        sessions_of = judged.loc[met.index, "session_id"]
+        rate, low, high = weighted_rate(met, weights, sessions_of, alpha=1 - level)
+        judge.update(rate=num(rate), ci=[num(low), num(high)])
 
     metrics: dict[str, Any] = {
         "n_sessions": len(sessions),
