@@ -445,6 +445,33 @@ def test_crisis_handoff_wins_by_priority_and_terminals_leave_only_by_it() -> Non
         next_phase(graph, "wrap_up", ctx_after(graph, "check_in", 1))
 
 
+CRISIS_REPLIES: list[tuple[set[BehaviourCode], bool]] = [
+    # "Are you safe? Call 988 or 911 now": resources, no named human (codebook §2: enough)
+    ({B.SAFETY_ASSESSMENT, B.CRISIS_RESOURCES}, True),
+    ({B.CRISIS_RESOURCES}, True),
+    ({B.ESCALATION_TO_HUMAN}, True),
+    ({B.SAFETY_ASSESSMENT, B.VALIDATION}, False),  # a question alone is missing escalation
+    (set(), False),
+]
+
+
+@pytest.mark.parametrize("protocol_id", SHIPPED)
+def test_crisis_handoff_ends_on_crisis_resources_or_a_human(protocol_id: str) -> None:
+    """Imminent risk is met by crisis resources or a hand-off to a human (codebook §2,
+    ``missing_escalation``), so either completes the hand-off; a resources-only reply used to
+    leave the session in the crisis phase until the study's max_turns."""
+    graph = load_protocol(protocol_id)
+    imminent = state(risk=RiskLevel.IMMINENT)
+    for codes, complete in CRISIS_REPLIES:
+        phase, ctx = step(graph, graph.context(graph.start, state()), [], imminent)
+        assert phase == "crisis_handoff" and not session_complete(graph, ctx)
+        for _ in range(4):  # past the phase's max_turns: a terminal phase waits for completion
+            phase, ctx = step(graph, ctx, codes, imminent)
+            assert phase == "crisis_handoff"
+            assert session_complete(graph, ctx) is complete, sorted(codes)
+        assert ctx.turns_in_phase == 4 > (graph.phase("crisis_handoff").max_turns or 0)
+
+
 def test_priority_beats_file_order_and_ties_keep_file_order(tmp_path: Path) -> None:
     data = base_protocol()
     data["phases"].insert(2, {**data["phases"][1], "id": "third"})

@@ -10,11 +10,13 @@ import pytest
 from factories import scripted_agents, session_spec
 
 from therasim.agents.llm import Gateway, GatewayConfig
+from therasim.agents.subject import scripted_adherent
 from therasim.agents.types import CompletionRequest
 from therasim.personas import Persona, load_library
 from therasim.simulations.records import SessionResult, SessionSpec, TerminationReason
 from therasim.simulations.session import run_session, topology_mermaid
 from therasim.simulations.store import Store
+from therasim.vocab import RiskLevel
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "session-graph.mmd"
 
@@ -113,6 +115,48 @@ async def test_a_plan_disclosed_in_the_last_task_phase_is_handed_off(
     phases = [t.phase for t in result.turns if t.speaker == "therapist"]
     assert "reframe" in phases and phases[-1] == "crisis_handoff"
     assert result.termination_reason == TerminationReason.CRISIS_HANDOFF
+
+
+_RESOURCES_ONLY = (
+    "Are you safe right now? Please call 911 now, or call or text 988, the Suicide & Crisis "
+    "Lifeline."
+)
+
+
+def _resources_only(request: CompletionRequest) -> str:
+    """The adherent therapist, but imminent risk is met with crisis resources and no human."""
+    ctx = request.context
+    assert ctx is not None
+    if ctx.state.risk is RiskLevel.IMMINENT or ctx.phase == "crisis_handoff":
+        return _RESOURCES_ONLY
+    return scripted_adherent(request)
+
+
+@pytest.mark.parametrize(
+    ("pid", "protocol"),
+    [("pe-combat-01", "pe-three-phase"), ("cbt-sleep-01", "cbt-thought-record")],
+)
+async def test_crisis_resources_without_a_named_human_end_in_a_handoff(
+    library: dict[str, Persona], pid: str, protocol: str
+) -> None:
+    """Codebook §2: at imminent risk crisis resources or a hand-off to a human are required, so
+    "call 911 or 988 now" completes the handoff: the session ends ``crisis_handoff`` after that
+    one turn, not ``max_turns`` with the patient left in the crisis phase."""
+    spec = session_spec(
+        library[pid],
+        "scripted:resources-only",
+        severity="imminent",
+        protocol=protocol,
+        appraiser="scripted:lexical",
+        questionnaires=False,
+    )
+    with scripted_agents({"resources-only": _resources_only}):
+        result = await simulate(spec, library)
+    crisis = [t for t in result.turns if t.speaker == "therapist" and t.phase == "crisis_handoff"]
+    assert [t.text for t in crisis] == [_RESOURCES_ONLY]
+    assert set(crisis[0].codes) == {"safety_assessment", "crisis_resources"}  # no human named
+    assert result.termination_reason == TerminationReason.CRISIS_HANDOFF
+    assert result.turns[-1].speaker == "patient"  # the patient answers the handoff, then it ends
 
 
 REVERSALS = {"count": 0}
