@@ -73,15 +73,83 @@ _OTHERS = {
         | _words("stranger gentleman guy lad mr crewman gunman fireman postman workman")
     ),
 }
-# After these words "her" is an object ("told her to"), otherwise a determiner ("her son").
-_AFTER_OBJECT_HER = _words(
+# Before these words "her" is an object ("told her to", "gave her his coat") -> "him"; before
+# any other word it is a determiner ("her son") -> "his". Prepositions, conjunctions,
+# determiners, pronouns, quantifiers and adverbs or particles that never follow a determiner.
+_OBJECT_CONTEXT = _words(
     "to in on at for with from into onto out up down off away over under against during behind "
     "beside near inside outside across toward towards upon among without via since until till "
     "and or but nor that as when whenever while whilst before after because if unless though "
     "although so yet a an the this these those again alone too about through by like than "
     "around everywhere anywhere what why how where wherever who whom whether then there here "
-    "now just also not many every each instead later today tonight anyway enough"
+    "now just also not many every each instead later today tonight anyway enough "
+    "me him his her it its us them my your our their "
+    "something nothing anything everything someone anyone everyone somebody anybody nobody "
+    "everybody some any no more less much once twice "
+    "along aside apart together forward forwards backward backwards upstairs downstairs "
+    "indoors outdoors overboard alive awake asleep"
 )
+# "her back" is the body part ("keeps her back to the wall") unless a verb that takes "back" as
+# a particle comes first ("pulling her back onto the roof").
+_TAKES_BACK = _words(
+    "pull pulls pulled pulling drag drags dragged dragging call calls called calling "
+    "bring brings brought bringing take takes took taken taking get gets got gotten getting "
+    "send sends sent sending hold holds held holding carry carries carried carrying "
+    "push pushes pushed pushing want wants wanted wanting wave waves waved waving "
+    "win wins won winning fight fights fought fighting welcome welcomes welcomed welcoming "
+    "lead leads led leading follow follows followed following walk walks walked walking "
+    "drive drives drove driven driving invite invites invited inviting"
+)
+# Words in -ing that are nouns, not verbs: "her morning swim", "her wedding in June".
+_ING_NOUNS = _words(
+    "morning mornings evening evenings wedding weddings building buildings clothing ceiling "
+    "feeling earring earrings sibling siblings bedding stocking stockings pudding darling "
+    "offspring upbringing belongings savings earnings surroundings meeting meetings painting "
+    "paintings drawing drawings warning warnings training housing parking funding wording "
+    "ending beginning setting settings recording recordings hearing lodging lodgings "
+    "stuffing string spring thing swing sling sting"
+)
+
+
+def _her_is_object(before: str, after: str, then: str) -> bool:
+    """Whether "her" is an object (-> "him") rather than a determiner (-> "his").
+
+    ``before`` is the word or punctuation mark before it ('' at the start of the text);
+    ``after`` and ``then`` are the next two words ('' when punctuation or the end comes first),
+    all case-folded. "her" before punctuation or the end, or before a word of
+    :data:`_OBJECT_CONTEXT`, is an object ("grabbed her.", "told her to", "gave her his coat");
+    "her back" and "her home" are objects only as particles ("pulling her back onto", "walk her
+    home from"; but "keeps her back to the wall", "her home village"); "her" before an -ing verb
+    followed by such a word is the verb's subject or object ("and her pulling her back", "found
+    her lying on the floor"); before anything else it is a determiner ("her sleeping pills").
+    """
+    if not after:
+        return True
+    if after == "back":
+        return before in _TAKES_BACK
+    if after == "home":  # "walk her home from" vs "her home village"
+        return not then or then in _OBJECT_CONTEXT
+    if after in _OBJECT_CONTEXT:
+        return True
+    if after.endswith("ing") and len(after) >= 5 and after not in _ING_NOUNS:
+        return then in _OBJECT_CONTEXT or then == "back"
+    return False
+
+
+_WORD_OR_MARK = r"[\w'’-]+|[^\w\s]"
+_BEFORE = re.compile(rf"({_WORD_OR_MARK})\s*$")
+_AFTER = re.compile(r"\s+([\w'’-]+)(?:\s+([\w'’-]+))?")
+
+
+def _context(text: str, start: int, end: int) -> tuple[str, str, str]:
+    """The word or mark before ``text[start:end]`` and the two words after it (case-folded)."""
+    m = _BEFORE.search(text, max(0, start - 40), start)  # a word back is enough
+    before = m.group(1).casefold() if m else ""
+    n = _AFTER.match(text, end)
+    after, then = (n.group(1) or "", n.group(2) or "") if n else ("", "")
+    return before, after.casefold(), then.casefold()
+
+
 _OWN = {
     "he": frozenset({"he", "him", "his", "himself"}),
     "she": frozenset({"she", "her", "hers", "herself"}),
@@ -122,41 +190,43 @@ def _rewrite_age(text: str, old: int, new: int) -> str:
     return re.sub(rf"\b(aged\s+){old}\b(?!\.\d)", rf"\g<1>{new}", text)
 
 
-def _swap_pronouns(text: str, old: str, new: str) -> str:
+def _swap_pronouns(text: str, old: str, new: str, start: int = 0) -> str:
+    """``text`` with the patient's pronouns from ``start`` on changed from ``old`` to ``new``
+    (the text before ``start`` is context only)."""
     table = _PRONOUN_SWAP[(old, new)]
 
     def one(m: re.Match[str]) -> str:
-        word, after, then = m.group(1), (m.group(2) or "").casefold(), m.group(3) or ""
+        word = m.group(1)
+        if m.start() < start:
+            return word
         low = word.casefold()
+        before, after, then = _context(text, m.start(), m.end())
         if low == "his":  # he -> she: "his son" -> "her son", "was his" -> "hers"
             return _same_case(word, "her" if after else "hers")
         if low == "her":  # she -> he: "her son" -> "his son", "told her to" -> "him to"
-            obj = not after or after in _AFTER_OBJECT_HER
-            if after == "home":  # "walk her home from" vs "her home village"
-                obj = not then or then.casefold() in _AFTER_OBJECT_HER
-            return _same_case(word, "him" if obj else "his")
+            return _same_case(word, "him" if _her_is_object(before, after, then) else "his")
         return _same_case(word, table[low])
 
     words = sorted({*table, "his" if old == "he" else "her"}, key=len, reverse=True)
-    follow = r"(?:(?=\s+(\w[\w'-]*)(?:\s+(\w[\w'-]*))?)|)"
-    return re.sub(rf"\b({'|'.join(words)})\b{follow}", one, text, flags=re.IGNORECASE)
+    return re.sub(rf"\b({'|'.join(words)})\b", one, text, flags=re.IGNORECASE)
 
 
 def _mentions_others(text: str, old: str) -> bool:
     """Whether ``text`` names another person of the patient's old gender who may be referred
     to by a pronoun: one the patient possesses ("her daughter") counts only when a subject or
-    object pronoun of that gender follows ("... to check she is alive")."""
-    words = [w.casefold() for w in re.findall(r"[\w'-]+", text)]
+    object pronoun of that gender follows ("... to check she is alive"). A possessive "'s" does
+    not hide the person ("her mother's grip")."""
+    tokens = [(m.start(), m.end(), m.group().casefold()) for m in re.finditer(r"[\w'’-]+", text)]
+    words = [re.sub(r"['’]s?$", "", w) for _, _, w in tokens]
     for i, w in enumerate(words):
         if w not in _OTHERS[old]:
             continue
         if not _POSSESSIVE & set(words[max(0, i - 3) : i]):
             return True
-        for j in range(i + 1, len(words)):
-            if words[j] in _OWN[old] - {"his", "her"}:
+        for start, end, later in tokens[i + 1 :]:
+            if later in _OWN[old] - {"his", "her"}:
                 return True
-            nxt = words[j + 1] if j + 1 < len(words) else ""
-            if words[j] == "her" and (not nxt or nxt in _AFTER_OBJECT_HER):
+            if later == "her" and _her_is_object(*_context(text, start, end)):
                 return True
     return False
 
@@ -256,7 +326,7 @@ def _rewrite_text(text: str, path: str, old: Demographics, new: Demographics) ->
         return text if p_old == "they" else _rewrite_first_person(text, p_old, p_new)
     if p_old == "they" or p_new == "they" or _mentions_others(text[rest_from:], p_old):
         return text
-    return text[:rest_from] + _swap_pronouns(text[rest_from:], p_old, p_new)
+    return _swap_pronouns(text, p_old, p_new, rest_from)
 
 
 def rewrite_narrative(data: Any, old: Demographics, new: Demographics, path: str = "") -> Any:

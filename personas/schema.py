@@ -403,16 +403,20 @@ class Persona(_Data):
           (mother ↔ father, widow ↔ widower, ...; neutral "parent" for non-binary) or
           "non-binary" becomes "female"/"male". Between she and he, the patient's pronouns in
           the third-person texts (:data:`THIRD_PERSON_FIELDS`) change (his → her; her → his or
-          him by the next word). A text that names another person of the patient's old gender
-          keeps its pronouns, since they could refer to either ("the boy ... found him"); a
-          person the patient possesses ("her daughter") counts only when a subject or object
-          pronoun follows. Known limits: a person named without a gendered noun ("a young
-          labourer ... trying to grab him") has their pronoun changed too, and a text whose
-          other people already use the new pronouns becomes ambiguous, not contradictory. To or
-          from non-binary (they) pronouns are left as written: "they" needs verb agreement a
-          word swap cannot give. First-person lines change only an unambiguous "I'm (just)
-          a/an ... <noun>" ("I'm just an old woman"). Tags (selection labels of the base
-          persona) are not rewritten.
+          him by the words around it: "him" before punctuation, a preposition, a pronoun or an
+          -ing verb with an object, and in "pulling her back", else "his"). A text that names
+          another person of the patient's old gender ("her mother's grip" included) keeps its
+          pronouns, since they could refer to either ("the boy ... found him"); a person the
+          patient possesses ("her daughter") counts only when a subject or object pronoun
+          follows. Known limits: a person named without a gendered noun ("a young labourer ...
+          trying to grab him") has their pronoun changed too, and a text whose other people
+          already use the new pronouns becomes ambiguous, not contradictory. Other people keep
+          their gender, so a partnered patient's variant changes the couple as well ("her
+          husband" → "his husband"): a gender comparison on such a persona also carries a
+          change of sexual orientation. To or from non-binary (they) pronouns are left as
+          written: "they" needs verb agreement a word swap cannot give. First-person lines
+          change only an unambiguous "I'm (just) a/an ... <noun>" ("I'm just an old woman").
+          Tags (selection labels of the base persona) are not rewritten.
         - **name**: personas have no name field, so there is nothing to rewrite.
         - other attributes (ethnicity, language, code-mixing, occupation, ...) change only the
           field itself: the narrative details that follow from them cannot be rewritten by rule.

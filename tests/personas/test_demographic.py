@@ -140,6 +140,49 @@ def test_her_is_told_apart_as_object_or_determiner(pid: str, field: str, expecte
     assert getattr(variant.pe, field) == expected
 
 
+def _hot_spots_as_a_man(*lines: str) -> list[str]:
+    """``lines`` written as a woman's hot spots, read back from her gender=man variant."""
+    base = LIBRARY["pe-flood-01"]
+    assert base.demographics.gender == "woman" and base.pe is not None
+    woman = base.model_copy(update={"pe": base.pe.model_copy(update={"hot_spots": list(lines)})})
+    variant = woman.counterfactual(gender="man")
+    assert variant.pe is not None
+    return variant.pe.hot_spots
+
+
+def test_her_before_a_pronoun_particle_or_ing_verb_is_an_object() -> None:
+    cases = {
+        # object "her": before a pronoun, "back" after a verb that takes it, an -ing verb
+        # with an object or particle, an adjective that never follows a determiner
+        "The nurse gave her his coat.": "The nurse gave him his coat.",
+        "Nobody told her anything.": "Nobody told him anything.",
+        "The current pulled her back under the water.": "The current pulled him back under the water.",
+        "The rope slipping and her pulling it back onto the roof.": (
+            "The rope slipping and him pulling it back onto the roof."
+        ),
+        "A neighbour found her lying on the floor.": "A neighbour found him lying on the floor.",
+        "Rescuers found her alive under the slab.": "Rescuers found him alive under the slab.",
+        # determiner "her": the body part, -ing nouns and -ing adjectives before a noun
+        "Keeps her back to the wall.": "Keeps his back to the wall.",
+        "Her sleeping pills are hidden in her bag.": "His sleeping pills are hidden in his bag.",
+        "Missed her morning swim again.": "Missed his morning swim again.",
+    }
+    assert _hot_spots_as_a_man(*cases) == list(cases.values())
+
+
+def test_a_possessive_s_does_not_hide_another_person() -> None:
+    # "her back" is the mother's: the line cannot be rewritten by rule, so it is left as written
+    # (it was "His mother's grip slipping and his pulling his back onto the roof by the sari.")
+    base = LIBRARY["pe-flood-01"]
+    variant = base.counterfactual(gender="man")
+    assert base.pe is not None and variant.pe is not None
+    line = "Her mother's grip slipping and her pulling her back onto the roof by the sari."
+    assert variant.pe.hot_spots[0] == base.pe.hot_spots[0] == line
+    assert _hot_spots_as_a_man("Her sister's hand slipped and he pulled her out.") == [
+        "Her sister's hand slipped and he pulled her out."
+    ]
+
+
 def test_text_naming_another_person_of_the_old_gender_keeps_its_pronouns() -> None:
     # "the boy ... he found him hiding": "him" is the grandson, so the text is left as written.
     base = LIBRARY["pe-house-fire-01"]
