@@ -6,8 +6,8 @@ The test split is for measurement only (``benchmarks/bench_coder.py``); choices 
 trains the whole coder (inner cross-validation for thresholds, grouped by voice, included) on the
 other folds.
 
-    .venv/bin/python scripts/coder_cv.py [--folds 5 | --by-voice [--only REGEX]] [--misses CODE]
-        [--dump FILE | --from-dump FILE]
+    .venv/bin/python scripts/coder_cv.py [--folds 5 | --voice-groups 4 | --by-voice [--only REGEX]]
+        [--misses CODE] [--dump FILE | --from-dump FILE]
 
 ``--dump`` saves each held-out turn's codes before the codebook rules (JSON); ``--from-dump``
 scores such a file through the current ``codebook_rules`` without training, so a rule change is
@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,14 @@ def main() -> int:
         action="store_true",
         help="hold out each 'voices' file's dev lines in turn (text in styles the cues were not "
         "written from) and score only those: a closer proxy for unseen text than random folds",
+    )
+    parser.add_argument(
+        "--voice-groups",
+        type=int,
+        metavar="K",
+        help="K folds that keep each file's voice together (a turn's id without its number, "
+        "hashed to a fold): every dev turn is scored once, by a coder that saw none of its voice "
+        "(K coders, not one a file as with --by-voice)",
     )
     parser.add_argument(
         "--only",
@@ -104,6 +113,15 @@ def main() -> int:
             )
             for p in prefixes
             if args.only is None or re.match(args.only, p)
+        ]
+    elif args.voice_groups:
+        group = [zlib.crc32(t.id.rsplit("-", 1)[0].encode()) % args.voice_groups for t in all_dev]
+        folds = [
+            (
+                [i for i, g in enumerate(group) if g != k],
+                [i for i, g in enumerate(group) if g == k],
+            )
+            for k in range(args.voice_groups)
         ]
     else:
         folds = list(KFold(args.folds, shuffle=True, random_state=7).split(all_dev))
