@@ -60,7 +60,9 @@ class Phase(_Data):
         default=None,
         ge=1,
         le=200,
-        description="Therapist turns after which the phase should end; null for no limit.",
+        description="Therapist turns after which the `max_turns_reached` guard holds (and "
+        "`suds_habituated`): the phase ends on it only where a transition or `completion` names "
+        "it, so in a terminal phase without it the number is informational; null for no limit.",
     )
     terminal: bool = Field(
         default=False,
