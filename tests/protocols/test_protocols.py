@@ -34,7 +34,7 @@ from therasim.protocols import (
     step,
     to_mermaid,
 )
-from therasim.vocab import BehaviourCode, RiskLevel
+from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
 
 B = BehaviourCode
 SNAPSHOTS = Path(__file__).resolve().parents[1] / "snapshots"
@@ -774,3 +774,12 @@ def test_suds_probes_further_apart_than_the_cadence_are_gaps(
     report = assess_adherence(graph, records(run))
     assert [(g.first_turn, g.last_turn, g.turns_without_probe) for g in report.probe_gaps] == gaps
     assert (report.components["probe_cadence"] == 1.0) is (not gaps)
+
+
+@pytest.mark.parametrize("protocol_id", ["pe-imaginal-session", "pe-three-phase"])
+def test_pe_processing_proscribes_reassurance_as_the_codebook_does(protocol_id: str) -> None:
+    # codebook: reassurance offered as comfort ("it wasn't your fault") is false reassurance in
+    # any phase, so adherence and the failures agree in processing too
+    graph = load_protocol(protocol_id)
+    kinds = {graph.phase(p).kind: graph.phase(p) for p in graph.phase_ids}
+    assert BehaviourCode.REASSURANCE in kinds[PhaseKind.PROCESSING].proscribed_codes
