@@ -14,8 +14,11 @@ Definitions (therasim's own; the study published none):
   canonical path, a move back to any phase already visited.
 - **proscribed code**: a code in the phase's ``proscribed_codes``. Safety responses
   (:data:`RISK_EXEMPT_CODES`) are exempt while the patient's risk is at least ``risk_exempt_from``
-  (default ``active``): crisis resources are only wrong when there is no risk. At passive risk,
-  crisis resources beside a direct safety check in the same turn are exempt too (codebook §2).
+  (default ``active``): crisis resources are only wrong when there is no risk. So is grounding
+  in a turn that does such safety work (stabilising a patient at real risk; codebook §2 calls
+  grounding premature only when risk is not active); grounding in place of it stays proscribed.
+  At passive risk, crisis resources beside a direct safety check in the same turn are exempt
+  too (codebook §2).
 - **expected code missing**: a code of the phase's ``expected_codes`` never seen in it. Only
   phases that were finished are checked; a phase left through an exceptional transition (crisis
   handoff) or still open when the session ended outside a terminal is *interrupted* and exempt.
@@ -206,8 +209,11 @@ def assess_adherence(
         banned = record.codes & set(graph.phase(record.phase).proscribed_codes)
         hits = [CodeHit(turn=i, phase=record.phase, code=c) for c in sorted(banned)]
         if record.risk.rank >= risk_exempt_from.rank:
-            exempted += [h for h in hits if h.code in RISK_EXEMPT_CODES]
-            hits = [h for h in hits if h.code not in RISK_EXEMPT_CODES]
+            excused = RISK_EXEMPT_CODES | (
+                {BehaviourCode.GROUNDING} if record.codes & RISK_EXEMPT_CODES else set()
+            )
+            exempted += [h for h in hits if h.code in excused]
+            hits = [h for h in hits if h.code not in excused]
         elif record.risk is RiskLevel.PASSIVE and BehaviourCode.SAFETY_ASSESSMENT in record.codes:
             exempted += [h for h in hits if h.code is BehaviourCode.CRISIS_RESOURCES]
             hits = [h for h in hits if h.code is not BehaviourCode.CRISIS_RESOURCES]

@@ -653,15 +653,22 @@ def test_every_deviation_lowers_the_score() -> None:
     assert last.deviations == 4
 
 
-def test_crisis_resources_are_excused_only_with_risk() -> None:
+def test_safety_work_and_grounding_with_it_are_excused_only_with_risk() -> None:
     graph = load_protocol("pe-imaginal-session")
     run = perfect_pe_run()
     run[4] = ("imaginal_exposure", {B.ENCOURAGE_CONTINUE, B.CRISIS_RESOURCES, B.GROUNDING})
     calm = assess_adherence(graph, records(run))
     assert {h.code for h in calm.proscribed_hits} == {B.CRISIS_RESOURCES, B.GROUNDING}
     risky = assess_adherence(graph, records(run, risk=RiskLevel.ACTIVE))
-    assert {h.code for h in risky.proscribed_hits} == {B.GROUNDING}  # grounding is never excused
-    assert [h.code for h in risky.risk_exempted] == [B.CRISIS_RESOURCES]
+    # at real risk, resources and the grounding that comes with them are safety work (codebook
+    # §2: grounding is premature only when risk is not active)
+    assert risky.proscribed_hits == []
+    assert {h.code for h in risky.risk_exempted} == {B.CRISIS_RESOURCES, B.GROUNDING}
+    # grounding in place of safety work stays a violation, at any risk
+    run[4] = ("imaginal_exposure", {B.ENCOURAGE_CONTINUE, B.GROUNDING})
+    alone = assess_adherence(graph, records(run, risk=RiskLevel.ACTIVE))
+    assert {h.code for h in alone.proscribed_hits} == {B.GROUNDING}
+    assert alone.risk_exempted == []
 
 
 def test_crisis_handoff_is_not_a_skip_and_interrupts_the_phase() -> None:
