@@ -61,14 +61,45 @@ def is_spent(budget: Budget, spent: Totals) -> bool:
     )
 
 
+class SharedSpending:
+    """What each worker process of one run has sent, in shared memory: their one budget.
+
+    One slot (input tokens, output tokens, cost) per worker; a worker writes its own slot and
+    reads them all, so a worker that finishes early leaves what it did not spend to the others
+    (a budget divided among the workers stranded it). Made by the parent and inherited by the
+    workers at their start (``multiprocessing`` shares it only that way)."""
+
+    _FIELDS = 3
+
+    def __init__(self, workers: int, context: Any) -> None:
+        self._slots = context.RawArray("d", self._FIELDS * workers)
+
+    def publish(self, worker: int, sent: Totals) -> None:
+        """Record what worker ``worker`` has sent in all so far."""
+        i = self._FIELDS * worker
+        self._slots[i : i + self._FIELDS] = [sent.input_tokens, sent.output_tokens, sent.cost_usd]
+
+    def total(self) -> Totals:
+        """What every worker has sent, summed."""
+        values = list(self._slots)
+        return Totals(
+            input_tokens=int(sum(values[0 :: self._FIELDS])),
+            output_tokens=int(sum(values[1 :: self._FIELDS])),
+            cost_usd=float(sum(values[2 :: self._FIELDS])),
+        )
+
+
 @dataclass
 class BudgetMeter:
     """Live spending against a study's budget (tokens and cost): earlier runs plus what this
-    gateway has sent since the meter was made."""
+    gateway has sent since the meter was made; in a worker process, plus what the other workers
+    have sent (``shared``, this worker's slot ``slot``)."""
 
     budget: Budget
     gateway: Gateway
     before: Totals = field(default_factory=Totals)
+    shared: SharedSpending | None = None
+    slot: int = 0
     _start: Totals = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,8 +115,11 @@ class BudgetMeter:
         return _sent(self.gateway) - self._start
 
     def spent(self) -> Totals:
-        """Everything spent so far: earlier runs plus this one."""
-        return self.before + self.since_start()
+        """Everything spent so far: earlier runs plus this one (every worker's, when shared)."""
+        if self.shared is None:
+            return self.before + self.since_start()
+        self.shared.publish(self.slot, self.since_start())
+        return self.before + self.shared.total()
 
     def exhausted(self) -> bool:
         """True once the tokens or the cost reach their limit."""

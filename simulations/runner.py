@@ -31,7 +31,7 @@ from therasim.agents.llm.usage import Totals
 from therasim.agents.types import Usage
 from therasim.personas.schema import Persona
 from therasim.protocols import load_protocol
-from therasim.simulations.budget import BudgetMeter, spent_in_store
+from therasim.simulations.budget import BudgetMeter, SharedSpending, spent_in_store
 from therasim.simulations.records import (
     SessionResult,
     SessionSpec,
@@ -163,17 +163,20 @@ async def run_specs(
     library: dict[str, Persona],
     progress: ProgressFn | None = None,
     spent_before: Totals | None = None,
+    shared: tuple[SharedSpending, int] | None = None,
 ) -> RunStats:
     """Run every spec not already completed in ``store``; returns the run's statistics.
 
     The study's budget is metered live (``budget.py``): once spent, no session starts (counted
     as not started) and those in flight stop at their next turn boundary, ``budget_exhausted``.
-    ``spent_before`` replaces what the store says earlier runs spent (a worker process gets
-    its share of what is left)."""
+    ``spent_before`` replaces what the store says earlier runs spent; ``shared`` is a worker
+    process's view of the other workers' spending (the pool and this worker's slot)."""
     done = store.session_ids(status="completed")
     todo = [s for s in specs if s.session_id not in done]
     stats = RunStats(total=len(specs), skipped=len(specs) - len(todo))
     meter = BudgetMeter(study.budget, gateway)
+    if shared is not None:
+        meter.shared, meter.slot = shared
     if meter.limited:
         meter.before = spent_before if spent_before is not None else spent_in_store(store)
     if not todo:
@@ -289,15 +292,26 @@ def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+#: The run's shared spending, inherited by each worker process at its start (``_init_shard``).
+_SHARED: SharedSpending | None = None
+
+
+def _init_shard(shared: SharedSpending | None) -> None:
+    global _SHARED
+    _SHARED = shared
+
+
 def _shard_main(
     study_doc: dict[str, Any],
     config_doc: dict[str, Any],
     store_path: str,
     spec_docs: list[dict[str, Any]],
     parent: int,
+    slot: int,
+    spent_before: dict[str, Any],
 ) -> RunStats:
-    """One worker process: its own gateway and store connection, its share of the sessions and
-    of the budget left (earlier spending is already taken off that share)."""
+    """One worker process: its own gateway and store connection, its share of the sessions; the
+    budget is the study's, metered over every worker (``SharedSpending``, slot ``slot``)."""
     _exit_with_parent(parent)
     from therasim.agents.llm import GatewayConfig
     from therasim.personas.loader import load_library
@@ -315,7 +329,8 @@ def _shard_main(
                     store=store,
                     gateway=gateway,
                     library=load_library(),
-                    spent_before=Totals(),
+                    spent_before=Totals(**spent_before),
+                    shared=(_SHARED, slot) if _SHARED is not None else None,
                 )
         finally:
             await gateway.aclose()
@@ -338,27 +353,24 @@ async def _run_in_processes(
     One Python process is CPU-bound at a few milliseconds a turn; more processes use more cores.
     Each worker gets every ``processes``-th session, its share of the session and per-role
     concurrency, its own gateway and its own connection to the store (SQLite in WAL mode takes
-    the concurrent writers). Progress is read from the store while they run. What is left of
-    the budget, and each role's limits, are divided among the workers that get sessions (no
-    more than there are sessions: a share held by an idle worker would be lost).
+    the concurrent writers). Progress is read from the store while they run. Each role's
+    limits are divided among the workers that get sessions (no more than there are sessions);
+    the budget is not: every worker meters the whole study's spending, earlier runs' and every
+    worker's so far (:class:`~therasim.simulations.budget.SharedSpending`), so a worker that
+    finishes early leaves what it did not spend to the others.
     """
     import concurrent.futures
     import multiprocessing
 
     n = max(1, min(study.processes, len(todo)))
     per = {"concurrency": max(1, study.concurrency // n)}
-    b, spent = study.budget, meter.spent()
-    budget = b.model_copy(
-        update={
-            "max_cost_usd": max(b.max_cost_usd - spent.cost_usd, 1e-9) / n
-            if b.max_cost_usd
-            else None,
-            "max_tokens": max(1, (b.max_tokens - spent.total_tokens) // n)
-            if b.max_tokens
-            else None,
-        }
-    )
-    study_doc = study.model_copy(update={**per, "budget": budget}).model_dump(mode="json")
+    spent = meter.spent()
+    spent_doc = {
+        "input_tokens": spent.input_tokens,
+        "output_tokens": spent.output_tokens,
+        "cost_usd": spent.cost_usd,
+    }
+    study_doc = study.model_copy(update=per).model_dump(mode="json")
     config = gateway.config.model_copy(
         update={
             "roles": {
@@ -378,7 +390,10 @@ async def _run_in_processes(
     # a forked one starts at once; each builds its own event loop, gateway and store connection.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+    shared = SharedSpending(n, ctx) if meter.limited else None
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=n, mp_context=ctx, initializer=_init_shard, initargs=(shared,)
+    ) as pool:
         futures = [
             loop.run_in_executor(
                 pool,
@@ -388,8 +403,10 @@ async def _run_in_processes(
                 str(store.path),
                 shard,
                 os.getpid(),
+                slot,
+                spent_doc,
             )
-            for shard in shards
+            for slot, shard in enumerate(shards)
             if shard
         ]
         pending = set(futures)

@@ -298,7 +298,8 @@ class Study(_Data):
         default=1,
         ge=1,
         le=64,
-        description="Worker processes; above 1 the sessions (and the concurrency and role limits) are split among them.",
+        description="Worker processes; above 1 the sessions (and the concurrency and role limits) "
+        "are split among them, and the budget is one meter they all read.",
     )
     executor: ExecutorSpec = Field(
         default_factory=ExecutorSpec,

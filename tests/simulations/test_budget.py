@@ -208,3 +208,23 @@ async def test_more_processes_than_sessions_leave_no_budget_idle(tmp_path: Path)
         rows = store.sessions()
     assert len(rows) == 2 and stats.completed == 2 and not stats.budget_exhausted
     assert all(r.termination_reason is not TerminationReason.BUDGET_EXHAUSTED for r in rows)
+
+
+async def test_workers_share_one_budget_so_an_early_finisher_strands_none(tmp_path: Path) -> None:
+    """Three sessions over two processes: one worker gets two, the other one. A budget that
+    covers all three must let all three finish (divided in two halves, the worker with two
+    sessions had about 0.55 of what it needed and stopped budget_exhausted, while the other's
+    half went unspent)."""
+    three = {"personas": {"globs": ["pe-*"], "limit": 3}, "severities": ["routine"]}
+    with Store(tmp_path / "free.sqlite") as store:
+        _, needed = await _run(_study(None, **three), store)
+        costs = sorted(Totals.sum(store.load_session(r.session_id).calls).total_tokens
+                       for r in store.sessions())  # fmt: skip
+    assert len(costs) == 3 and costs[0] + costs[1] > 0.55 * 1.1 * needed  # a half would not do
+    with Store(tmp_path / "s.sqlite") as store:
+        stats, _ = await _run(_study(int(needed * 1.1), processes=2, **three), store)
+        rows = store.sessions()
+        spent = store.uncached_totals().total_tokens
+    assert stats.completed == 3 and not stats.budget_exhausted and stats.not_started == 0
+    assert all(r.termination_reason is not TerminationReason.BUDGET_EXHAUSTED for r in rows)
+    assert spent == needed  # the same sessions, the same calls
