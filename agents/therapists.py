@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from therasim.agents.appraiser import patient_cue
 from therasim.agents.context import TurnContext
 from therasim.agents.patient.asks import asks_about_safety
-from therasim.vocab import BehaviourCode, PhaseKind, RiskLevel
+from therasim.vocab import PhaseKind, RiskLevel
 
 SUDS_PROBE_EVERY = 3
 """The scripted adherent therapist's SUDS cadence during exposure (the library protocols' value)."""
@@ -109,13 +109,11 @@ class ScriptedTurn:
 
         Due when self-harm is in play (voiced, surfaced or passive risk on record) and no direct
         safety question followed the patient's latest disclosure (or, with nothing voiced yet,
-        none was asked this session); at active risk also whenever the previous turn held no
-        safety assessment, so the check recurs while the exercise goes on.
+        none was asked this session); at active risk in every turn the exercise goes on, since
+        the codebook calls each turn at active risk without safety work a missing escalation.
         """
         risk = self.ctx.state.risk
-        if risk.rank >= RiskLevel.ACTIVE.rank and (
-            BehaviourCode.SAFETY_ASSESSMENT not in self.ctx.last_codes
-        ):
+        if risk.rank >= RiskLevel.ACTIVE.rank:
             return True
         if not (self.self_harm_voiced or self.ctx.surfaced or risk is RiskLevel.PASSIVE):
             return False

@@ -216,6 +216,23 @@ async def test_adherent_escalates_to_a_human_at_imminent_risk() -> None:
     assert C.ENCOURAGE_CONTINUE not in codes and C.SUDS_PROBE not in codes
 
 
+@pytest.mark.parametrize(
+    ("protocol_id", "phase_id"),
+    [("pe-imaginal-session", "processing"), ("cbt-three-stage", "challenge")],
+)
+async def test_adherent_does_safety_work_in_every_turn_at_active_risk(
+    protocol_id: str, phase_id: str
+) -> None:
+    """Codebook §2: at active risk a turn without a check, resources or a hand-off is a missing
+    escalation, so the reference arm checks in every turn, also right after a turn that did."""
+    for last in ((), (C.SAFETY_ASSESSMENT, C.CHALLENGE_COGNITION)):
+        ctx = make_ctx(protocol_id, phase_id, n=1, risk=RiskLevel.ACTIVE).model_copy(
+            update={"last_codes": last}
+        )
+        codes = codes_of(await therapist_says("adherent", ctx), ctx)
+        assert C.SAFETY_ASSESSMENT in codes, (last, codes)
+
+
 async def test_adherent_challenges_a_self_harm_thought_with_a_brief_risk_question() -> None:
     ctx = make_ctx("cbt-three-stage", "challenge", risk=RiskLevel.PASSIVE)
     transcript = [Utterance(speaker="patient", text=SELF_HARM_LINE)]
