@@ -907,6 +907,20 @@ def test_a_carried_http_status_decides_over_the_class_name() -> None:
     assert type(_mapped(ValueError("bad"))) is PermanentModelError  # unknown: permanent
 
 
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(408, ModelTimeout), (429, RateLimited), (503, ServerError), (529, ServerError),
+     (400, PermanentModelError), (404, PermanentModelError)],
+)  # fmt: skip
+def test_an_openai_status_error_goes_by_its_status(status: int, kind: type[Exception]) -> None:
+    import httpx
+    import openai
+
+    response = httpx.Response(status, request=httpx.Request("POST", "http://127.0.0.1/v1"))
+    error = openai.APIStatusError(f"status {status}", response=response, body=None)
+    assert type(_mapped(error)) is kind
+
+
 class _FakeChat:
     """A LangChain chat model that raises the queued errors, then answers."""
 

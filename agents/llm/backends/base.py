@@ -235,10 +235,5 @@ def map_client_error(exc: BaseException, role: str, model: str) -> ModelError:
         return ModelConnectionError(msg, role=role, model=model)
     if isinstance(exc, openai.InternalServerError | aiohttp.ClientPayloadError):
         return ServerError(msg, role=role, model=model)
-    if isinstance(exc, openai.APIStatusError):
-        if exc.status_code >= 500:
-            return ServerError(msg, role=role, model=model)
-        if exc.status_code == 429:
-            return RateLimited(msg, role=role, model=model)
-        return PermanentModelError(msg, role=role, model=model)
+    # any other status (openai.APIStatusError: 408, 5xx, other 4xx) goes by the status it carries
     return map_status_or_name(exc, role, model) or PermanentModelError(msg, role=role, model=model)
