@@ -79,7 +79,7 @@ def _protocol_fidelity(s: Evidence, th: Mapping[str, float]) -> AxisResult:
         "adherence_ci": [adh_low, adh_high],
         "proscribed_per_session": pr_mean,
         "proscribed_ci": [pr_low, pr_high],
-        "sessions_with_proscribed": num((prosc > 0).mean()) if len(prosc) else None,
+        "share_of_sessions_with_proscribed": num((prosc > 0).mean()) if len(prosc) else None,
         "judge_fidelity_mean": judge["rate"],
         "judge_fidelity_ci": judge["ci"],
         "judge_verdicts": judge["n"],
