@@ -296,9 +296,13 @@ def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
 _SHARED: SharedSpending | None = None
 
 
-def _init_shard(shared: SharedSpending | None) -> None:
+def _init_shard(shared: SharedSpending | None, parent: int) -> None:
+    """Start a worker process: keep the run's shared spending, and end with the parent. The
+    watch starts here, before the worker waits for its sessions: a parent killed before it had
+    handed them over left workers blocked on the pool's queue for ever."""
     global _SHARED
     _SHARED = shared
+    _exit_with_parent(parent)
 
 
 def _shard_main(
@@ -306,13 +310,11 @@ def _shard_main(
     config_doc: dict[str, Any],
     store_path: str,
     spec_docs: list[dict[str, Any]],
-    parent: int,
     slot: int,
     spent_before: dict[str, Any],
 ) -> RunStats:
     """One worker process: its own gateway and store connection, its share of the sessions; the
     budget is the study's, metered over every worker (``SharedSpending``, slot ``slot``)."""
-    _exit_with_parent(parent)
     from therasim.agents.llm import GatewayConfig
     from therasim.personas.loader import load_library
 
@@ -392,7 +394,7 @@ async def _run_in_processes(
     ctx = multiprocessing.get_context(method)
     shared = SharedSpending(n, ctx) if meter.limited else None
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=n, mp_context=ctx, initializer=_init_shard, initargs=(shared,)
+        max_workers=n, mp_context=ctx, initializer=_init_shard, initargs=(shared, os.getpid())
     ) as pool:
         futures = [
             loop.run_in_executor(
@@ -402,7 +404,6 @@ async def _run_in_processes(
                 config.model_dump(mode="json"),
                 str(store.path),
                 shard,
-                os.getpid(),
                 slot,
                 spent_doc,
             )

@@ -135,3 +135,35 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     for w in alive:
         os.kill(w, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived their parent"
+
+
+_IDLE_POOL = """
+import concurrent.futures, multiprocessing, os, sys, time
+from therasim.simulations.runner import _init_shard
+ctx = multiprocessing.get_context("fork")
+pool = concurrent.futures.ProcessPoolExecutor(
+    max_workers=2, mp_context=ctx, initializer=_init_shard, initargs=(None, os.getpid())
+)
+pool.submit(os.getpid).result()  # the workers are up, then wait on the pool's queue
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find the workers")
+def test_an_idle_worker_exits_when_the_parent_is_killed() -> None:
+    """A worker waiting for its sessions (the parent killed before it handed them over) must
+    not wait for ever: the watch on the parent starts when the worker does."""
+    parent = subprocess.Popen([sys.executable, "-c", _IDLE_POOL], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    workers = [int(w) for w in parent.stdout.readline().split()]
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [w for w in workers if _alive(w)]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"idle workers {alive} outlived their parent"
