@@ -183,6 +183,18 @@ def http_status_of(exc: BaseException) -> int | None:
     return None
 
 
+def error_for_status(status: int, message: str, role: str, model: str) -> ModelError:
+    """The therasim error for an HTTP error status: 429 → ``RateLimited``, 408 →
+    ``ModelTimeout``, 5xx → ``ServerError``, anything else → ``PermanentModelError``."""
+    if status == 429:
+        return RateLimited(message, role=role, model=model)
+    if status == 408:
+        return ModelTimeout(message, role=role, model=model)
+    if status >= 500:
+        return ServerError(message, role=role, model=model)
+    return PermanentModelError(message, role=role, model=model)
+
+
 def map_status_or_name(exc: BaseException, role: str, model: str) -> ModelError | None:
     """An exception of a library therasim does not import, classed by the HTTP status it
     carries (429 → ``RateLimited``, 408 → ``ModelTimeout``, 5xx → ``ServerError``, other
@@ -190,15 +202,8 @@ def map_status_or_name(exc: BaseException, role: str, model: str) -> ModelError 
     None when neither says anything."""
     msg = f"{type(exc).__name__}: {exc}"
     status = http_status_of(exc)
-    if status is not None:
-        if status == 429:
-            return RateLimited(msg, role=role, model=model)
-        if status == 408:
-            return ModelTimeout(msg, role=role, model=model)
-        if status >= 500:
-            return ServerError(msg, role=role, model=model)
-        if status >= 400:
-            return PermanentModelError(msg, role=role, model=model)
+    if status is not None and status >= 400:
+        return error_for_status(status, msg, role, model)
     for cls in type(exc).__mro__:
         kind = _TRANSIENT_NAMES.get(cls.__name__)
         if kind is not None:

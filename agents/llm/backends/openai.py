@@ -18,7 +18,12 @@ from typing import Any
 import pydantic_core
 from pydantic import BaseModel
 
-from therasim.agents.llm.backends.base import BaseBackend, RawCompletion, map_client_error
+from therasim.agents.llm.backends.base import (
+    BaseBackend,
+    RawCompletion,
+    error_for_status,
+    map_client_error,
+)
 from therasim.agents.llm.replicas import Replica, ReplicaPolicy, ReplicaPool
 from therasim.agents.llm.spec import ModelSpec
 from therasim.agents.llm.structured import STRUCTURED_MODES, StructuredMode, schema_dict
@@ -26,9 +31,7 @@ from therasim.agents.llm.usage import approx_usage
 from therasim.agents.types import CompletionRequest, Usage
 from therasim.errors import (
     ModelError,
-    ModelTimeout,
     PermanentModelError,
-    RateLimited,
     ServerError,
 )
 
@@ -69,14 +72,7 @@ def status_error(status: int, body: bytes, role: str, model: str) -> ModelError:
         message = error.get("message") if isinstance(error, dict) else error
     except (ValueError, AttributeError):
         message = None
-    detail = f"HTTP {status}: {str(message or text)[:500]}"
-    if status == 429:
-        return RateLimited(detail, role=role, model=model)
-    if status == 408:
-        return ModelTimeout(detail, role=role, model=model)
-    if status >= 500:
-        return ServerError(detail, role=role, model=model)
-    return PermanentModelError(detail, role=role, model=model)
+    return error_for_status(status, f"HTTP {status}: {str(message or text)[:500]}", role, model)
 
 
 def usage_of(usage: dict[str, Any]) -> Usage:
