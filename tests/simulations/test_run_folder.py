@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -126,15 +127,24 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
         time.sleep(0.2)
         workers = _children(parent.pid)
     assert len(workers) >= 2, "the study should have started two worker processes"
+    alive = _kill_and_survivors(parent, workers)
+    assert not alive, f"workers {alive} outlived their parent"
+
+
+def _kill_and_survivors(
+    parent: subprocess.Popen[str] | subprocess.Popen[bytes], workers: Iterable[int]
+) -> list[int]:
+    """Kill ``parent`` with SIGKILL and wait up to 10 s for ``workers`` to end; the ones still
+    alive then (killed too, so no test leaves them behind)."""
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 10
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.1)
     alive = [w for w in workers if _alive(w)]
     for w in alive:
         os.kill(w, signal.SIGKILL)
-    assert not alive, f"workers {alive} outlived their parent"
+    return alive
 
 
 _IDLE_POOL = """
@@ -158,12 +168,5 @@ def test_an_idle_worker_exits_when_the_parent_is_killed() -> None:
     assert parent.stdout is not None
     workers = [int(w) for w in parent.stdout.readline().split()]
     assert len(workers) == 2
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    deadline = time.monotonic() + 10
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    alive = [w for w in workers if _alive(w)]
-    for w in alive:
-        os.kill(w, signal.SIGKILL)
+    alive = _kill_and_survivors(parent, workers)
     assert not alive, f"idle workers {alive} outlived their parent"
