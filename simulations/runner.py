@@ -23,7 +23,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from therasim.agents.llm import Gateway, parse_model_spec, price_of
@@ -366,12 +366,7 @@ async def _run_in_processes(
 
     n = max(1, min(study.processes, len(todo)))
     per = {"concurrency": max(1, study.concurrency // n)}
-    spent = meter.spent()
-    spent_doc = {
-        "input_tokens": spent.input_tokens,
-        "output_tokens": spent.output_tokens,
-        "cost_usd": spent.cost_usd,
-    }
+    spent_doc = asdict(meter.spent())
     study_doc = study.model_copy(update=per).model_dump(mode="json")
     config = gateway.config.model_copy(
         update={
