@@ -4,10 +4,9 @@ The statistical coder's ~1,000 cue patterns are Python regular expressions; sear
 with each in turn costs several milliseconds. RE2's ``Set`` scans the reply once for all of
 them, but speaks a smaller dialect (no lookarounds, ASCII ``\\b`` and ``\\w``). So every pattern
 is translated into a *looser* RE2 pattern — one that matches wherever the Python pattern does —
-and only the few patterns the set reports are searched with Python ``re``, which decides. Word
-boundaries are kept for texts whose word characters are all ASCII, where RE2's ``\\b`` is
-Python's. The result is exactly that of searching every pattern with ``re``; the set only skips
-the certain misses.
+and only the few patterns the set reports are searched with Python ``re``, which decides. The
+result is exactly that of searching every pattern with ``re``; the set only skips the certain
+misses.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from re import _constants as c  # type: ignore[attr-defined]  # the stdlib's parse tree
 from re import _parser  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, cast
 
 import re2
 
@@ -81,9 +80,9 @@ def _repeat(lo: int, hi: int) -> str:
     return {0: "*", 1: "+"}.get(lo, f"{{{lo},}}")
 
 
-def _emit(items: Any, multiline: bool, words: bool) -> str:
-    """RE2 text for a parsed Python pattern, loosened: assertions (lookarounds, and ``\\b``
-    unless ``words``) are dropped and Unicode classes widened, so the result matches a superset."""
+def _emit(items: Any, multiline: bool) -> str:
+    """RE2 text for a parsed Python pattern, loosened: assertions (``\\b``, lookarounds) are
+    dropped and Unicode classes widened, so the result matches a superset."""
     out: list[str] = []
     for op, av in items:
         if op is c.LITERAL:
@@ -103,16 +102,14 @@ def _emit(items: Any, multiline: bool, words: bool) -> str:
             flags = (
                 "-i:" if del_flags & re.IGNORECASE else "i:" if add_flags & re.IGNORECASE else ":"
             )
-            out.append(f"(?{flags}{_emit(av[-1], multiline, words)})")
+            out.append(f"(?{flags}{_emit(av[-1], multiline)})")
         elif op is c.BRANCH:
-            out.append("(?:" + "|".join(_emit(alt, multiline, words) for alt in av[1]) + ")")
+            out.append("(?:" + "|".join(_emit(alt, multiline) for alt in av[1]) + ")")
         elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
             lo, hi, body = av
-            out.append(f"(?:{_emit(body, multiline, words)}){_repeat(lo, hi)}")
+            out.append(f"(?:{_emit(body, multiline)}){_repeat(lo, hi)}")
         elif op is c.AT and av in (c.AT_BEGINNING, c.AT_BEGINNING_STRING, c.AT_BEGINNING_LINE):
             out.append("(?m:^)" if multiline or av is c.AT_BEGINNING_LINE else r"\A")
-        elif words and op is c.AT and av in (c.AT_BOUNDARY, c.AT_NON_BOUNDARY):
-            out.append(r"\b" if av is c.AT_BOUNDARY else r"\B")
         elif op in (c.AT, c.ASSERT, c.ASSERT_NOT):  # \\b, $, lookarounds: dropped, so looser
             continue
         else:
@@ -120,25 +117,9 @@ def _emit(items: Any, multiline: bool, words: bool) -> str:
     return "".join(out)
 
 
-def loosen(pattern: re.Pattern[str], *, ascii_words: bool = False) -> str:
-    """The RE2 form of a Python pattern that matches wherever it does (raises if none).
-
-    With ``ascii_words`` word boundaries are kept as RE2's ``\\b``, which knows ASCII word
-    characters only: the form is then a superset only on texts whose word characters are all
-    ASCII (:func:`ascii_words`), and on those it rules out far more (a cue's "hear" stops
-    matching inside "shear") and keeps RE2's automaton smaller."""
-    tree = _parser.parse(pattern.pattern, pattern.flags)
-    return _emit(tree, bool(pattern.flags & re.MULTILINE), ascii_words)
-
-
-_NON_ASCII_WORD = re.compile(r"[^\W\x00-\x7f]")
-
-
-def ascii_words(text: str) -> bool:
-    """Whether every word character of ``text`` (Python's Unicode ``\\w``) is ASCII, so that
-    RE2's ASCII ``\\b`` and Python's agree at every position (curly quotes and dashes are not
-    word characters; "café" has one that is not ASCII)."""
-    return text.isascii() or _NON_ASCII_WORD.search(text) is None
+def loosen(pattern: re.Pattern[str]) -> str:
+    """The RE2 form of a Python pattern that matches wherever it does (raises if none)."""
+    return _emit(_parser.parse(pattern.pattern, pattern.flags), bool(pattern.flags & re.MULTILINE))
 
 
 def _search_set(max_mem: int) -> Any:
@@ -150,67 +131,32 @@ def _search_set(max_mem: int) -> Any:
     return re2.Set.SearchSet(options)
 
 
-class _LooseSet:
-    """An RE2 search set over loosened patterns, each owned by a number (a cue, a group)."""
-
-    def __init__(
-        self, patterns: Sequence[tuple[int, re.Pattern[str]]], max_mem: int, ascii_words: bool
-    ) -> None:
-        self._set = _search_set(max_mem)
-        self._owner: list[int] = []  # set index -> owner
-        always: set[int] = set()  # owners of a pattern with no RE2 form: always reported
-        for owner, pattern in patterns:
-            try:
-                self._set.Add(loosen(pattern, ascii_words=ascii_words))
-            except (_Untranslatable, re2.error):
-                always.add(owner)
-            else:
-                self._owner.append(owner)
-        self._set.Compile()
-        self._always = frozenset(always)
-
-    def owners(self, encoded: bytes) -> set[int]:
-        """The owners whose pattern may match the UTF-8 text ``encoded``."""
-        owner = self._owner
-        return {owner[j] for j in self._set.Match(encoded) or ()} | self._always
-
-
-class _Gate:
-    """Which owners' patterns may match a text. Two RE2 sets: one keeping word boundaries, for
-    the texts whose word characters are all ASCII (most replies: it rules out more, and on text
-    it has not seen its automaton grows less: the cue sets took 108 µs a reply against 206 over a
-    benchmark study's replies in their order), and one without them for the rest, built when the
-    first such text comes."""
-
-    def __init__(self, patterns: Sequence[tuple[int, re.Pattern[str]]], max_mem: int) -> None:
-        self._patterns = tuple(patterns)
-        self._max_mem = max_mem
-        self._ascii = _LooseSet(self._patterns, max_mem, ascii_words=True)
-
-    @functools.cached_property
-    def _unicode(self) -> _LooseSet:
-        return _LooseSet(self._patterns, self._max_mem, ascii_words=False)
-
-    def owners(self, text: str, encoded: bytes | None = None) -> set[int]:
-        """The owners whose pattern may match ``text`` (``encoded``: it in UTF-8, if at hand)."""
-        part = self._ascii if ascii_words(text) else self._unicode
-        return part.owners(text.encode() if encoded is None else encoded)
-
-
 class _CodeCues:
-    """One code's cues: an RE2 gate over their loosened forms, and the Python patterns."""
+    """One code's cues: an RE2 set over their loosened forms, and the Python patterns."""
 
     def __init__(self, regexes: Sequence[re.Pattern[str]]) -> None:
         self.regexes = tuple(regexes)
-        self._gate = _Gate(list(enumerate(self.regexes)), _RE2_MEMORY)
+        self._set = _search_set(_RE2_MEMORY)
+        self._in_set: list[int] = []  # set index -> cue index
+        self._always: list[int] = []  # cues with no RE2 form: always searched
+        for i, regex in enumerate(self.regexes):
+            try:
+                self._set.Add(loosen(regex))
+            except (_Untranslatable, re2.error):
+                self._always.append(i)
+            else:
+                self._in_set.append(i)
+        self._set.Compile()
 
     def first_match(self, text: str, encoded: bytes | None = None) -> str | None:
         """The text of the first cue (in file order) matching ``text``, if any (``encoded``:
         the text in UTF-8, when the caller has it already)."""
-        for i in sorted(self._gate.owners(text, encoded)):
+        found = self._set.Match(text.encode() if encoded is None else encoded)
+        hits = sorted([self._in_set[j] for j in found or ()] + self._always)
+        for i in hits:
             match = self.regexes[i].search(text)
             if match and match.end() > match.start():
-                return match.group(0)
+                return cast(str, match.group(0))  # re2 ships no type hints
         return None
 
 
@@ -235,9 +181,9 @@ _PREFILTER_MEMORY = 64 << 20
 
 
 class Prefilter:
-    """Which groups of Python patterns may match a text, from RE2 sets over their loosened
-    forms (:func:`loosen`, :class:`_Gate`): a group the sets do not report cannot match, so only
-    the reported ones need searching with Python ``re``, which decides. A group with a pattern that has no
+    """Which groups of Python patterns may match a text, from one RE2 set over their loosened
+    forms (:func:`loosen`): a group the set does not report cannot match, so only the reported
+    ones need searching with Python ``re``, which decides. A group with a pattern that has no
     RE2 form is always reported, and so is every group for a text over :attr:`MAX_TEXT`
     characters (the set is for the many short replies of a study, not for documents)."""
 
@@ -245,14 +191,24 @@ class Prefilter:
 
     def __init__(self, groups: Sequence[Sequence[re.Pattern[str]]]) -> None:
         self._size = len(groups)
-        patterns = [(group, pattern) for group, members in enumerate(groups) for pattern in members]
-        self._gate = _Gate(patterns, _PREFILTER_MEMORY)
+        self._set = _search_set(_PREFILTER_MEMORY)
+        self._group_of: dict[int, int] = {}  # set index -> group
+        always: set[int] = set()
+        for group, patterns in enumerate(groups):
+            for pattern in patterns:
+                try:
+                    self._group_of[self._set.Add(loosen(pattern))] = group
+                except (_Untranslatable, re2.error):
+                    always.add(group)
+        self._always = frozenset(always)
+        self._set.Compile()
 
     def candidates(self, text: str) -> list[int]:
         """The groups (indices, ascending) that may match ``text``."""
         if len(text) > self.MAX_TEXT:
             return list(range(self._size))
-        return sorted(self._gate.owners(text))
+        found = self._set.Match(text) or ()
+        return sorted({self._group_of[j] for j in found} | self._always)
 
 
 class GatedPattern:

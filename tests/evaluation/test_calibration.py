@@ -711,7 +711,7 @@ def test_loosened_cues_match_wherever_the_python_cue_does(text: str) -> None:
 
     import re2
 
-    from therasim.agents.cuematch import ascii_words, loosen
+    from therasim.agents.cuematch import loosen
 
     for pattern in _TRICKY_CUES:
         regex = re.compile(pattern, re.IGNORECASE)
@@ -719,11 +719,6 @@ def test_loosened_cues_match_wherever_the_python_cue_does(text: str) -> None:
         options.case_sensitive = False
         if regex.search(text):
             assert re2.compile(loosen(regex), options).search(text), (pattern, text)
-            if ascii_words(text):
-                assert re2.compile(loosen(regex, ascii_words=True), options).search(text), (
-                    pattern,
-                    text,
-                )
 
 
 def test_the_fast_scorer_equals_the_sklearn_pipeline(shipped: list[GoldTurn]) -> None:
